@@ -1,0 +1,122 @@
+// The Stack LoRAs table as plain DOM: renders a state, reports user intents; owns no state.
+//
+// Kept apart from the host wiring so that the host's editor only appears in one file. Every control
+// carries a data-testid (and a namespaced class) so browser tests and users' own scripts can find it.
+
+import { ensureStyle } from "./style.js";
+
+const ROW_HEIGHT = 28;
+const CHROME_HEIGHT = 24 + 32 + 26; // header + add button + trigger-words line
+const ERROR_HEIGHT = 34;
+
+function el(doc, tag, props = {}, children = []) {
+  const node = doc.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key in node) node[key] = value;
+    else node.setAttribute(key, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+function strengthInput(doc, which, value) {
+  return el(doc, "input", {
+    type: "number", min: "-100", max: "100", step: "0.05", value: String(value),
+    className: `loralab-stack-strength loralab-stack-strength-${which}`,
+    title: `${which === "model" ? "Model" : "CLIP"} strength (-100 to 100)`,
+    dataset: { testid: `loralab-stack-strength-${which}`, action: "strength", which },
+  });
+}
+
+function loraPicker(doc, current, names) {
+  const select = el(doc, "select", {
+    className: "loralab-stack-lora", title: current || "choose a LoRA",
+    dataset: { testid: "loralab-stack-lora", action: "name" },
+  });
+  // A saved name the host does not list (file moved, other machine) stays selectable, marked missing,
+  // so loading a workflow never rewrites the user's choice behind their back.
+  const options = names.includes(current) || current === "" ? names : [current, ...names];
+  if (options.length === 0) select.append(el(doc, "option", { value: "", textContent: "(no LoRAs in models/loras)" }));
+  for (const name of options) {
+    const missing = !names.includes(name);
+    select.append(el(doc, "option", { value: name, textContent: missing ? `${name} (missing)` : name }));
+  }
+  select.value = current;
+  return select;
+}
+
+function button(doc, action, text, title) {
+  return el(doc, "button", {
+    type: "button", textContent: text, title,
+    className: `loralab-stack-btn loralab-stack-${action}`, dataset: { testid: `loralab-stack-${action}`, action },
+  });
+}
+
+function rowElement(doc, row, index, count, names) {
+  const up = button(doc, "up", "↑", "Move up");
+  const down = button(doc, "down", "↓", "Move down");
+  up.disabled = index === 0;
+  down.disabled = index === count - 1;
+  const toggle = el(doc, "input", {
+    type: "checkbox", checked: row.on, className: "loralab-stack-on", title: "Apply this LoRA",
+    dataset: { testid: "loralab-stack-on", action: "toggle" },
+  });
+  const cells = [toggle, loraPicker(doc, row.lora, names), strengthInput(doc, "model", row.strength_model),
+    strengthInput(doc, "clip", row.strength_clip), el(doc, "span", { className: "loralab-stack-tools" },
+      [up, down, button(doc, "remove", "✕", "Remove this row")])];
+  return el(doc, "tr", {
+    className: `loralab-stack-row${row.on ? "" : " loralab-stack-row-off"}`,
+    dataset: { testid: "loralab-stack-row", index: String(index) },
+  }, cells.map((c) => el(doc, "td", {}, [c])));
+}
+
+/**
+ * Builds the editor element. `intents` receives {add()}, {remove,moveUp,moveDown,toggle(i, on)},
+ * {name(i, value)}, {strength(i, "model"|"clip", text)}; the owner applies them and calls render().
+ */
+export function createStackTable(doc, intents) {
+  ensureStyle(doc);
+  const error = el(doc, "div", { className: "loralab-stack-error", dataset: { testid: "loralab-stack-error" } });
+  const body = el(doc, "tbody");
+  const head = el(doc, "thead", {}, [el(doc, "tr", {}, ["on", "LoRA", "model", "clip", ""].map(
+    (t) => el(doc, "th", { textContent: t })))]);
+  const table = el(doc, "table", { className: "loralab-stack-table" }, [head, body]);
+  const add = button(doc, "add", "+ Add LoRA", "Add a row");
+  const words = el(doc, "div", { className: "loralab-trigger-words", dataset: { testid: "loralab-trigger-words" } });
+  const root = el(doc, "div", { className: "loralab-stack", dataset: { testid: "loralab-stack" } },
+    [error, table, add, words]);
+  let rowCount = 0;
+
+  root.addEventListener("click", (event) => {
+    const target = event.target.closest("button[data-action]");
+    if (!target || target.disabled) return;
+    const index = Number(target.closest("tr")?.dataset.index);
+    ({ add: () => intents.add(), remove: () => intents.remove(index),
+      up: () => intents.move(index, -1), down: () => intents.move(index, 1) })[target.dataset.action]?.();
+  });
+  root.addEventListener("change", (event) => {
+    const target = event.target;
+    const index = Number(target.closest("tr")?.dataset.index);
+    if (target.dataset.action === "toggle") intents.toggle(index, target.checked);
+    else if (target.dataset.action === "name") intents.name(index, target.value);
+    else if (target.dataset.action === "strength") intents.strength(index, target.dataset.which, target.value);
+  });
+
+  return {
+    element: root,
+    /** Redraws everything; cheap at the row counts people use, and no stale control survives. */
+    render({ rows, names, error: message, triggerWords }) {
+      rowCount = rows.length;
+      body.replaceChildren(...rows.map((row, i) => rowElement(doc, row, i, rows.length, names)));
+      error.textContent = message ? `The rows text is ${message}; editing replaces it.` : "";
+      error.hidden = !message;
+      words.textContent = triggerWords ? `trigger words: ${triggerWords}` : "";
+      words.title = triggerWords || "Trigger words of the enabled LoRAs appear here after a run";
+    },
+    /** The height the node must give the table to show every row without scrolling. */
+    minHeight() {
+      return CHROME_HEIGHT + rowCount * ROW_HEIGHT + (error.hidden ? 0 : ERROR_HEIGHT);
+    },
+  };
+}

@@ -1,0 +1,37 @@
+// LoRA Lab's editor styles, injected once: the host imports every .js of the pack but no .css.
+// Colours come from the host's theme variables so the widgets follow light and dark palettes.
+
+const STYLE_ID = "loralab-style";
+
+const CSS = `
+.loralab-stack { box-sizing: border-box; display: flex; flex-direction: column; gap: 4px; overflow: auto;
+  font: 12px sans-serif; color: var(--input-text, #ddd); padding: 2px 0; }
+.loralab-stack-table { width: 100%; border-collapse: collapse; table-layout: fixed; }
+.loralab-stack-table th { height: 20px; font-weight: normal; opacity: 0.7; text-align: left; padding: 0 2px; }
+.loralab-stack-table th:nth-child(1) { width: 26px; }
+.loralab-stack-table th:nth-child(3), .loralab-stack-table th:nth-child(4) { width: 58px; }
+.loralab-stack-table th:nth-child(5) { width: 78px; }
+.loralab-stack-table td { height: 28px; padding: 0 2px; box-sizing: border-box; }
+.loralab-stack-row-off td:nth-child(n+2):nth-child(-n+4) { opacity: 0.45; } /* dim the settings, not the tools */
+.loralab-stack select, .loralab-stack input[type=number], .loralab-stack-btn, .loralab-trigger-words {
+  box-sizing: border-box; height: 24px; font: inherit; color: inherit;
+  background: var(--comfy-input-bg, #222); border: 1px solid var(--border-color, #444); border-radius: 4px; }
+.loralab-stack select, .loralab-stack input[type=number] { width: 100%; padding: 0 4px; }
+.loralab-stack-tools { display: flex; gap: 2px; }
+.loralab-stack-btn { cursor: pointer; min-width: 24px; padding: 0 4px; }
+.loralab-stack-btn:disabled { opacity: 0.35; cursor: default; }
+.loralab-stack-btn:not(:disabled):hover { filter: brightness(1.3); }
+.loralab-stack-add { height: 26px; }
+.loralab-stack-error { color: var(--error-text, #f66); white-space: normal; }
+.loralab-trigger-words { height: auto; min-height: 22px; padding: 3px 6px; border-style: dashed; opacity: 0.85;
+  overflow-wrap: anywhere; user-select: text; }
+.loralab-trigger-words:empty::before { content: "trigger words appear here after a run"; opacity: 0.5; }
+`;
+
+export function ensureStyle(doc) {
+  if (doc.getElementById(STYLE_ID)) return;
+  const style = doc.createElement("style");
+  style.id = STYLE_ID;
+  style.textContent = CSS;
+  doc.head.append(style);
+}

@@ -1,0 +1,57 @@
+"""Load LoRA node: one file from the loras folders, any format, applied through the host's own patches."""
+from __future__ import annotations
+
+from ..trainer.lora_formats import trigger_words
+from .lora_library import check_lora_name, lora_names, parsed_loras
+from .lora_patching import patch_model_and_clip
+
+STRENGTH = {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}
+
+
+def apply_named_lora(model, clip, name: str, strength_model: float, strength_clip: float):
+    """(MODEL, CLIP, trigger words): the named LoRA applied.
+
+    The inputs come back as they are when both strengths are 0 or nothing is connected (a stack that
+    only collects names and trigger words).
+    """
+    lora = parsed_loras.get(name)
+    words = trigger_words(lora.metadata)
+    if (strength_model == 0 and strength_clip == 0) or (model is None and clip is None):
+        return model, clip, words
+    new_model, new_clip, _ = patch_model_and_clip(model, clip, lora, strength_model, strength_clip)
+    return new_model, new_clip, words
+
+
+class LoraLabLoadLora:
+    """Applies one LoRA file (kohya, LyCORIS, PEFT/diffusers, DoRA, ComfyUI-trained) to MODEL and CLIP."""
+
+    DESCRIPTION = ("Applies a LoRA from the loras folders to the model (and text encoder). Reads every common "
+                   "format, including PEFT/diffusers attention layers, and outputs the file's trigger words.")
+    CATEGORY = "LoRA Lab"
+    FUNCTION = "load"
+    RETURN_TYPES = ("MODEL", "CLIP", "STRING")
+    RETURN_NAMES = ("MODEL", "CLIP", "trigger_words")
+    OUTPUT_TOOLTIPS = ("The model with the LoRA applied.", "The text encoder with the LoRA applied (None if not connected).",
+                       "Trigger words from the file's training metadata, comma-separated; empty if it has none.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model to apply the LoRA to."}),
+                "lora_name": (lora_names(), {"tooltip": "A .safetensors LoRA in the loras folders."}),
+                "strength_model": ("FLOAT", {**STRENGTH, "tooltip": "How strongly the LoRA changes the diffusion model."}),
+                "strength_clip": ("FLOAT", {**STRENGTH, "tooltip": "How strongly the LoRA changes the text encoder."}),
+            },
+            "optional": {"clip": ("CLIP", {"tooltip": "The text encoder; leave unconnected to patch only the model."})},
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, lora_name):
+        # Named here so a LoRA written since the list was built is accepted; the name is checked instead.
+        return check_lora_name(lora_name) or True
+
+    def load(self, model, lora_name, strength_model, strength_clip, clip=None):
+        new_model, new_clip, words = apply_named_lora(model, clip, lora_name, strength_model, strength_clip)
+        text = ", ".join(words)
+        return {"ui": {"trigger_words": [text]}, "result": (new_model, new_clip, text)}

@@ -1,0 +1,148 @@
+"""The Stack LoRAs table in the host's real graph editor: edit, save, reload and run, as a user would."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from playwright.sync_api import expect
+
+from scripts.comfy_host import TINY_CHECKPOINT_NAME
+
+from tests.browser.editor import PACK_URL, Editor
+
+pytestmark = pytest.mark.browser
+
+A, B, C = "loralab_a.safetensors", "loralab_b.safetensors", "loralab_c.safetensors"
+
+
+@pytest.fixture
+def editor(browser, host):
+    ed = Editor.open(browser, host)
+    yield ed
+    ed.page.close()
+
+
+def test_pack_scripts_load_without_errors(editor):
+    names = editor.js("return app.extensions.map(e => e.name).filter(n => n.startsWith('loralab.'));")
+    assert sorted(names) == ["loralab.StackLoras", "loralab.TriggerWords"]
+    assert any(url.endswith("/stack_loras.js") for url in editor.pack_scripts), editor.pack_scripts
+    assert any(url.endswith("/lib/stack_rows.js") for url in editor.pack_scripts), editor.pack_scripts
+    assert not any(PACK_URL + "package.json" in url for url in editor.pack_scripts), "only .js is imported"
+    editor.page.wait_for_timeout(500)  # late console errors from module evaluation
+    assert editor.pack_errors == []
+
+
+def test_nodes_are_in_the_node_library(editor):
+    library = editor.js("""const t = LiteGraph.registered_node_types;
+        return ['LoraLabStackLoras', 'LoraLabLoadLora'].map(k => t[k] && {category: t[k].category, title: t[k].title});""")
+    assert library == [{"category": "LoRA Lab", "title": "Stack LoRAs (LoRA Lab)"},
+                       {"category": "LoRA Lab", "title": "Load LoRA (LoRA Lab)"}]
+
+
+def test_table_edits_write_the_rows_json(editor, artifacts):
+    node = editor.add_node("LoraLabStackLoras", (200, 200))
+    textarea = editor.js("return app.graph.getNodeById(arg).widgets.find(w => w.name === 'loras').element.checkVisibility();", node)
+    assert textarea is False, "the raw JSON text box must be hidden behind the table"
+
+    editor.add_rows(node, 3)
+    assert editor.shown_rows(node) == [{"lora": A, "on": True, "strength_model": 1, "strength_clip": 1}] * 3
+    editor.row(node, 1).get_by_test_id("loralab-stack-lora").select_option(B)
+    editor.row(node, 2).get_by_test_id("loralab-stack-lora").select_option(C)
+    editor.row(node, 1).get_by_test_id("loralab-stack-remove").click()          # [A, C]
+    editor.row(node, 0).get_by_test_id("loralab-stack-down").click()            # [C, A]
+    editor.row(node, 1).get_by_test_id("loralab-stack-on").uncheck()            # A off
+    editor.set_strength(node, 0, "model", "0.75")
+    editor.set_strength(node, 0, "clip", "0.5")
+    editor.set_strength(node, 1, "model", "-1.234")                             # rounded to 0.01
+    editor.set_strength(node, 1, "clip", "250")                                 # clamped to 100
+
+    expected = [{"lora": C, "on": True, "strength_model": 0.75, "strength_clip": 0.5},
+                {"lora": A, "on": False, "strength_model": -1.23, "strength_clip": 100}]
+    assert json.loads(editor.widget_value(node, "loras")) == expected
+    assert editor.shown_rows(node) == expected
+    assert editor.row(node, 0).get_by_test_id("loralab-stack-up").is_disabled()
+    assert editor.row(node, 1).get_by_test_id("loralab-stack-down").is_disabled()
+    editor.page.screenshot(path=str(artifacts / "stack_editor.png"))
+    assert editor.pack_errors == []
+
+
+def test_saved_workflow_reloads_with_rows_intact(editor, artifacts):
+    node = editor.add_node("LoraLabStackLoras", (200, 200))
+    editor.add_rows(node, 2)
+    editor.row(node, 1).get_by_test_id("loralab-stack-lora").select_option(B)
+    editor.row(node, 0).get_by_test_id("loralab-stack-on").uncheck()
+    editor.set_strength(node, 1, "clip", "0.3")
+    saved_text = editor.widget_value(node, "loras")
+
+    workflow = editor.save_and_reload()
+    [saved] = [n for n in workflow["nodes"] if n["id"] == node]
+    assert saved["widgets_values"] == [saved_text], "only the rows text is saved, not the table"
+
+    editor.stack(node).wait_for()
+    assert editor.page.locator(".loralab-stack:visible").count() == 1, "the old node's table must be gone"
+    assert editor.widget_value(node, "loras") == saved_text
+    assert editor.shown_rows(node) == [
+        {"lora": A, "on": False, "strength_model": 1, "strength_clip": 1},
+        {"lora": B, "on": True, "strength_model": 1, "strength_clip": 0.3}]
+    editor.page.screenshot(path=str(artifacts / "stack_editor_reloaded.png"))
+    assert editor.pack_errors == []
+
+
+def test_unreadable_rows_text_is_reported_not_overwritten(editor):
+    # A workflow file as a user might hand-edit it: the node's rows text is cut short.
+    node = {"id": 7, "type": "LoraLabStackLoras", "pos": [200, 200], "size": [420, 200], "flags": {}, "order": 0,
+            "mode": 0, "properties": {}, "widgets_values": ['[{"lora": "x.safetensors"']}
+    editor.load_workflow_text(json.dumps({"last_node_id": 7, "last_link_id": 0, "nodes": [node], "links": [],
+                                          "groups": [], "config": {}, "extra": {}, "version": 0.4}))
+    editor.stack(7).wait_for()
+    assert editor.stack(7).get_by_test_id("loralab-stack-error").is_visible()
+    assert editor.rows(7).count() == 0
+    assert editor.widget_value(7, "loras") == '[{"lora": "x.safetensors"', "loading must not rewrite the text"
+    editor.add_rows(7, 1)
+    assert json.loads(editor.widget_value(7, "loras")) == [{"lora": A, "on": True, "strength_model": 1, "strength_clip": 1}]
+    assert not editor.stack(7).get_by_test_id("loralab-stack-error").is_visible()
+
+
+def wait_for_new_history(host, before: set[str], timeout: float = 300.0) -> tuple[str, dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for prompt_id, entry in host.get_json("/history").items():
+            if prompt_id not in before and entry.get("status", {}).get("completed") is not None and (
+                    entry["status"]["completed"] or entry["status"].get("status_str") == "error"):
+                return prompt_id, entry
+        time.sleep(0.5)
+    raise AssertionError(f"no prompt finished within {timeout:.0f}s")
+
+
+def test_queue_from_editor_runs_the_stack(editor, host, artifacts):
+    ckpt = editor.add_node("CheckpointLoaderSimple", (80, 200))
+    stack = editor.add_node("LoraLabStackLoras", (420, 200))
+    preview = editor.add_node("PreviewAny", (900, 200))
+    editor.js("""const g = app.graph, ck = g.getNodeById(arg.ckpt), st = g.getNodeById(arg.stack), pv = g.getNodeById(arg.preview);
+        ck.widgets.find(w => w.name === 'ckpt_name').value = arg.name;
+        ck.connect(0, st, st.findInputSlot('model'));
+        ck.connect(1, st, st.findInputSlot('clip'));
+        st.connect(st.findOutputSlot('trigger_words'), pv, 0);
+        app.canvas.setDirty(true, true);""",
+              {"ckpt": ckpt, "stack": stack, "preview": preview, "name": TINY_CHECKPOINT_NAME})
+    editor.add_rows(stack, 2)
+    editor.row(stack, 1).get_by_test_id("loralab-stack-lora").select_option(B)
+    editor.set_strength(stack, 0, "model", "0.5")
+    rows_text = editor.widget_value(stack, "loras")
+
+    before = set(host.get_json("/history"))
+    editor.page.evaluate("async () => { await window.comfyAPI.app.app.queuePrompt(0); }")
+    prompt_id, entry = wait_for_new_history(host, before)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+
+    sent = entry["prompt"][2][str(stack)]
+    assert sent["class_type"] == "LoraLabStackLoras" and sent["inputs"]["loras"] == rows_text
+    assert set(sent["inputs"]) == {"loras", "model", "clip"}, "the table itself must not be sent"
+    words = entry["outputs"][str(stack)]["trigger_words"]
+    assert entry["outputs"][str(preview)]["text"] == words
+    # The editor got the `executed` event and shows the same words under the table.
+    shown = editor.stack(stack).get_by_test_id("loralab-trigger-words")
+    expect(shown).to_contain_text(words[0], timeout=10_000)
+    editor.page.screenshot(path=str(artifacts / "stack_editor_run.png"))
+    assert editor.pack_errors == []
