@@ -48,14 +48,20 @@ function attachEditor(node) {
 
   const commit = (rows) => {
     const resized = rows.length !== state.rows.length;
+    // before/after-change brackets make each edit one step of the editor's undo history.
+    app.canvas?.emitBeforeChange?.();
     state.rows = rows;
     state.error = null;
     shownText = stack.serializeRows(rows);
     rowsWidget.value = shownText;
     redraw(resized ? "exact" : null);
+    app.canvas?.emitAfterChange?.();
   };
   const table = createStackTable(document, {
-    add: async () => commit(stack.addRow(state.rows, (state.names = await loraNames(true)))),
+    add: async () => {
+      state.names = await loraNames(true); // a file saved since the node was drawn becomes the default
+      commit(stack.addRow(state.rows, state.names)); // rows read after the wait: no edit in between is lost
+    },
     remove: (i) => commit(stack.removeRow(state.rows, i)),
     move: (i, delta) => commit(stack.moveRow(state.rows, i, delta)),
     toggle: (i, on) => commit(stack.toggleRow(state.rows, i, on)),

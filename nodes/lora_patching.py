@@ -9,7 +9,8 @@ import comfy.lora
 
 from ..trainer.errors import LoraShapeError
 from ..trainer.lora_file import LoraFile
-from ..trainer.lora_formats import base_model_hint, host_modules, module_delta_numel
+from ..trainer.lora_formats import host_modules, module_delta_numel
+from ..trainer.lora_info import base_model_hint, base_model_label
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,16 @@ def _is_text_encoder(prefix: str) -> bool:
     return prefix.startswith(TEXT_ENCODER_PREFIXES)
 
 
+HOST_MODEL_LABELS = {"SD15": "SD1.5", "SD20": "SD2.x", "SDXL": "SDXL", "SDXLRefiner": "SDXL refiner",
+                     "SD3": "SD3", "Flux": "Flux"}
+
+
 def _model_family(model, clip) -> str:
     if model is not None:
-        return type(model.model.model_config).__name__
-    return type(clip.cond_stage_model).__name__
+        name = type(model.model.model_config).__name__
+    else:
+        name = type(clip.cond_stage_model).__name__
+    return HOST_MODEL_LABELS.get(name, name)
 
 
 def _target_shape(patcher, key) -> tuple[int, ...] | None:
@@ -78,11 +85,11 @@ def patch_model_and_clip(model, clip, lora: LoraFile, strength_model: float, str
     unmatched = tuple(sorted(set(considered) - set(matched)))
     if not considered or len(matched) < MIN_MATCHED_SHARE * len(considered):
         hint = base_model_hint(lora)
+        connected = " and ".join(n for n, v in (("MODEL", model), ("CLIP", clip)) if v is not None)
         raise LoraMismatchError(
             f"LoRA '{lora.source_name}' does not fit this model: {len(matched)} of {len(considered)} of its "
-            f"layers match the connected {'MODEL' if model is not None else ''}{' and ' if model is not None and clip is not None else ''}"
-            f"{'CLIP' if clip is not None else ''} ({_model_family(model, clip)}). "
-            + (f"It looks like a LoRA for {hint}. " if hint else "")
+            f"layers match the connected {connected} ({_model_family(model, clip)}). "
+            + (f"It looks like a LoRA for {base_model_label(hint)}. " if hint else "")
             + "Use a LoRA trained for this base model.", path=lora.source_name)
     _check_shapes(lora, matched, key_map, model, clip)
     if unmatched:

@@ -104,7 +104,11 @@ class ComfyHost:
         else:
             self.stop()
             raise HostError(f"ComfyUI did not answer within {timeout:.0f}s:\n{self.log_text()[-4000:]}")
-        self.assert_pack_imported()
+        try:
+            self.assert_pack_imported()
+        except HostError:
+            self.stop()
+            raise
         return self
 
     def assert_pack_imported(self) -> None:

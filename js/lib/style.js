@@ -24,6 +24,7 @@ const CSS = `
 .loralab-stack-add { height: 26px; }
 .loralab-stack-error { color: var(--error-text, #f66); white-space: normal; }
 .loralab-trigger-words { height: auto; min-height: 22px; padding: 3px 6px; border-style: dashed; opacity: 0.85;
+  font: 12px sans-serif; color: var(--input-text, #ddd);
   overflow-wrap: anywhere; user-select: text; }
 .loralab-trigger-words:empty::before { content: "trigger words appear here after a run"; opacity: 0.5; }
 `;

@@ -89,6 +89,43 @@ def test_saved_workflow_reloads_with_rows_intact(editor, artifacts):
     assert editor.pack_errors == []
 
 
+def test_undo_restores_the_rows(editor):
+    node = editor.add_node("LoraLabStackLoras", (200, 200))
+    editor.add_rows(node, 2)
+    editor.row(node, 1).get_by_test_id("loralab-stack-lora").select_option(C)
+    before = editor.widget_value(node, "loras")
+    editor.row(node, 0).get_by_test_id("loralab-stack-remove").click()
+    assert editor.rows(node).count() == 1
+
+    editor.page.mouse.click(900, 700)  # empty canvas: undo is a canvas key, not a text-box key
+    editor.page.keyboard.press("Control+z")
+    editor.page.wait_for_function("(a) => document.querySelectorAll(`.loralab-stack[data-node-id=\"${a}\"] "
+                                  "[data-testid=loralab-stack-row]`).length === 2", arg=node)
+    assert editor.widget_value(node, "loras") == before
+    assert [r["lora"] for r in editor.shown_rows(node)] == [A, C]
+
+
+def test_table_works_in_the_new_node_renderer(editor, artifacts):
+    """ "Nodes 2.0" draws nodes as Vue components; canvas-drawn widgets vanish there, DOM ones must not."""
+    set_vue = "async (on) => { await window.comfyAPI.app.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', on); }"
+    editor.page.evaluate(set_vue, True)
+    try:
+        node = editor.add_node("LoraLabStackLoras", (200, 200))
+        editor.add_node("LoraLabLoadLora", (700, 200))
+        editor.add_rows(node, 2)
+        editor.row(node, 1).get_by_test_id("loralab-stack-on").uncheck()
+        editor.set_strength(node, 0, "clip", "0.4")
+        assert json.loads(editor.widget_value(node, "loras")) == [
+            {"lora": A, "on": True, "strength_model": 1, "strength_clip": 0.4},
+            {"lora": A, "on": False, "strength_model": 1, "strength_clip": 1}]
+        assert editor.page.locator("textarea:visible").count() == 0, "the raw rows text must stay hidden"
+        assert editor.page.get_by_test_id("loralab-trigger-words").count() == 2  # Stack and Load LoRA
+        editor.page.screenshot(path=str(artifacts / "stack_editor_nodes2.png"))
+    finally:
+        editor.page.evaluate(set_vue, False)
+    assert editor.pack_errors == []
+
+
 def test_unreadable_rows_text_is_reported_not_overwritten(editor):
     # A workflow file as a user might hand-edit it: the node's rows text is cut short.
     node = {"id": 7, "type": "LoraLabStackLoras", "pos": [200, 200], "size": [420, 200], "flags": {}, "order": 0,
@@ -140,6 +177,7 @@ def test_queue_from_editor_runs_the_stack(editor, host, artifacts):
     assert sent["class_type"] == "LoraLabStackLoras" and sent["inputs"]["loras"] == rows_text
     assert set(sent["inputs"]) == {"loras", "model", "clip"}, "the table itself must not be sent"
     words = entry["outputs"][str(stack)]["trigger_words"]
+    assert words == ["loralab_a, loralab_b"], "each enabled row's modelspec.trigger_phrase, in row order"
     assert entry["outputs"][str(preview)]["text"] == words
     # The editor got the `executed` event and shows the same words under the table.
     shown = editor.stack(stack).get_by_test_id("loralab-trigger-words")
