@@ -1,13 +1,21 @@
 """The host adapter: LoRA Lab's node classes, registered under permanent ids."""
+from .dataset_node import LoraLabDataset
 from .load_lora import LoraLabLoadLora
 from .stack_loras import LoraLabStackLoras
+from .train_lora import LoraLabTrainLora, LoraLabTrainOptions
 
 NODE_CLASS_MAPPINGS = {
     "LoraLabLoadLora": LoraLabLoadLora,
     "LoraLabStackLoras": LoraLabStackLoras,
+    "LoraLabDataset": LoraLabDataset,
+    "LoraLabTrainLora": LoraLabTrainLora,
+    "LoraLabTrainOptions": LoraLabTrainOptions,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LoraLabLoadLora": "Load LoRA (LoRA Lab)",
     "LoraLabStackLoras": "Stack LoRAs (LoRA Lab)",
+    "LoraLabDataset": "LoRA Dataset (LoRA Lab)",
+    "LoraLabTrainLora": "Train LoRA (LoRA Lab)",
+    "LoraLabTrainOptions": "Train LoRA Options (LoRA Lab)",
 }

@@ -1,0 +1,98 @@
+"""What the engine needs from the host's MODEL, CLIP and VAE: a denoiser, a noise schedule, kohya names."""
+from __future__ import annotations
+
+import torch
+
+import comfy.model_base
+import comfy.model_management
+import comfy.utils
+
+from ..trainer.objective import NoiseSchedule
+
+PREDICTION_TYPES = {comfy.model_base.ModelType.EPS: "epsilon", comfy.model_base.ModelType.V_PREDICTION: "v"}
+if hasattr(comfy.model_base.ModelType, "FLOW"):
+    PREDICTION_TYPES[comfy.model_base.ModelType.FLOW] = "flow"
+# kohya's ss_base_model_version and the SAI model-spec architecture for the host's model classes.
+BASE_MODEL_VERSIONS = {"SD15": ("sd_v1", "stable-diffusion-v1/lora"),
+                       "SD20": ("sd_v2", "stable-diffusion-v2-512/lora"),
+                       "SDXL": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora")}
+# UNets whose kohya files use diffusers module names (kohya converts SD1/SD2 to diffusers layout).
+DIFFUSERS_NAMED_UNETS = {"SD15", "SD20"}
+# Text-encoder prefixes inside the host's CLIP -> kohya prefixes.
+CLIP_PREFIXES = {"SD15": {"clip_l.transformer.": "lora_te_"}, "SD20": {"clip_h.transformer.": "lora_te_"},
+                 "SDXL": {"clip_l.transformer.": "lora_te1_", "clip_g.transformer.": "lora_te2_"}}
+
+
+class UnsupportedModelError(ValueError):
+    """The connected model's family cannot be trained by this version of LoRA Lab."""
+
+
+def model_family(model) -> str:
+    return type(model.model.model_config).__name__
+
+
+def diffusion_module(model) -> torch.nn.Module:
+    return model.model.diffusion_model
+
+
+def denoiser_for(model):
+    """denoiser(x_t, timesteps, context) -> the model's raw prediction, in fp32, computed in the model's dtype."""
+    unet = diffusion_module(model)
+    dtype = model.model.get_dtype()
+
+    def denoise(x_t: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return unet(x_t.to(dtype), timesteps=timesteps, context=context.to(dtype)).float()
+    return denoise
+
+
+def noise_schedule_for(model) -> NoiseSchedule:
+    """The model's own discrete schedule (alphas_cumprod from its sigmas) and prediction type."""
+    prediction = PREDICTION_TYPES.get(model.model.model_type)
+    if prediction is None:
+        raise UnsupportedModelError(f"models predicting {model.model.model_type.name} cannot be trained yet; "
+                                    "supported: epsilon and v-prediction models (SD1.x, SD2.x, SDXL).")
+    sigmas = model.get_model_object("model_sampling").sigmas.detach().float().cpu()
+    return NoiseSchedule(alphas_cumprod=1.0 / (1.0 + sigmas ** 2), prediction_type=prediction)
+
+
+def unet_kohya_names(model, module_names: list[str]) -> dict[str, str]:
+    """Engine module name (the host's LDM name) -> kohya prefix; diffusers names for SD1/SD2 UNets."""
+    family = model_family(model)
+    if family in DIFFUSERS_NAMED_UNETS:
+        to_ldm = comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)
+        ldm_to_diffusers = {ldm.removesuffix(".weight"): d.removesuffix(".weight")
+                            for d, ldm in to_ldm.items() if ldm.endswith(".weight")}
+        return {n: "lora_unet_" + ldm_to_diffusers.get(n, n).replace(".", "_") for n in module_names}
+    return {n: "lora_unet_" + n.replace(".", "_") for n in module_names}
+
+
+def base_model_version(model) -> tuple[str, str]:
+    """(ss_base_model_version, modelspec.architecture) for the connected model."""
+    family = model_family(model)
+    if family not in BASE_MODEL_VERSIONS:
+        return family.lower(), f"{family.lower()}/lora"
+    return BASE_MODEL_VERSIONS[family]
+
+
+def encode_pixels(vae, model, pixels: torch.Tensor) -> torch.Tensor:
+    """[B, H, W, 3] in 0..1 -> latents in the model's own latent space (scaled as the UNet expects).
+
+    Cloned outside inference mode: the host encodes in inference mode, and autograd cannot save such tensors.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        return model.model.process_latent_in(vae.encode(pixels)).float().cpu().clone()
+
+
+def encode_caption(clip, caption: str) -> torch.Tensor:
+    """The cross-attention context [1, tokens, width] the host's CLIP gives a caption (a normal tensor, as above)."""
+    with torch.inference_mode(False), torch.no_grad():
+        return clip.encode_from_tokens(clip.tokenize(caption)).float().cpu().clone()
+
+
+def load_for_training(model) -> None:
+    """Loads the model (with its patches) onto the compute device and keeps it there while training."""
+    comfy.model_management.load_models_gpu([model], force_full_load=True)
+
+
+def free_memory_bytes() -> int:
+    return int(comfy.model_management.get_free_memory(comfy.model_management.get_torch_device()))

@@ -1,0 +1,217 @@
+"""One training run inside the host: encode the dataset once, train on the host's own MODEL, save, report."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+
+from ..trainer.checkpoint_state import TrainState, load_state, save_state
+from ..trainer.config import TrainConfig
+from ..trainer.dataset import DatasetSpec, load_pixels
+from ..trainer.errors import LoraLabError
+from ..trainer.export import TrainingSummary, export_lora, kohya_metadata, save_lora
+from ..trainer.jobs import JOBS, Job
+from ..trainer.latent_batches import EncodedImage, LatentBatches
+from ..trainer.lora_file import parse_lora
+from ..trainer.lora_layers import LoraAdapterSet, release_inference_tensors, select_targets
+from ..trainer.loop import NonFiniteLossError, StepRecord, evaluate, train
+from ..trainer.memory_estimate import estimate_training_memory, fits
+from . import host_model
+from .lora_patching import patch_model_and_clip
+from .run_files import RunFiles
+
+log = logging.getLogger(__name__)
+EVAL_SEED = 1234  # fixed noise and timesteps: losses at different steps are comparable
+
+
+class TrainingStopped(LoraLabError):
+    """The run could not start or did not finish; the message says what was kept."""
+
+
+@dataclass
+class RunResult:
+    model: object
+    clip: object
+    lora_name: str
+    loss_history: list[float]
+    eval_loss_start: float
+    eval_loss_end: float
+    validation_loss: float | None
+    steps_completed: int
+    stopped: str | None = None
+    checkpoints: list[str] = field(default_factory=list)
+
+
+_encoded_cache: dict[tuple, list[EncodedImage]] = {}
+
+
+def encode_items(items, spec: DatasetSpec, model, clip, vae) -> list[EncodedImage]:
+    """Every image through the host's VAE and every caption through its CLIP, once (cached per dataset)."""
+    key = (tuple((i.relative_path, i.caption, i.bucket) for i in items), spec.flip, id(model.model), id(clip), id(vae))
+    if key in _encoded_cache:
+        return _encoded_cache[key]
+    contexts: dict[str, torch.Tensor] = {}
+    encoded = []
+    for item in items:
+        pixels = load_pixels(item)[None]
+        latent = host_model.encode_pixels(vae, model, pixels)[0]
+        flipped = host_model.encode_pixels(vae, model, pixels.flip(2))[0] if spec.flip else None
+        if item.caption not in contexts:
+            contexts[item.caption] = host_model.encode_caption(clip, item.caption)[0]
+        encoded.append(EncodedImage(latent, flipped, contexts[item.caption]))
+    _encoded_cache.clear()  # one dataset at a time: latents are small, but models come and go
+    _encoded_cache[key] = encoded
+    return encoded
+
+
+def check_memory(unet: torch.nn.Module, adapters: LoraAdapterSet, config: TrainConfig, spec: DatasetSpec) -> None:
+    params_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
+    trainable = sum(p.numel() for p in adapters.parameters())
+    opt = config.optimisation
+    estimate = estimate_training_memory(params_bytes, trainable, opt.batch_size, spec.resolution,
+                                        gradient_checkpointing=opt.gradient_checkpointing,
+                                        mixed_precision=opt.mixed_precision, rank=config.lora.rank)
+    available = host_model.free_memory_bytes() + params_bytes  # the model is already loaded
+    ok, options = fits(estimate, available)
+    if not ok:
+        raise TrainingStopped(f"This run needs about {estimate.total_bytes / 2**30:.1f} GiB but "
+                              f"{available / 2**30:.1f} GiB are available. Options that fit: "
+                              + ("; ".join(options) if options else "a smaller resolution or rank"))
+
+
+class HostControl:
+    """Cancel from the host and stop/save/sample requests from the dashboard, as the loop's should_stop."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.interrupted = False
+        self.save_requested = False
+
+    def progress(self, bar: comfy.utils.ProgressBar, record: StepRecord) -> None:
+        try:  # the host's progress hook raises on Cancel; turn that into a graceful stop
+            bar.update_absolute(record.step, record.total)
+        except comfy.model_management.InterruptProcessingException:
+            self.interrupted = True
+
+    def should_stop(self) -> str | None:
+        if self.interrupted or comfy.model_management.processing_interrupted():
+            self.interrupted = True
+            return "cancelled"
+        requests = self.job.take_requests()
+        self.save_requested = self.save_requested or "save" in requests
+        return "stopped from the dashboard" if "stop" in requests else None
+
+
+def run_training(model, clip, vae, spec: DatasetSpec, files: RunFiles, config: TrainConfig, resume: bool,
+                 node_id: str | None) -> RunResult:
+    opt = config.optimisation
+    start_state: TrainState | None = None
+    if resume:
+        if not os.path.exists(files.resume_path):
+            raise TrainingStopped(f"nothing to resume: no saved state for '{files.name}' in {files.folder}. "
+                                  "Turn resume off to start a new run.")
+        start_state = load_state(files.resume_path, expected_config=config)
+    elif os.path.exists(files.lora_path):
+        raise TrainingStopped(f"'{files.lora_name}' already exists in {files.folder}; choose another name, "
+                              "or turn on resume to continue its run.")
+
+    job_folder = os.path.join(folder_paths.get_output_directory(), "loralab", f"{files.name}-{int(time.time())}")
+    job = JOBS.create(files.name, opt.steps, job_folder)
+    job.start()
+    try:
+        return _run(model, clip, vae, spec, files, config, start_state, job, node_id)
+    except comfy.model_management.InterruptProcessingException:
+        raise
+    except Exception as e:
+        job.finish("error", error=str(e))
+        raise
+
+
+def _run(model, clip, vae, spec, files, config, start_state, job, node_id) -> RunResult:
+    opt = config.optimisation
+    train_items = spec.items
+    encoded = encode_items(train_items + spec.validation_items, spec, model, clip, vae)
+    batches = LatentBatches(train_items, encoded[:len(train_items)], opt.batch_size, opt.seed)
+    host_model.load_for_training(model)
+    unet = host_model.diffusion_module(model)
+    release_inference_tensors(unet)
+    adapters = LoraAdapterSet.from_config(config.lora, opt.seed)
+    adapters.attach(unet, select_targets(unet, config.lora.targets))
+    name_map = host_model.unet_kohya_names(model, adapters.keys())
+    denoiser = host_model.denoiser_for(model)
+    schedule = host_model.noise_schedule_for(model)
+    base_version, architecture = host_model.base_model_version(model)
+    control = HostControl(job)
+    bar = comfy.utils.ProgressBar(opt.steps, node_id=node_id)
+    checkpoints: list[str] = []
+    started = time.time()
+
+    def metadata(steps_done: int) -> dict[str, str]:
+        summary = TrainingSummary(output_name=files.name, num_train_images=len(train_items),
+                                  resolution=(spec.resolution, spec.resolution), steps_completed=steps_done,
+                                  tag_frequency=spec.tag_frequency(), trigger_phrase=spec.trigger_word,
+                                  started_at=started, finished_at=time.time())
+        md = kohya_metadata(config, summary, base_version, schedule.prediction_type)
+        md["modelspec.architecture"] = architecture
+        return md
+
+    def checkpoint(state: TrainState) -> None:
+        path = files.checkpoint_path(state.step)
+        save_lora(path, export_lora(adapters, name_map), metadata(state.step))
+        if config.checkpointing.save_resume_state:
+            save_state(files.resume_path, state)
+        checkpoints.append(os.path.basename(path))
+        job.add_checkpoint(state.step, os.path.basename(path))
+
+    def on_step(record: StepRecord) -> None:
+        job.record_step(record.step, record.total, record.loss, record.smoothed_loss, record.lr,
+                        record.seconds_per_step)
+        control.progress(bar, record)
+
+    try:
+        check_memory(unet, adapters, config, spec)
+        eval_batches, eval_count = batches.fixed()
+        eval_start = evaluate(denoiser, adapters, eval_batches, schedule, EVAL_SEED, eval_count)
+        try:
+            result = train(denoiser, adapters, batches.batch, schedule, config, on_step,
+                           should_stop=control.should_stop, start_state=start_state, on_checkpoint=checkpoint)
+        except NonFiniteLossError as e:
+            kept = f" The last good checkpoint is {checkpoints[-1]}." if checkpoints else " No checkpoint was saved yet."
+            raise TrainingStopped(str(e) + kept) from e
+        eval_end = evaluate(denoiser, adapters, eval_batches, schedule, EVAL_SEED, eval_count)
+        validation = None
+        if spec.validation_items:
+            held_out = LatentBatches(spec.validation_items, encoded[len(train_items):], 1, opt.seed)
+            val_batches, val_count = held_out.fixed(len(spec.validation_items))
+            validation = evaluate(denoiser, adapters, val_batches, schedule, EVAL_SEED, val_count)
+            job.record_validation(result.steps_completed, validation)
+    finally:
+        adapters.detach()
+
+    if result.stopped_early and result.steps_completed < opt.steps:
+        checkpoint(result.state)
+        lora_name = files.checkpoint_name(result.steps_completed)
+    else:
+        save_lora(files.lora_path, export_lora(adapters, name_map), metadata(result.steps_completed))
+        lora_name = files.lora_name
+        if config.checkpointing.save_resume_state:
+            save_state(files.resume_path, result.state)
+    if control.interrupted:
+        message = (f"Training '{files.name}' was cancelled at step {result.steps_completed} of {opt.steps}; "
+                   f"saved {lora_name} and its resume state. Queue again with resume on to continue.")
+        log.warning("LoRA Lab: %s", message)
+        job.finish("interrupted", error=message, lora_name=lora_name)
+        raise comfy.model_management.InterruptProcessingException()
+    job.finish("stopped" if result.stopped_early else "done", lora_name=lora_name)
+
+    trained = parse_lora(export_lora(adapters, name_map, dtype=torch.float32), {}, source_name=lora_name)
+    new_model, new_clip, _ = patch_model_and_clip(model, clip, trained, 1.0, 1.0)
+    return RunResult(new_model, new_clip, lora_name, list(result.loss_history), eval_start, eval_end,
+                     validation, result.steps_completed, result.stopped_early, checkpoints)

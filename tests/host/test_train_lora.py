@@ -1,0 +1,154 @@
+"""Train LoRA in a real ComfyUI on the small model: learning, interop of the saved file, cancel and resume."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from scripts.comfy_host import error_message
+from scripts.make_demo_dataset import make_demo_dataset
+from tests.graphs import Graph, checkpoint, out, render, saved_images
+from trainer.safetensors_io import read_safetensors
+
+TRIGGER = "lrlring"
+
+
+def train_graph(name: str, steps: int = 12, lr: float = 2e-3, rank: int = 4, folder: str = "rings",
+                options: dict | None = None, validation_share: float = 0.0, extra: bool = True) -> tuple[Graph, str]:
+    g = Graph()
+    ckpt = checkpoint(g)
+    data = g.add("LoraLabDataset", folder=folder, trigger_word=TRIGGER, resolution=64, flip=False,
+                 validation_share=validation_share, seed=0)
+    kwargs = {}
+    if options is not None:
+        opts = g.add("LoraLabTrainOptions", **{**DEFAULT_OPTIONS, **options})
+        kwargs["options"] = out(opts)
+    train = g.add("LoraLabTrainLora", model=out(ckpt, 0), clip=out(ckpt, 1), vae=out(ckpt, 2), dataset=out(data),
+                  name=name, steps=steps, learning_rate=lr, rank=rank, alpha=float(rank), batch_size=1, seed=5,
+                  **kwargs)
+    return g, train
+
+
+DEFAULT_OPTIONS = {"targets": "attention_ff", "dropout": 0.0, "schedule": "constant", "warmup_steps": 0,
+                   "grad_accumulation": 1, "max_grad_norm": 1.0, "min_snr_gamma": 0.0, "noise_offset": 0.0,
+                   "optimizer": "adamw", "weight_decay": 0.0, "mixed_precision": "no",
+                   "gradient_checkpointing": False, "checkpoint_every": 0, "resume": False}
+
+
+@pytest.fixture(scope="module")
+def rings(host):
+    make_demo_dataset(host.input_dir / "rings", count=4, size=64)
+    return "rings"
+
+
+def test_training_learns_and_saves_a_file_every_loader_reads(host, rings):
+    g, train = train_graph("learned", steps=16, validation_share=0.25)
+    entry = host.run(g.nodes, timeout=900)
+    ui = entry["outputs"][train]
+    start, end = ui["eval_loss"]
+    assert end < 0.8 * start, f"loss at fixed noise did not fall clearly: {start} -> {end}"
+    assert ui["validation_loss"][0] is not None
+    assert len(ui["loss_history"]) == 16
+    path = host.loras_dir / "learned.safetensors"
+    tensors, metadata = read_safetensors(path)
+    assert all(k.startswith("lora_unet_down_blocks_") or k.startswith(("lora_unet_mid_block", "lora_unet_up_blocks"))
+               for k in tensors), sorted(tensors)[:5]
+    assert metadata["ss_network_dim"] == "4" and metadata["modelspec.trigger_phrase"] == TRIGGER
+    assert metadata["ss_base_model_version"] == "sd_v1" and metadata["ss_steps"] == "16"
+
+    # The native loader reads every key and the image changes; Load LoRA reads the trigger word back.
+    mark = len(host.log_text())
+    g = Graph()
+    ckpt = checkpoint(g)
+    native = g.add("LoraLoader", model=out(ckpt, 0), clip=out(ckpt, 1), lora_name="learned.safetensors",
+                   strength_model=1.0, strength_clip=1.0)
+    ours = g.add("LoraLabLoadLora", model=out(ckpt, 0), clip=out(ckpt, 1), lora_name="learned.safetensors",
+                 strength_model=1.0, strength_clip=1.0)
+    with_lora = render(g, out(native, 0), out(native, 1), out(ckpt, 2), "trained")
+    base = render(g, out(ckpt, 0), out(ckpt, 1), out(ckpt, 2), "untrained")
+    words = g.add("PreviewAny", source=out(ours, 2))
+    entry = host.run(g.nodes)
+    assert "lora key not loaded" not in host.log_text()[mark:]
+    assert not np.array_equal(saved_images(host, entry, with_lora)[0], saved_images(host, entry, base)[0])
+    assert entry["outputs"][words]["text"] == [TRIGGER]
+
+
+def test_diffusers_reads_the_trained_file(host, rings):
+    diffusers = pytest.importorskip("diffusers")
+    path = host.loras_dir / "learned.safetensors"
+    if not path.exists():
+        host.run(train_graph("learned", steps=16, validation_share=0.25)[0].nodes, timeout=900)
+    state_dict, alphas = diffusers.StableDiffusionPipeline.lora_state_dict(str(path), return_alphas=True) \
+        if "return_alphas" in diffusers.StableDiffusionPipeline.lora_state_dict.__code__.co_varnames \
+        else (diffusers.StableDiffusionPipeline.lora_state_dict(str(path))[0], None)
+    tensors, _ = read_safetensors(path)
+    layers = {k.removesuffix(".lora_down.weight") for k in tensors if k.endswith(".lora_down.weight")}
+    converted = {k for k in state_dict if k.endswith("lora_A.weight") or k.endswith("lora.down.weight")}
+    assert len(converted) == len(layers) > 0
+    assert all(k.startswith("unet.") for k in converted)
+
+
+def test_bad_settings_are_clear_errors(host, rings):
+    for kwargs, expected in (({"steps": 0}, "steps"), ({"lr": 0.0}, "learning_rate"),
+                             ({"rank": 2000}, "rank")):
+        steps = kwargs.get("steps", 2)
+        g, _ = train_graph("bad", steps=steps, lr=kwargs.get("lr", 1e-3), rank=kwargs.get("rank", 4))
+        status, answer = host.post_json("/prompt", {"prompt": g.nodes, "client_id": "t"})
+        if status == 200:
+            entry = host.wait(answer["prompt_id"])
+            assert entry["status"]["status_str"] == "error"
+            message = error_message(entry)
+        else:
+            message = json.dumps(answer)
+        assert expected in message, message
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ""])
+def test_output_name_must_be_a_plain_file_name(host, rings, name):
+    g, _ = train_graph(name, steps=2)
+    entry = host.wait(host.queue(g.nodes))
+    assert entry["status"]["status_str"] == "error"
+    assert "output name" in error_message(entry)
+
+
+def test_existing_output_name_is_not_overwritten(host, rings):
+    (host.loras_dir / "taken.safetensors").write_bytes(b"keep me")
+    g, _ = train_graph("taken", steps=2)
+    entry = host.wait(host.queue(g.nodes))
+    assert "already exists" in error_message(entry)
+    assert (host.loras_dir / "taken.safetensors").read_bytes() == b"keep me"
+
+
+def test_cancel_keeps_a_checkpoint_and_resume_finishes_like_an_uninterrupted_run(host, rings):
+    steps = 10
+    # Uninterrupted reference run.
+    host.run(train_graph("straight", steps=steps, options={})[0].nodes, timeout=900)
+    # The same run, cancelled part-way through.
+    g, train = train_graph("resumed", steps=steps, options={})
+    prompt_id = host.queue(g.nodes)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        jobs = host.get_json("/loralab/jobs") if host.request("GET", "/loralab/jobs")[0] == 200 else []
+        job = next((j for j in jobs if j.get("name") == "resumed"), None)
+        if job and 2 <= job.get("step", 0) < steps:
+            break
+        time.sleep(0.05)
+    host.post_json("/interrupt", {})
+    entry = host.wait(prompt_id)
+    assert entry["status"]["status_str"] == "error" or not entry["status"].get("completed")
+    checkpoints = sorted(host.loras_dir.glob("resumed-step*.safetensors"))
+    assert checkpoints, "cancel left no checkpoint"
+    assert not (host.loras_dir / "resumed.safetensors").exists()
+    # Resume to the end.
+    entry = host.run(train_graph("resumed", steps=steps, options={"resume": True})[0].nodes, timeout=900)
+    ui = entry["outputs"][train]
+    assert len(ui["loss_history"]) == steps
+    straight, _ = read_safetensors(host.loras_dir / "straight.safetensors")
+    resumed, _ = read_safetensors(host.loras_dir / "resumed.safetensors")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key].float(), straight[key].float(), rtol=1e-3, atol=1e-5)

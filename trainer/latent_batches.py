@@ -1,0 +1,67 @@
+"""Training batches from a dataset encoded once: latents (and flipped latents) plus text contexts per image."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .buckets import batches_by_bucket
+from .dataset_spec import DatasetItem
+
+# Epoch orders come from (seed, epoch) alone, so a resumed run sees the batches an uninterrupted one would.
+EPOCH_SEED_STRIDE = 1_000_003
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """One image as the denoiser sees it: latent [C, h, w], optional mirrored latent, context [tokens, width]."""
+    latent: torch.Tensor
+    flipped: torch.Tensor | None
+    context: torch.Tensor
+
+
+def _stack_contexts(contexts: list[torch.Tensor]) -> torch.Tensor:
+    # Long captions give contexts of 77-token multiples; a batch keeps the shortest common length.
+    tokens = min(c.shape[0] for c in contexts)
+    return torch.stack([c[:tokens] for c in contexts])
+
+
+class LatentBatches:
+    """`batch(micro_index, generator)` for the training loop; `fixed(indices)` for evaluation."""
+
+    def __init__(self, items: tuple[DatasetItem, ...], encoded: list[EncodedImage], batch_size: int, seed: int) -> None:
+        if not items:
+            raise ValueError("no images to train on")
+        self.items = items
+        self.encoded = encoded
+        self.batch_size = batch_size
+        self.seed = seed
+        self._epochs: dict[int, list[list[int]]] = {}
+
+    def _epoch(self, epoch: int) -> list[list[int]]:
+        if epoch not in self._epochs:
+            generator = torch.Generator().manual_seed(self.seed * EPOCH_SEED_STRIDE + epoch)
+            self._epochs = {epoch: batches_by_bucket(list(self.items), self.batch_size, generator)}
+        return self._epochs[epoch]
+
+    def batches_per_epoch(self) -> int:
+        return len(self._epoch(0))
+
+    def batch(self, micro_index: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, position = divmod(micro_index, self.batches_per_epoch())
+        indices = self._epoch(epoch)[position]
+        latents = []
+        for i in indices:
+            image = self.encoded[i]
+            mirror = bool(torch.rand((), generator=generator) < 0.5)  # drawn always: same stream flip or not
+            latents.append(image.flipped if (mirror and image.flipped is not None) else image.latent)
+        return torch.stack(latents), _stack_contexts([self.encoded[i].context for i in indices])
+
+    def fixed(self, limit: int = 4):
+        """A batch function over the first `limit` images one at a time, unflipped (for evaluation)."""
+        count = min(limit, len(self.encoded))
+
+        def batch(index: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+            image = self.encoded[index % count]
+            return image.latent[None], image.context[None]
+        return batch, count
