@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import statistics
@@ -152,6 +153,7 @@ def main() -> int:
     args = parser.parse_args()
 
     print("command:", shlex.join([Path(sys.executable).as_posix(), *sys.argv]))
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
     started = time.monotonic()
     base = Path(tempfile.mkdtemp(prefix="loralab-bench-"))
     host = ComfyHost(prepare_base_dir(base, ensure_tiny_checkpoint()))
@@ -211,7 +213,8 @@ def main() -> int:
             print("| " + " | ".join(row) + " |")
         print("\nraw = host execution time of the prompt; net = raw minus the baseline of the same repetition "
               "(median of differences). Re-run ratio = our unchanged re-run / native cold apply (net), same stack.")
-        print(f"total {time.monotonic() - started:.0f} s")
+        print(f"total {time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.2f} at end "
+              "(above ~1 means other processes competed for the CPUs)")
         return 0
     finally:
         host.stop()

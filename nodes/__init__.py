@@ -19,3 +19,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LoraLabTrainLora": "Train LoRA (LoRA Lab)",
     "LoraLabTrainOptions": "Train LoRA Options (LoRA Lab)",
 }
+
+from .routes import register_routes  # noqa: E402 - the routes serve the jobs of the nodes above
+
+register_routes()

@@ -144,7 +144,7 @@ def _control(action: str) -> Handler:
         return _json(job.snapshot())
 
     handler.__name__ = f"job_{action}"
-    handler.__doc__ = f"POST /loralab/jobs/{{job_id}}/{action}: queues '{action}' for the trainer; returns the snapshot."
+    handler.__doc__ = f"POST /loralab/jobs/{{job_id}}/{action}: queues '{action}'; returns the snapshot."
     return handler
 
 

@@ -181,7 +181,8 @@ def _run(model, clip, vae, spec, files, config, start_state, job, node_id) -> Ru
         eval_start = evaluate(denoiser, adapters, eval_batches, schedule, EVAL_SEED, eval_count)
         try:
             result = train(denoiser, adapters, batches.batch, schedule, config, on_step,
-                           should_stop=control.should_stop, start_state=start_state, on_checkpoint=checkpoint)
+                           should_stop=control.should_stop, start_state=start_state, on_checkpoint=checkpoint,
+                           interruptions=(comfy.model_management.InterruptProcessingException,))
         except NonFiniteLossError as e:
             kept = f" The last good checkpoint is {checkpoints[-1]}." if checkpoints else " No checkpoint was saved yet."
             raise TrainingStopped(str(e) + kept) from e
@@ -203,7 +204,7 @@ def _run(model, clip, vae, spec, files, config, start_state, job, node_id) -> Ru
         lora_name = files.lora_name
         if config.checkpointing.save_resume_state:
             save_state(files.resume_path, result.state)
-    if control.interrupted:
+    if control.interrupted or result.stopped_early == "interrupted":
         message = (f"Training '{files.name}' was cancelled at step {result.steps_completed} of {opt.steps}; "
                    f"saved {lora_name} and its resume state. Queue again with resume on to continue.")
         log.warning("LoRA Lab: %s", message)

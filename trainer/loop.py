@@ -218,10 +218,13 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
           config: TrainConfig, on_step: Callable[[StepRecord], None],
           should_stop: Callable[[], str | None] | None = None, start_state: TrainState | None = None,
           on_checkpoint: Callable[[TrainState], None] | None = None,
-          checkpoint_modules: Sequence[nn.Module] | None = None) -> TrainResult:
+          checkpoint_modules: Sequence[nn.Module] | None = None,
+          interruptions: tuple[type[BaseException], ...] = ()) -> TrainResult:
     """Train `adapters` for config.optimisation.steps updates (continuing from start_state if given).
 
-    should_stop() is polled before every update; a non-empty reason ends the run gracefully.
+    should_stop() is polled before every update; a non-empty reason ends the run gracefully. An exception
+    of a type in `interruptions` raised inside an update (a host whose layers raise on Cancel) also ends
+    it gracefully: that update is discarded and the result holds the state after the last whole one.
     on_checkpoint(state) is called every checkpointing.every_n_steps updates (not after the last one:
     the result carries the final state). Raises NonFiniteLossError without applying the bad update.
     """
@@ -271,7 +274,18 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
                 multiplier = lr_multiplier_at(step, opt)
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * multiplier
-                loss_value = _accumulate_gradients(denoiser, batches, schedule, opt, generator, device, scaler, step)
+                generator_before = generator.get_state()
+                try:
+                    loss_value = _accumulate_gradients(denoiser, batches, schedule, opt, generator, device,
+                                                       scaler, step)
+                except interruptions as e:
+                    # Nothing was applied yet: rewind the randomness so a resumed run redoes this update.
+                    generator.set_state(generator_before)
+                    optimizer.zero_grad(set_to_none=True)
+                    stopped_early = "interrupted"
+                    logger.info("interrupted during step %d (%s); keeping the state of step %d",
+                                step + 1, type(e).__name__, step)
+                    break
                 scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
                 max_norm = opt.max_grad_norm if opt.max_grad_norm > 0 else math.inf
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))

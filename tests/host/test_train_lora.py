@@ -39,6 +39,17 @@ DEFAULT_OPTIONS = {"targets": "attention_ff", "dropout": 0.0, "schedule": "const
                    "gradient_checkpointing": False, "checkpoint_every": 0, "resume": False}
 
 
+def wait_for_step(host, name: str, step: int, timeout: float = 120.0) -> dict:
+    """The newest job called `name` once it has reached `step`, polled through the status route."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = next((j for j in host.get_json("/loralab/jobs") if j["name"] == name), None)
+        if job and job["step"] >= step:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {name} did not reach step {step} in {timeout:.0f}s")
+
+
 @pytest.fixture(scope="module")
 def rings(host):
     make_demo_dataset(host.input_dir / "rings", count=4, size=64)
@@ -130,16 +141,12 @@ def test_cancel_keeps_a_checkpoint_and_resume_finishes_like_an_uninterrupted_run
     # The same run, cancelled part-way through.
     g, train = train_graph("resumed", steps=steps, options={})
     prompt_id = host.queue(g.nodes)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        jobs = host.get_json("/loralab/jobs") if host.request("GET", "/loralab/jobs")[0] == 200 else []
-        job = next((j for j in jobs if j.get("name") == "resumed"), None)
-        if job and 2 <= job.get("step", 0) < steps:
-            break
-        time.sleep(0.05)
+    job = wait_for_step(host, "resumed", 2)
+    assert job["step"] < steps, "the run finished before it could be cancelled"
     host.post_json("/interrupt", {})
     entry = host.wait(prompt_id)
-    assert entry["status"]["status_str"] == "error" or not entry["status"].get("completed")
+    assert entry["status"]["status_str"] != "success"
+    assert any(event == "execution_interrupted" for event, _ in entry["status"]["messages"])
     checkpoints = sorted(host.loras_dir.glob("resumed-step*.safetensors"))
     assert checkpoints, "cancel left no checkpoint"
     assert not (host.loras_dir / "resumed.safetensors").exists()
