@@ -1,0 +1,182 @@
+// The training dashboard as plain DOM: renders a view-model and a chart model, reports user intents.
+//
+// Owns no job state and knows no host: js/train_dashboard.js feeds it. The chart is an inline SVG
+// inside the DOM widget (the editor's newer node renderer drops canvas-drawn widgets). Every part
+// carries a data-testid and a `loralab-dash-*` class for browser tests and users' own styles.
+
+import { dotsData, pathData } from "./dashboard_chart.js";
+import { formatLoss } from "./dashboard_format.js";
+import { ensureDashboardStyle } from "./dashboard_style.js";
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+export const CHART_WIDTH = 300; // the SVG's own units; it stretches to the widget's width
+export const CHART_HEIGHT = 100;
+
+// Heights (px) of the parts, for the widget's minimum height; they match dashboard_style.js.
+const GAP = 4;
+const HEIGHTS = { head: 18, bar: 10, stats: 3 * 17, chart: 110, samples: 70, checkpoint: 16, maxCheckpoints: 3,
+  message: 34, buttons: 26 };
+
+function el(doc, tag, props = {}, children = []) {
+  const node = doc.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key in node) node[key] = value;
+    else node.setAttribute(key, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+function svg(doc, tag, attrs = {}) {
+  const node = doc.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  return node;
+}
+
+function stat(doc, testid, label) {
+  const value = el(doc, "b", { dataset: { testid: `loralab-dash-${testid}` } });
+  return { cell: el(doc, "div", {}, [el(doc, "span", { textContent: `${label} ` }), value]), value };
+}
+
+/** Shows `src` large over the page until a click or Escape; returns a function that closes it. */
+export function showOverlay(doc, src, caption) {
+  const close = () => {
+    overlay.remove();
+    doc.removeEventListener("keydown", onKey, true);
+  };
+  const onKey = (event) => {
+    if (event.key === "Escape") {
+      event.stopPropagation();
+      close();
+    }
+  };
+  const overlay = el(doc, "div", { className: "loralab-dash-overlay", dataset: { testid: "loralab-dash-overlay" } },
+    [el(doc, "img", { src, alt: caption }), el(doc, "div", { textContent: caption })]);
+  overlay.addEventListener("click", close);
+  doc.addEventListener("keydown", onKey, true);
+  doc.body.append(overlay);
+  return close;
+}
+
+/**
+ * Builds the dashboard element. `intents` receives stop(), save(), sample(): the owner posts them
+ * and calls render() with what the job says next.
+ */
+export function createDashboard(doc, intents) {
+  ensureDashboardStyle(doc);
+  const state = el(doc, "span", { className: "loralab-dash-state", dataset: { testid: "loralab-dash-state" } });
+  const jobLabel = el(doc, "span", { className: "loralab-dash-muted", dataset: { testid: "loralab-dash-job" } });
+  const fill = el(doc, "div");
+  const bar = el(doc, "div", { className: "loralab-dash-bar", role: "progressbar", dataset: { testid: "loralab-dash-progress" } }, [fill]);
+  const stats = {
+    step: stat(doc, "step", "step"), rate: stat(doc, "rate", "speed"), eta: stat(doc, "eta", "ETA"),
+    loss: stat(doc, "loss", "loss"), smoothed: stat(doc, "smoothed", "smoothed"), validation: stat(doc, "validation", "val"),
+    lr: stat(doc, "lr", "lr"), memory: stat(doc, "memory", "memory"), checkpoints: stat(doc, "checkpoint-count", "saved"),
+  };
+  const statGrid = el(doc, "div", { className: "loralab-dash-stats" }, Object.values(stats).map((s) => s.cell));
+
+  const rawPath = svg(doc, "path", { class: "loralab-dash-raw", "data-testid": "loralab-dash-raw" });
+  const smoothPath = svg(doc, "path", { class: "loralab-dash-smooth", "data-testid": "loralab-dash-smooth" });
+  const valPath = svg(doc, "path", { class: "loralab-dash-val", "data-testid": "loralab-dash-validation" });
+  const chartSvg = svg(doc, "svg", { viewBox: `0 0 ${CHART_WIDTH} ${CHART_HEIGHT}`, preserveAspectRatio: "none" });
+  chartSvg.append(rawPath, smoothPath, valPath);
+  const yMax = el(doc, "span", { className: "loralab-dash-axis", style: "top: 2px; left: 4px" });
+  const yMin = el(doc, "span", { className: "loralab-dash-axis", style: "bottom: 2px; left: 4px" });
+  const xMax = el(doc, "span", { className: "loralab-dash-axis", style: "bottom: 2px; right: 4px" });
+  const empty = el(doc, "div", { className: "loralab-dash-empty", textContent: "the loss appears here while training" });
+  const chart = el(doc, "div", { className: "loralab-dash-chart", dataset: { testid: "loralab-dash-chart", points: "0" },
+    title: "loss per step: faint = raw, bold = smoothed, dots = validation" }, [chartSvg, yMax, yMin, xMax, empty]);
+
+  const samples = el(doc, "div", { className: "loralab-dash-samples", dataset: { testid: "loralab-dash-samples" } });
+  const checkpoints = el(doc, "ul", { className: "loralab-dash-ckpts", dataset: { testid: "loralab-dash-checkpoints" } });
+  const message = el(doc, "div", { className: "loralab-dash-message", dataset: { testid: "loralab-dash-message" } });
+  const buttons = {
+    stop: el(doc, "button", { type: "button", textContent: "Stop & save", title: "Stop at the next step and save the LoRA so far",
+      dataset: { testid: "loralab-dash-stop", action: "stop" } }),
+    save: el(doc, "button", { type: "button", textContent: "Save now", title: "Save a checkpoint at the next step and keep training",
+      dataset: { testid: "loralab-dash-save", action: "save" } }),
+    sample: el(doc, "button", { type: "button", textContent: "Sample now", title: "Render sample images at the next step",
+      dataset: { testid: "loralab-dash-sample", action: "sample" } }),
+  };
+  const root = el(doc, "div", { className: "loralab-dash", dataset: { testid: "loralab-dash", state: "none" } }, [
+    el(doc, "div", { className: "loralab-dash-head" }, [state, jobLabel]), bar, statGrid, chart, samples, checkpoints,
+    message, el(doc, "div", { className: "loralab-dash-buttons" }, Object.values(buttons))]);
+
+  root.addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-action]");
+    if (button && !button.disabled) intents[button.dataset.action]?.();
+    const img = event.target.closest("img[data-src]");
+    if (img) showOverlay(doc, img.dataset.src, img.title);
+  });
+
+  let shown = { samplesKey: "", checkpointsKey: "", sampleRows: 0, checkpointRows: 0, message: false };
+
+  function renderSamples(groups) {
+    const key = JSON.stringify(groups);
+    if (key === shown.samplesKey) return;
+    shown.samplesKey = key;
+    samples.replaceChildren(...groups.map((g) => el(doc, "figure", {}, [
+      el(doc, "div", { className: "loralab-dash-thumbs" }, g.items.map((s) => el(doc, "img", {
+        src: s.src, alt: s.label, title: `${s.label} (step ${g.step})`, loading: "lazy",
+        dataset: { testid: "loralab-dash-sample-image", src: s.src, step: String(g.step) } }))),
+      el(doc, "figcaption", { textContent: `step ${g.step}` })])));
+    samples.hidden = groups.length === 0;
+  }
+
+  function renderCheckpoints(list) {
+    const key = JSON.stringify(list);
+    if (key === shown.checkpointsKey) return;
+    shown.checkpointsKey = key;
+    checkpoints.replaceChildren(...[...list].reverse().map((c) => el(doc, "li", {
+      textContent: `step ${c.step}: ${c.loraName}`, title: c.loraName,
+      dataset: { testid: "loralab-dash-checkpoint", step: String(c.step), lora: c.loraName } })));
+    checkpoints.hidden = list.length === 0;
+  }
+
+  function renderChart(model, log) {
+    chart.dataset.points = String(model.count);
+    empty.hidden = !model.empty;
+    rawPath.setAttribute("d", pathData(model.raw));
+    smoothPath.setAttribute("d", pathData(model.smoothed));
+    valPath.setAttribute("d", dotsData(model.validation));
+    yMax.textContent = model.yRange ? formatLoss(model.yRange.max) + (log ? " (log)" : "") : "";
+    yMin.textContent = model.yRange ? formatLoss(model.yRange.min) : "";
+    xMax.textContent = model.xRange ? `step ${Math.round(model.xRange.max)}` : "";
+  }
+
+  return {
+    element: root,
+    /** Redraws from a view-model (dashboard_model.viewModel), a chart model and an optional note. */
+    render(vm, chartModel, { note = "", log = false } = {}) {
+      root.dataset.state = vm.state;
+      root.dataset.jobId = vm.jobId;
+      state.textContent = vm.stateLabel;
+      jobLabel.textContent = vm.hasJob ? `job ${vm.jobId.slice(0, 8)}` : "";
+      fill.style.width = `${(vm.progress * 100).toFixed(1)}%`;
+      bar.setAttribute("aria-valuenow", String(Math.round(vm.progress * 100)));
+      for (const key of ["step", "rate", "eta", "loss", "smoothed", "validation", "lr", "memory"]) {
+        stats[key].value.textContent = vm[key === "step" ? "stepText" : key];
+      }
+      stats.checkpoints.value.textContent = String(vm.checkpoints.length);
+      renderChart(chartModel, log);
+      renderSamples(vm.samples);
+      renderCheckpoints(vm.checkpoints);
+      const text = note || vm.error || vm.pending || vm.result;
+      message.textContent = text;
+      message.hidden = !text;
+      message.classList.toggle("loralab-dash-bad", Boolean(note || (vm.error && vm.state === "error")));
+      for (const button of Object.values(buttons)) button.disabled = !vm.canControl;
+      shown = { ...shown, sampleRows: vm.samples.length ? 1 : 0,
+        checkpointRows: Math.min(vm.checkpoints.length, HEIGHTS.maxCheckpoints), message: Boolean(text) };
+    },
+    /** The height that shows every part without clipping. */
+    minHeight() {
+      const parts = [HEIGHTS.head, HEIGHTS.bar, HEIGHTS.stats, HEIGHTS.chart, HEIGHTS.buttons];
+      if (shown.sampleRows) parts.push(HEIGHTS.samples);
+      if (shown.checkpointRows) parts.push(shown.checkpointRows * HEIGHTS.checkpoint);
+      if (shown.message) parts.push(HEIGHTS.message);
+      return parts.reduce((a, b) => a + b, 0) + GAP * (parts.length - 1) + 4;
+    },
+  };
+}

@@ -1,0 +1,137 @@
+"""The Train LoRA dashboard in the host's real graph editor: follow a run queued from the editor, stop it
+from the dashboard, and recover the finished job after a page reload."""
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import pytest
+from playwright.sync_api import expect
+
+from scripts.comfy_host import TINY_CHECKPOINT_NAME
+from scripts.make_demo_dataset import make_demo_dataset
+
+from tests.browser.editor import APP, Editor
+
+pytestmark = pytest.mark.browser
+
+DATASET = "dash_rings"
+STEPS = 400  # far more than the test waits for: the run must still be going when "Stop & save" is clicked
+
+
+@pytest.fixture
+def editor(browser, host):
+    ed = Editor.open(browser, host)
+    yield ed
+    ed.page.close()
+
+
+def dashboard(editor: Editor, node_id: int):
+    return editor.page.locator(f'.loralab-dash[data-node-id="{node_id}"]')
+
+
+def shown_step(dash) -> int:
+    return int(re.match(r"\s*(\d+)", dash.get_by_test_id("loralab-dash-step").inner_text()).group(1))
+
+
+def job_named(host, name: str) -> dict:
+    jobs = [j for j in host.get_json("/api/loralab/jobs") if j["name"] == name]
+    assert len(jobs) == 1, jobs
+    return host.get_json(f"/api/loralab/jobs/{jobs[0]['id']}")
+
+
+def wait_for_state(host, job_id: str, states: set[str], timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snapshot = host.get_json(f"/api/loralab/jobs/{job_id}")
+        if snapshot["state"] in states:
+            return snapshot
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not reach {states} in {timeout:.0f}s: {snapshot}")
+
+
+def build_training_graph(editor: Editor, name: str) -> int:
+    ckpt = editor.add_node("CheckpointLoaderSimple", (40, 80))
+    data = editor.add_node("LoraLabDataset", (40, 360))
+    train = editor.add_node("LoraLabTrainLora", (480, 40))
+    editor.js("""const g = app.graph, ck = g.getNodeById(arg.ckpt), ds = g.getNodeById(arg.data), tr = g.getNodeById(arg.train);
+        const set = (node, values) => { for (const [k, v] of Object.entries(values)) node.widgets.find(w => w.name === k).value = v; };
+        set(ck, {ckpt_name: arg.ckpt_name});
+        set(ds, {folder: arg.folder, resolution: 64});
+        set(tr, {name: arg.name, steps: arg.steps, rank: 2, alpha: 2, learning_rate: 0.001, batch_size: 1});
+        ck.connect(0, tr, tr.findInputSlot('model'));
+        ck.connect(1, tr, tr.findInputSlot('clip'));
+        ck.connect(2, tr, tr.findInputSlot('vae'));
+        ds.connect(0, tr, tr.findInputSlot('dataset'));
+        app.canvas.ds.offset = [0, 0]; app.canvas.ds.scale = 1;
+        app.canvas.setDirty(true, true);""",
+              {"ckpt": ckpt, "data": data, "train": train, "ckpt_name": TINY_CHECKPOINT_NAME, "folder": DATASET,
+               "name": name, "steps": STEPS})
+    return train
+
+
+def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
+    make_demo_dataset(host.input_dir / DATASET, count=3, size=64)
+    name = f"dash_{uuid.uuid4().hex[:8]}"
+    train = build_training_graph(editor, name)
+    dash = dashboard(editor, train)
+
+    # Before any run: says so, and offers no controls.
+    expect(dash.get_by_test_id("loralab-dash-state")).to_contain_text(f"no run named “{name}”", timeout=10_000)
+    for control in ("stop", "save", "sample"):
+        assert dash.get_by_test_id(f"loralab-dash-{control}").is_disabled()
+
+    editor.page.evaluate("async () => { await window.comfyAPI.app.app.queuePrompt(0); }")
+
+    # Live: websocket events move the step counter and the chart draws the loss.
+    editor.page.wait_for_function(
+        """(id) => { const d = document.querySelector(`.loralab-dash[data-node-id="${id}"]`);
+            return d && d.dataset.state === 'running' && Number(d.querySelector('[data-testid=loralab-dash-chart]').dataset.points) >= 3
+              && parseInt(d.querySelector('[data-testid=loralab-dash-step]').textContent) > 0; }""",
+        arg=train, timeout=60_000)
+    job_id = dash.get_attribute("data-job-id")
+    assert job_id == job_named(host, name)["id"], "the node shows the job of its name"
+    assert dash.get_by_test_id("loralab-dash-state").inner_text() == "training"
+    assert dash.get_by_test_id("loralab-dash-raw").get_attribute("d").count("L") >= 2
+    assert dash.get_by_test_id("loralab-dash-smooth").get_attribute("d").startswith("M")
+    assert re.fullmatch(r"\d+ / " + str(STEPS), dash.get_by_test_id("loralab-dash-step").inner_text())
+    assert dash.get_by_test_id("loralab-dash-lr").inner_text() == "1.00e-3"
+    assert re.search(r"(it/s|s/it)$", dash.get_by_test_id("loralab-dash-rate").inner_text())
+    assert re.fullmatch(r"(\d+h )?(\d+m )?\d+s|<1s", dash.get_by_test_id("loralab-dash-eta").inner_text())
+    assert not dash.get_by_test_id("loralab-dash-stop").is_disabled()
+    editor.page.screenshot(path=str(artifacts / "dashboard_running.png"))
+
+    dash.get_by_test_id("loralab-dash-stop").click()
+    snapshot = wait_for_state(host, job_id, {"stopped", "done", "error", "interrupted"})
+    assert snapshot["state"] == "stopped", snapshot
+    assert 0 < snapshot["step"] < STEPS
+    assert snapshot["checkpoints"], "stopping saves a checkpoint"
+    saved = snapshot["checkpoints"][-1]["lora_name"]
+    assert saved == snapshot["lora_name"] == f"{name}-step{snapshot['step']}.safetensors"
+    assert (host.loras_dir / saved).is_file()
+
+    # The dashboard got the `loralab.finished` event: final state, checkpoint listed, controls off.
+    expect(dash).to_have_attribute("data-state", "stopped", timeout=10_000)
+    expect(dash.get_by_test_id("loralab-dash-checkpoint")).to_contain_text(saved)
+    expect(dash.get_by_test_id("loralab-dash-message")).to_contain_text(f"saved {saved}")
+    assert dash.get_by_test_id("loralab-dash-step").inner_text() == f"{snapshot['step']} / {STEPS}"
+    for control in ("stop", "save", "sample"):
+        assert dash.get_by_test_id(f"loralab-dash-{control}").is_disabled()
+    points = int(dash.get_by_test_id("loralab-dash-chart").get_attribute("data-points"))
+    editor.page.screenshot(path=str(artifacts / "dashboard_stopped.png"))
+    assert editor.pack_errors == []
+
+    # After a reload the editor restores the workflow; the dashboard finds the job again by its name
+    # and draws its whole loss history from the route.
+    editor.page.reload()
+    editor.page.wait_for_function(f"() => {APP}?.graph && {APP}.extensions?.some(e => e.name === 'loralab.TrainDashboard')",
+                                  timeout=120_000)
+    editor.dismiss_dialogs()
+    recovered = editor.page.locator(f'.loralab-dash[data-job-id="{job_id}"]')
+    expect(recovered).to_have_attribute("data-state", "stopped", timeout=20_000)
+    expect(recovered.get_by_test_id("loralab-dash-chart")).to_have_attribute("data-points", str(snapshot["step"]))
+    assert points >= 3
+    expect(recovered.get_by_test_id("loralab-dash-checkpoint")).to_contain_text(saved)
+    editor.page.screenshot(path=str(artifacts / "dashboard_reloaded.png"))
+    assert editor.pack_errors == []
