@@ -84,3 +84,44 @@ def test_load_state_refuses_a_lora_file(tmp_path: Path) -> None:
     write_safetensors_atomic(tmp_path / "lora.safetensors", {"x.alpha": torch.tensor(1.0)}, {"ss_network_dim": "4"})
     with pytest.raises(ResumeStateError, match="is not a LoRA Lab resume state"):
         load_state(tmp_path / "lora.safetensors")
+
+
+class HostCancelled(Exception):
+    """Stands for a host exception raised from inside a layer's forward when the user cancels."""
+
+
+def test_exception_inside_a_step_resumes_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    """Bug: the host's Cancel raises inside a layer mid-step; the run lost all its work."""
+    full, full_result = _train(CONFIG)
+    model = make_model()
+    adapters = attach(model, CONFIG.lora, seed=CONFIG.optimisation.seed)
+    latents, cond = dataset()
+    batches = batch_fn(latents, cond, 2)
+    calls = {"n": 0}
+
+    def cancelling_batches(index: int, generator: torch.Generator):
+        calls["n"] += 1
+        if calls["n"] == 8:  # the second micro-batch of step 4: step 4 is half done
+            raise HostCancelled()
+        return batches(index, generator)
+
+    result = train(model, adapters, cancelling_batches, SCHEDULE, CONFIG, lambda record: None,
+                   interruptions=(HostCancelled,))
+    assert result.stopped_early == "interrupted" and result.steps_completed == 3
+    save_state(tmp_path / "state.safetensors", result.state)
+    resumed, resumed_result = _train(CONFIG, start=load_state(tmp_path / "state.safetensors", CONFIG), init_seed=99)
+    assert resumed_result.loss_history == full_result.loss_history
+    for key, value in full.items():
+        assert torch.equal(resumed[key], value), key
+
+
+def test_other_exceptions_inside_a_step_still_propagate() -> None:
+    model = make_model()
+    adapters = attach(model, CONFIG.lora)
+    latents, cond = dataset()
+
+    def broken(index: int, generator: torch.Generator):
+        raise KeyError("a real bug")
+
+    with pytest.raises(KeyError):
+        train(model, adapters, broken, SCHEDULE, CONFIG, lambda record: None, interruptions=(HostCancelled,))
