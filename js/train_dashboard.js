@@ -54,7 +54,7 @@ function attachDashboard(node) {
   function redraw() {
     const before = view.minHeight();
     view.render(viewModel(job, { name: name(), resolveUrl: (url) => api.apiURL(url) }),
-      chartModel({ history, validation, total: job?.total, width: CHART_WIDTH, height: CHART_HEIGHT }), { note });
+      chartModel({ history, validation, width: CHART_WIDTH, height: CHART_HEIGHT }), { note });
     view.element.dataset.nodeId = String(node.id);
     if (view.minHeight() > before) {
       const min = node.computeSize();

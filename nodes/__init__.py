@@ -1,6 +1,7 @@
 """The host adapter: LoRA Lab's node classes, registered under permanent ids."""
 from .dataset_node import LoraLabDataset
 from .load_lora import LoraLabLoadLora
+from .preview_samples import LoraLabPreviewSamples
 from .stack_loras import LoraLabStackLoras
 from .train_lora import LoraLabTrainLora, LoraLabTrainOptions
 
@@ -10,6 +11,7 @@ NODE_CLASS_MAPPINGS = {
     "LoraLabDataset": LoraLabDataset,
     "LoraLabTrainLora": LoraLabTrainLora,
     "LoraLabTrainOptions": LoraLabTrainOptions,
+    "LoraLabPreviewSamples": LoraLabPreviewSamples,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -18,6 +20,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LoraLabDataset": "LoRA Dataset (LoRA Lab)",
     "LoraLabTrainLora": "Train LoRA (LoRA Lab)",
     "LoraLabTrainOptions": "Train LoRA Options (LoRA Lab)",
+    "LoraLabPreviewSamples": "Preview Samples (LoRA Lab)",
 }
 
 from .routes import register_routes  # noqa: E402 - the routes serve the jobs of the nodes above

@@ -1,6 +1,7 @@
 """What the engine needs from the host's MODEL, CLIP and VAE: a denoiser, a noise schedule, kohya names."""
 from __future__ import annotations
 
+import psutil
 import torch
 
 import comfy.model_base
@@ -92,6 +93,14 @@ def encode_caption(clip, caption: str) -> torch.Tensor:
 def load_for_training(model) -> None:
     """Loads the model (with its patches) onto the compute device and keeps it there while training."""
     comfy.model_management.load_models_gpu([model], force_full_load=True)
+
+
+def memory_in_use() -> int:
+    """Accelerator memory allocated by torch, or this process's resident memory on the CPU."""
+    device = comfy.model_management.get_torch_device()
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    return int(psutil.Process().memory_info().rss)
 
 
 def free_memory_bytes() -> int:

@@ -5,8 +5,12 @@ import torch
 
 from ..trainer.config import Checkpointing, LoraShape, Optimisation, TrainConfig, field_help
 from .dataset_node import DATASET_TYPE
+import comfy.samplers
+
 from .run_files import RunFiles
+from .sampling import SampleSettings
 from .training_run import run_training
+from .training_samples import SamplePlan, default_prompts
 
 OPTIONS_TYPE = "LORALAB_TRAIN_OPTIONS"
 LOSS_TYPE = "LORALAB_LOSS_HISTORY"
@@ -42,6 +46,12 @@ class LoraLabTrainOptions:
             "gradient_checkpointing": ("BOOLEAN", {"default": False, **_tip(Optimisation, "gradient_checkpointing")}),
             "checkpoint_every": ("INT", {"default": 0, "min": 0, "max": 1000000, **_tip(Checkpointing, "every_n_steps")}),
             "resume": ("BOOLEAN", {"default": False, "tooltip": "Continue the run saved under the same name from its last checkpoint."}),
+            "sample_every": ("INT", {"default": 0, "min": 0, "max": 1000000, "tooltip": "Render samples every N steps, plus a step-0 baseline (0 = only on request)."}),
+            "sample_prompts": ("STRING", {"multiline": True, "default": "", "tooltip": "One prompt per line; empty = the first dataset captions (with the trigger word)."}),
+            "sample_steps": ("INT", {"default": 20, "min": 1, "max": 200, "tooltip": "Sampler steps of each sample, as on a KSampler."}),
+            "sample_cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1}),
+            "sample_sampler": (comfy.samplers.KSampler.SAMPLERS,),
+            "sample_scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
         }}
 
     def options(self, **options):
@@ -51,7 +61,17 @@ class LoraLabTrainOptions:
 DEFAULT_OPTIONS = {"targets": "attention", "dropout": 0.0, "schedule": "constant", "warmup_steps": 0,
                    "grad_accumulation": 1, "max_grad_norm": 1.0, "min_snr_gamma": 0.0, "noise_offset": 0.0,
                    "optimizer": "adamw", "weight_decay": 0.01, "mixed_precision": "bf16",
-                   "gradient_checkpointing": False, "checkpoint_every": 0, "resume": False}
+                   "gradient_checkpointing": False, "checkpoint_every": 0, "resume": False,
+                   "sample_every": 0, "sample_prompts": "", "sample_steps": 20, "sample_cfg": 7.0,
+                   "sample_sampler": "euler", "sample_scheduler": "normal"}
+
+
+def build_sample_plan(dataset, seed: int, options: dict) -> SamplePlan:
+    o = {**DEFAULT_OPTIONS, **(options or {})}
+    settings = SampleSettings(seed=seed, steps=o["sample_steps"], cfg=o["sample_cfg"], sampler_name=o["sample_sampler"],
+                              scheduler=o["sample_scheduler"], width=dataset.resolution, height=dataset.resolution)
+    return SamplePlan(default_prompts([i.caption for i in dataset.items], o["sample_prompts"]), settings,
+                      o["sample_every"])
 
 
 def build_config(steps: int, learning_rate: float, rank: int, alpha: float, batch_size: int, seed: int,
@@ -107,7 +127,8 @@ class LoraLabTrainLora:
         config = build_config(steps, learning_rate, rank, alpha, batch_size, seed, options)
         files = RunFiles.for_name(name)
         with torch.inference_mode(False):
-            run = run_training(model, clip, vae, dataset, files, config, bool((options or {}).get("resume")), node_id)
+            run = run_training(model, clip, vae, dataset, files, config, bool((options or {}).get("resume")), node_id,
+                               build_sample_plan(dataset, seed, options))
         summary = (f"saved {run.lora_name} after {run.steps_completed} steps; loss at fixed noise "
                    f"{run.eval_loss_start:.4f} -> {run.eval_loss_end:.4f}"
                    + (f"; validation loss {run.validation_loss:.4f}" if run.validation_loss is not None else "")

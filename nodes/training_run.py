@@ -26,6 +26,7 @@ from ..trainer.memory_estimate import estimate_training_memory, fits
 from . import host_model
 from .lora_patching import patch_model_and_clip
 from .run_files import RunFiles
+from .training_samples import SamplePlan, TrainingSamples, preview_of
 
 log = logging.getLogger(__name__)
 EVAL_SEED = 1234  # fixed noise and timesteps: losses at different steps are comparable
@@ -93,10 +94,11 @@ class HostControl:
         self.job = job
         self.interrupted = False
         self.save_requested = False
+        self.sample_requested = False
 
-    def progress(self, bar: comfy.utils.ProgressBar, record: StepRecord) -> None:
+    def progress(self, bar: comfy.utils.ProgressBar, record: StepRecord, preview=None) -> None:
         try:  # the host's progress hook raises on Cancel; turn that into a graceful stop
-            bar.update_absolute(record.step, record.total)
+            bar.update_absolute(record.step, record.total, preview=preview)
         except comfy.model_management.InterruptProcessingException:
             self.interrupted = True
 
@@ -106,11 +108,12 @@ class HostControl:
             return "cancelled"
         requests = self.job.take_requests()
         self.save_requested = self.save_requested or "save" in requests
+        self.sample_requested = self.sample_requested or "sample" in requests
         return "stopped from the dashboard" if "stop" in requests else None
 
 
 def run_training(model, clip, vae, spec: DatasetSpec, files: RunFiles, config: TrainConfig, resume: bool,
-                 node_id: str | None) -> RunResult:
+                 node_id: str | None, plan: SamplePlan) -> RunResult:
     opt = config.optimisation
     start_state: TrainState | None = None
     if resume:
@@ -126,7 +129,7 @@ def run_training(model, clip, vae, spec: DatasetSpec, files: RunFiles, config: T
     job = JOBS.create(files.name, opt.steps, job_folder)
     job.start()
     try:
-        return _run(model, clip, vae, spec, files, config, start_state, job, node_id)
+        return _run(model, clip, vae, spec, files, config, start_state, job, node_id, plan, job_folder)
     except comfy.model_management.InterruptProcessingException:
         raise
     except Exception as e:
@@ -134,7 +137,7 @@ def run_training(model, clip, vae, spec: DatasetSpec, files: RunFiles, config: T
         raise
 
 
-def _run(model, clip, vae, spec, files, config, start_state, job, node_id) -> RunResult:
+def _run(model, clip, vae, spec, files, config, start_state, job, node_id, plan, job_folder) -> RunResult:
     opt = config.optimisation
     train_items = spec.items
     encoded = encode_items(train_items + spec.validation_items, spec, model, clip, vae)
@@ -170,13 +173,27 @@ def _run(model, clip, vae, spec, files, config, start_state, job, node_id) -> Ru
         checkpoints.append(os.path.basename(path))
         job.add_checkpoint(state.step, os.path.basename(path))
 
+    samples = TrainingSamples(plan, model, clip, vae, adapters, job, job_folder)
+
     def on_step(record: StepRecord) -> None:
         job.record_step(record.step, record.total, record.loss, record.smoothed_loss, record.lr,
-                        record.seconds_per_step)
-        control.progress(bar, record)
+                        record.seconds_per_step, host_model.memory_in_use())
+        strip = None
+        if plan.prompts and (plan.due(record.step) or control.sample_requested):
+            control.sample_requested = False
+            strip = samples.render_or_cancel(record.step)
+            control.interrupted = control.interrupted or strip is None
+        if control.save_requested:  # "save now": a loadable LoRA of this step (resume state comes with checkpoints)
+            control.save_requested = False
+            save_lora(files.checkpoint_path(record.step), export_lora(adapters, name_map), metadata(record.step))
+            checkpoints.append(files.checkpoint_name(record.step))
+            job.add_checkpoint(record.step, files.checkpoint_name(record.step))
+        control.progress(bar, record, preview_of(strip) if strip is not None else None)
 
     try:
         check_memory(unet, adapters, config, spec)
+        if plan.prompts and plan.every_n_steps > 0 and start_state is None:
+            samples.render_or_cancel(0)  # the step-0 baseline: the model before any training
         eval_batches, eval_count = batches.fixed()
         eval_start = evaluate(denoiser, adapters, eval_batches, schedule, EVAL_SEED, eval_count)
         try:

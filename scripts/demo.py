@@ -35,7 +35,9 @@ def demo_graph(name: str, steps: int) -> tuple[Graph, dict[str, str]]:
     options = g.add("LoraLabTrainOptions", targets="attention_ff", dropout=0.0, schedule="cosine", warmup_steps=2,
                     grad_accumulation=1, max_grad_norm=1.0, min_snr_gamma=5.0, noise_offset=0.0, optimizer="adamw",
                     weight_decay=0.01, mixed_precision="bf16", gradient_checkpointing=False,
-                    checkpoint_every=max(1, steps // 3), resume=False)
+                    checkpoint_every=max(1, steps // 3), resume=False, sample_every=max(1, steps // 3),
+                    sample_prompts="", sample_steps=4, sample_cfg=5.0, sample_sampler="euler",
+                    sample_scheduler="normal")
     train = g.add("LoraLabTrainLora", model=out(ckpt, 0), clip=out(ckpt, 1), vae=out(ckpt, 2), dataset=out(data),
                   name=name, steps=steps, learning_rate=2e-3, rank=4, alpha=4.0, batch_size=1, seed=1,
                   options=out(options))

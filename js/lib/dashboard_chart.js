@@ -109,10 +109,11 @@ export function dotsData(points) {
 /**
  * Everything the chart draws, in pixels of a `width` x `height` box (y grows downwards):
  * raw and smoothed loss lines (each at most `maxPoints`), validation dots, and the axis ranges.
- * The x axis runs to the job's `total` steps, so the line's length shows how far the run is.
+ * The x axis spans the steps drawn (the progress bar shows how far the run is), so a long run's
+ * first steps fill the chart instead of a sliver at its left edge.
  * Smoothed values come from the trainer; rows without one are smoothed here the trainer's way.
  */
-export function chartModel({ history = [], validation = [], total = null, width = 300, height = 100,
+export function chartModel({ history = [], validation = [], width = 300, height = 100,
   log = false, maxPoints = MAX_POINTS, padding = 0.06 } = {}) {
   const usable = (v) => finite(v) && (!log || v > 0);
   const raw = history.filter((r) => usable(r[1])).map((r) => [r[0], r[1]]);
@@ -127,7 +128,8 @@ export function chartModel({ history = [], validation = [], total = null, width 
   if (!yRange || steps.length === 0) {
     return { empty: true, count: 0, raw: [], smoothed: [], validation: [], xRange: null, yRange: null };
   }
-  const xRange = { min: Math.min(0, ...steps), max: Math.max(finite(total) ? total : 0, ...steps, 1) };
+  const first = Math.min(...steps);
+  const xRange = { min: first, max: Math.max(first + 1, ...steps) };
   const sx = makeScale(xRange, 0, width);
   const sy = makeScale(yRange, height, 0, log);
   const toPixels = (points) => points.map(([x, y]) => [sx(x), sy(y)]);

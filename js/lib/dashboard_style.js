@@ -4,6 +4,7 @@
 const STYLE_ID = "loralab-dashboard-style";
 
 const CSS = `
+.loralab-dash [hidden] { display: none !important; } /* the parts below set display, which beats [hidden] */
 .loralab-dash { box-sizing: border-box; display: flex; flex-direction: column; gap: 4px; overflow: hidden;
   font: 12px sans-serif; color: var(--input-text, #ddd); padding: 2px 0; }
 .loralab-dash-head { display: flex; justify-content: space-between; align-items: baseline; gap: 6px; height: 18px; }

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from scripts.comfy_host import ComfyHost, ensure_tiny_checkpoint, prepare_base_dir
+from scripts.make_demo_dataset import make_demo_dataset
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +14,10 @@ def host(tmp_path_factory) -> ComfyHost:
     comfy = ComfyHost(base).start()
     yield comfy
     comfy.stop()
+
+
+@pytest.fixture(scope="session")
+def rings(host) -> str:
+    """A small captioned dataset in the host's input folder; its folder name."""
+    make_demo_dataset(host.input_dir / "rings", count=4, size=64)
+    return "rings"

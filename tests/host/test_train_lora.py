@@ -2,58 +2,18 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from scripts.comfy_host import error_message
-from scripts.make_demo_dataset import make_demo_dataset
 from tests.graphs import Graph, checkpoint, out, render, saved_images
+from tests.host.training_graphs import TRIGGER, train_graph, wait_for_step
 from trainer.safetensors_io import read_safetensors
 
-TRIGGER = "lrlring"
 
 
-def train_graph(name: str, steps: int = 12, lr: float = 2e-3, rank: int = 4, folder: str = "rings",
-                options: dict | None = None, validation_share: float = 0.0, extra: bool = True) -> tuple[Graph, str]:
-    g = Graph()
-    ckpt = checkpoint(g)
-    data = g.add("LoraLabDataset", folder=folder, trigger_word=TRIGGER, resolution=64, flip=False,
-                 validation_share=validation_share, seed=0)
-    kwargs = {}
-    if options is not None:
-        opts = g.add("LoraLabTrainOptions", **{**DEFAULT_OPTIONS, **options})
-        kwargs["options"] = out(opts)
-    train = g.add("LoraLabTrainLora", model=out(ckpt, 0), clip=out(ckpt, 1), vae=out(ckpt, 2), dataset=out(data),
-                  name=name, steps=steps, learning_rate=lr, rank=rank, alpha=float(rank), batch_size=1, seed=5,
-                  **kwargs)
-    return g, train
-
-
-DEFAULT_OPTIONS = {"targets": "attention_ff", "dropout": 0.0, "schedule": "constant", "warmup_steps": 0,
-                   "grad_accumulation": 1, "max_grad_norm": 1.0, "min_snr_gamma": 0.0, "noise_offset": 0.0,
-                   "optimizer": "adamw", "weight_decay": 0.0, "mixed_precision": "no",
-                   "gradient_checkpointing": False, "checkpoint_every": 0, "resume": False}
-
-
-def wait_for_step(host, name: str, step: int, timeout: float = 120.0) -> dict:
-    """The newest job called `name` once it has reached `step`, polled through the status route."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = next((j for j in host.get_json("/loralab/jobs") if j["name"] == name), None)
-        if job and job["step"] >= step:
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {name} did not reach step {step} in {timeout:.0f}s")
-
-
-@pytest.fixture(scope="module")
-def rings(host):
-    make_demo_dataset(host.input_dir / "rings", count=4, size=64)
-    return "rings"
 
 
 def test_training_learns_and_saves_a_file_every_loader_reads(host, rings):

@@ -109,10 +109,10 @@ test("SVG path text", () => {
   assert.equal(dotsData([[1, 2]]), "M1.0,2.0l0,0");
 });
 
-test("chart model: every point inside the box, raw within limits, x axis spans the whole run", () => {
+test("chart model: every point inside the box, lines within the point limit, x axis spans the steps drawn", () => {
   const history = curve(5000);
   const validation = [[1000, 0.3], [2000, 0.2], [3000, null]];
-  const m = chartModel({ history, validation, total: 10000, width: 300, height: 100 });
+  const m = chartModel({ history, validation, width: 300, height: 100 });
   assert.equal(m.empty, false);
   assert.equal(m.count, 5002);
   assert.ok(m.raw.length <= MAX_POINTS && m.smoothed.length <= MAX_POINTS);
@@ -120,8 +120,10 @@ test("chart model: every point inside the box, raw within limits, x axis spans t
   for (const [x, y] of [...m.raw, ...m.smoothed, ...m.validation]) {
     assert.ok(x >= 0 && x <= 300 && y >= 0 && y <= 100, `${x},${y}`);
   }
-  assert.deepEqual(m.xRange, { min: 0, max: 10000 });
-  assert.ok(m.raw.at(-1)[0] < 160, "half the run: the line ends halfway across");
+  assert.deepEqual(m.xRange, { min: 1, max: 5000 });
+  assert.equal(m.raw[0][0], 0);
+  assert.equal(m.raw.at(-1)[0], 300, "the line runs across the whole chart");
+  assert.deepEqual(chartModel({ history: [[7, 1, 1]] }).xRange, { min: 7, max: 8 }, "one step still has a width");
 });
 
 test("chart model: the smoothed line is the trainer's, or an EMA where the trainer sent none", () => {

@@ -1,0 +1,256 @@
+"""Benchmark: LoRA Lab's Train LoRA versus the host's native TrainLoraNode, same model, data and settings.
+
+One real ComfyUI host (127.0.0.1, --cpu, the host's own torch thread count) runs everything, on the
+small SD1.5-architecture test model. Dataset: `--images` demo images (make_demo_dataset) drawn at the
+training resolution, with their captions. Ours reads them with LoRA Dataset (flip off, no validation
+split); native gets the same PNGs through LoadImage -> ImageBatch -> VAEEncode and the same captions
+through CLIPTextEncode -> ConditioningCombine (one conditioning per image, same order).
+
+Settings, both: batch 1, rank 8, fp32 (native training_dtype/lora_dtype fp32; ours mixed_precision
+"no"), AdamW with weight decay 0.01 (torch's default, which native uses), lr 1e-4, constant schedule,
+no gradient clipping, no gradient checkpointing (unless --gradient-checkpointing), seed 0.
+Differences that remain: native trains EVERY weight of the UNet (all linears and convs as LoRA, plus
+full-size diffs of norms and biases) with alpha 1 (scale 1/rank); ours trains the layers its `targets`
+option names, with alpha = rank (scale 1). Ours is run twice: targets=attention_ff and attention_ff_conv.
+Native's loss is MSE on the x0 prediction; ours is MSE on the noise (epsilon) prediction, so the
+losses are on different scales; ours is also reported at fixed noise (eval_loss, before -> after).
+
+Seconds per step (steady state): each case is run with N1 and N2 steps after an untimed warm-up run
+(model load, dataset encoding, first-use costs), and s/step = (t(N2) - t(N1)) / (N2 - N1), where t is
+the host's own execution time of the prompt (execution_success - execution_start from its history),
+so setup and the per-run constant work (ours: loss at fixed noise before and after, saving the file)
+cancel out. Peak memory: VmRSS of the host process sampled every 20 ms during each timed prompt;
+"peak RSS over idle" = peak minus the value just before the prompt was queued (max of the two runs).
+Loss: mean of the last 5 step losses of the N2-step run.
+
+Usage (from the repository root):  .venv/bin/python benchmarks/bench_train.py [--steps 6 16] [--sizes 64 128]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from scripts.comfy_host import ComfyHost, HostError, ensure_tiny_checkpoint, prepare_base_dir  # noqa: E402
+from scripts.make_demo_dataset import make_demo_dataset  # noqa: E402
+from tests.graphs import Graph, checkpoint, out  # noqa: E402
+
+TARGET_TIME, RANK, LR, SEED = 0.7, 8, 1e-4, 0
+CASES = ("ours_attention_ff", "ours_attention_ff_conv", "native")
+OURS_OPTIONS = {"dropout": 0.0, "schedule": "constant", "warmup_steps": 0, "grad_accumulation": 1,
+                "max_grad_norm": 0.0, "min_snr_gamma": 0.0, "noise_offset": 0.0, "optimizer": "adamw",
+                "weight_decay": 0.01, "mixed_precision": "no", "checkpoint_every": 0, "resume": False}
+
+
+def node_defaults(host: ComfyHost, class_type: str) -> dict:
+    """Each required input's default (a combo's first choice) as the running host declares it, so
+    options added to the node later (e.g. sampling every N steps, off by default) need no edit here."""
+    required = host.get_json(f"/object_info/{class_type}")[class_type]["input"]["required"]
+    defaults = {}
+    for name, spec in required.items():
+        kind, extra = spec[0], (spec[1] if len(spec) > 1 else {})
+        if isinstance(kind, list):
+            defaults[name] = extra.get("default", kind[0] if kind else None)
+        elif kind == "COMBO":
+            defaults[name] = extra.get("default", (extra.get("options") or [None])[0])
+        elif "default" in extra:
+            defaults[name] = extra["default"]
+    return defaults
+
+
+def ours_prompt(folder: str, size: int, steps: int, name: str, targets: str, checkpointing: bool,
+                option_defaults: dict) -> tuple[dict, str]:
+    g = Graph()
+    ckpt = checkpoint(g)
+    data = g.add("LoraLabDataset", folder=folder, trigger_word="", resolution=size, flip=False,
+                 validation_share=0.0, seed=0)
+    opts = g.add("LoraLabTrainOptions", **{**option_defaults, **OURS_OPTIONS, "targets": targets,
+                                           "gradient_checkpointing": checkpointing})
+    train = g.add("LoraLabTrainLora", model=out(ckpt, 0), clip=out(ckpt, 1), vae=out(ckpt, 2), dataset=out(data),
+                  name=name, steps=steps, learning_rate=LR, rank=RANK, alpha=float(RANK), batch_size=1, seed=SEED,
+                  options=out(opts))
+    return g.nodes, train
+
+
+def native_prompt(files: list[str], captions: list[str], steps: int, checkpointing: bool) -> tuple[dict, str]:
+    g = Graph()
+    ckpt = checkpoint(g)
+    images = [g.add("LoadImage", image=f) for f in files]
+    batch = images[0]
+    for image in images[1:]:
+        batch = g.add("ImageBatch", image1=out(batch), image2=out(image))
+    latents = g.add("VAEEncode", pixels=out(batch), vae=out(ckpt, 2))
+    conds = [g.add("CLIPTextEncode", text=c, clip=out(ckpt, 1)) for c in captions]
+    positive = conds[0]
+    for cond in conds[1:]:
+        positive = g.add("ConditioningCombine", conditioning_1=out(positive), conditioning_2=out(cond))
+    train = g.add("TrainLoraNode", model=out(ckpt, 0), latents=out(latents), positive=out(positive), batch_size=1,
+                  grad_accumulation_steps=1, steps=steps, learning_rate=LR, rank=RANK, optimizer="AdamW",
+                  loss_function="MSE", seed=SEED, training_dtype="fp32", lora_dtype="fp32", algorithm="LoRA",
+                  gradient_checkpointing=checkpointing, existing_lora="[None]")
+    preview = g.add("PreviewAny", source=out(train, 2))
+    return g.nodes, preview
+
+
+def exec_seconds(entry: dict) -> float:
+    stamps = {event: data.get("timestamp") for event, data in entry["status"]["messages"]}
+    if stamps.get("execution_start") is None or stamps.get("execution_success") is None:
+        raise HostError(f"no execution timestamps in {entry['status']['messages']!r}")
+    return (stamps["execution_success"] - stamps["execution_start"]) / 1000.0
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise HostError("no VmRSS")
+
+
+class RssSampler:
+    """Samples the host's VmRSS every `period` s in a thread; `peak` is the highest value seen."""
+
+    def __init__(self, pid: int, period: float = 0.02) -> None:
+        self.pid, self.period = pid, period
+        self.before = rss_bytes(pid)
+        self.peak = self.before
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes(self.pid))
+            time.sleep(self.period)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes(self.pid))
+
+
+class Runner:
+    def __init__(self, host: ComfyHost, folder: str, files: list[str], captions: list[str], checkpointing: bool):
+        self.host, self.folder, self.files, self.captions = host, folder, files, captions
+        self.checkpointing = checkpointing
+        self.counter = 0
+        self.option_defaults = node_defaults(host, "LoraLabTrainOptions")
+
+    def run(self, case: str, size: int, steps: int) -> dict:
+        """One prompt: its host time, peak RSS over idle, step losses and (ours) loss at fixed noise."""
+        self.counter += 1
+        if case == "native":
+            prompt, node = native_prompt(self.files, self.captions, steps, self.checkpointing)
+        else:
+            prompt, node = ours_prompt(self.folder, size, steps, f"bench_{case}_{size}_{steps}_{self.counter}",
+                                       case.removeprefix("ours_"), self.checkpointing,
+                                       self.option_defaults)
+        with RssSampler(self.host.process.pid) as rss:
+            entry = self.host.run(prompt, timeout=1800)
+        ui = entry["outputs"][node]
+        if case == "native":
+            losses, eval_loss = json.loads(ui["text"][0])["loss"], None
+        else:
+            losses, eval_loss = ui["loss_history"], ui["eval_loss"]
+        if len(losses) != steps:
+            raise HostError(f"{case}: {len(losses)} losses for {steps} steps")
+        return {"seconds": exec_seconds(entry), "peak": rss.peak - rss.before, "losses": losses, "eval": eval_loss}
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="training resolutions (px)")
+    parser.add_argument("--steps", type=int, nargs=2, default=[6, 16], metavar=("N1", "N2"),
+                        help="step counts of the two timed runs (default 6 16)")
+    parser.add_argument("--images", type=int, default=4, help="demo images in the dataset (default 4)")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="on for both (default off)")
+    parser.add_argument("--keep", action="store_true", help="keep the host's base directory")
+    args = parser.parse_args()
+    n1, n2 = sorted(args.steps)
+    if n2 <= n1 or n2 < 5:
+        parser.error("need N1 < N2 and N2 >= 5")
+
+    print("command:", shlex.join([Path(sys.executable).as_posix(), *sys.argv]))
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
+    started = time.monotonic()
+    base = Path(tempfile.mkdtemp(prefix="loralab-bench-train-"))
+    host = ComfyHost(prepare_base_dir(base, ensure_tiny_checkpoint()))
+    try:
+        host.start()
+        system = host.get_json("/system_stats").get("system", {})
+        print(f"host: ComfyUI {system.get('comfyui_version', '?')}, torch {system.get('pytorch_version', '?')}, "
+              f"--cpu, 127.0.0.1:{host.port}; {args.images} images, batch 1, rank {RANK}, fp32, AdamW lr {LR}, "
+              f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, steps {n1} and {n2}")
+        rows = []
+        for size in args.sizes:
+            folder = f"bench{size}"
+            make_demo_dataset(host.input_dir / folder, count=args.images, size=size)
+            pngs = sorted((host.input_dir / folder).glob("*.png"))
+            files = [f"{folder}/{p.name}" for p in pngs]
+            captions = [p.with_suffix(".txt").read_text().strip() for p in pngs]
+            runner = Runner(host, folder, files, captions, args.gradient_checkpointing)
+            res = {}
+            for case in CASES:
+                t0 = time.monotonic()
+                runner.run(case, size, 2)  # warm-up: model load, encoding, first-use costs
+                a, b = runner.run(case, size, n1), runner.run(case, size, n2)
+                res[case] = {"sps": (b["seconds"] - a["seconds"]) / (n2 - n1), "peak": max(a["peak"], b["peak"]),
+                             "loss": statistics.fmean(b["losses"][-5:]), "eval": b["eval"]}
+                print(f"  {size}px {case}: t({n1})={a['seconds']:.2f}s t({n2})={b['seconds']:.2f}s "
+                      f"-> {res[case]['sps']:.3f} s/step; peak RSS over idle {mib(res[case]['peak'])}; "
+                      f"last-5 loss {res[case]['loss']:.4f}"
+                      + (f"; fixed-noise loss {b['eval'][0]:.4f} -> {b['eval'][1]:.4f}" if b["eval"] else "")
+                      + f"  ({time.monotonic() - t0:.0f} s)", flush=True)
+            nat = res["native"]
+            for case in CASES[:2]:
+                o = res[case]
+                ratio = o["sps"] / nat["sps"] if nat["sps"] > 0 else float("nan")
+                verdict = ("met" if ratio <= TARGET_TIME else "MISSED") + "/" + \
+                          ("met" if o["peak"] <= nat["peak"] else "MISSED")
+                rows.append((f"{size} px, ours {case.removeprefix('ours_')}", f"{o['sps']:.3f}", f"{nat['sps']:.3f}",
+                             f"{ratio:.2f}x ({verdict})", mib(o["peak"]), mib(nat["peak"]),
+                             f"{o['loss']:.4f} (eps; fixed noise {o['eval'][0]:.4f} -> {o['eval'][1]:.4f})",
+                             f"{nat['loss']:.4f} (x0)"))
+
+        print(f"\n| resolution | ours s/step | native s/step | ratio (time/memory target) | ours peak RSS | "
+              f"native peak RSS | ours loss (last 5 of {n2}) | native loss (last 5 of {n2}) |")
+        print("|---|---|---|---|---|---|---|---|")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        print(f"\ns/step = (t({n2}) - t({n1})) / {n2 - n1} from the host's execution timestamps; peak RSS = host "
+              f"VmRSS peak over its value before the prompt (20 ms sampling). Targets: time <= {TARGET_TIME}x "
+              "native, peak RSS <= native. Native trains every UNet weight (convs, norms, biases too, alpha 1); "
+              "ours only the named targets (alpha = rank). Losses: ours = MSE on epsilon, native = MSE on x0 "
+              "(not the same scale; 'fixed noise' = ours' eval loss before -> after training).")
+        print(f"total {time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.2f} at end "
+              f"(above {os.cpu_count()} means other processes competed for the CPUs)")
+        return 0
+    finally:
+        host.stop()
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print("base directory kept:", base)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
