@@ -15,12 +15,16 @@ option names, with alpha = rank (scale 1). Ours is run twice: targets=attention_
 Native's loss is MSE on the x0 prediction; ours is MSE on the noise (epsilon) prediction, so the
 losses are on different scales; ours is also reported at fixed noise (eval_loss, before -> after).
 
-Seconds per step (steady state): each case is run with N1 and N2 steps after an untimed warm-up run
-(model load, dataset encoding, first-use costs), and s/step = (t(N2) - t(N1)) / (N2 - N1), where t is
+Seconds per step (steady state): each case is run with N1 and N2 steps after an untimed 1-step warm-up
+(model load, dataset encoding, first-use costs); the runs are interleaved (all warm-ups, all N1, all N2)
+so a change in the machine's load hits every case alike; and s/step = (t(N2) - t(N1)) / (N2 - N1), where t is
 the host's own execution time of the prompt (execution_success - execution_start from its history),
 so setup and the per-run constant work (ours: loss at fixed noise before and after, saving the file)
 cancel out. Peak memory: VmRSS of the host process sampled every 20 ms during each timed prompt;
 "peak RSS over idle" = peak minus the value just before the prompt was queued (max of the two runs).
+The host is started with MALLOC_MMAP_THRESHOLD_=65536 / MALLOC_TRIM_THRESHOLD_=131072 (same for both;
+--no-malloc-tuning to skip) so freed blocks go back to the OS and RSS follows live memory; without it
+glibc keeps an earlier prompt's high-water mark and the growth reads ~0.
 Loss: mean of the last 5 step losses of the N2-step run.
 
 Usage (from the repository root):  .venv/bin/python benchmarks/bench_train.py [--steps 6 16] [--sizes 64 128]
@@ -32,6 +36,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -179,19 +184,27 @@ def mib(n: float) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="training resolutions (px)")
-    parser.add_argument("--steps", type=int, nargs=2, default=[6, 16], metavar=("N1", "N2"),
-                        help="step counts of the two timed runs (default 6 16)")
+    parser.add_argument("--steps", type=int, nargs=2, default=[2, 8], metavar=("N1", "N2"),
+                        help="step counts of the two timed runs (default 2 8)")
     parser.add_argument("--images", type=int, default=4, help="demo images in the dataset (default 4)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on for both (default off)")
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="do not set MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ for the host")
     parser.add_argument("--keep", action="store_true", help="keep the host's base directory")
     args = parser.parse_args()
     n1, n2 = sorted(args.steps)
-    if n2 <= n1 or n2 < 5:
-        parser.error("need N1 < N2 and N2 >= 5")
+    if n1 < 1 or n2 <= n1 or n2 < 5:
+        parser.error("need 1 <= N1 < N2 and N2 >= 5")
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the host on `timeout`/kill too
     print("command:", shlex.join([Path(sys.executable).as_posix(), *sys.argv]))
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
     started = time.monotonic()
+    if not args.no_malloc_tuning:
+        # Large blocks straight from mmap and back on free, so the host's RSS follows its live memory
+        # instead of keeping the high-water mark of an earlier prompt (same for both trainers).
+        os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+        os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "131072")
     base = Path(tempfile.mkdtemp(prefix="loralab-bench-train-"))
     host = ComfyHost(prepare_base_dir(base, ensure_tiny_checkpoint()))
     try:
@@ -199,7 +212,8 @@ def main() -> int:
         system = host.get_json("/system_stats").get("system", {})
         print(f"host: ComfyUI {system.get('comfyui_version', '?')}, torch {system.get('pytorch_version', '?')}, "
               f"--cpu, 127.0.0.1:{host.port}; {args.images} images, batch 1, rank {RANK}, fp32, AdamW lr {LR}, "
-              f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, steps {n1} and {n2}")
+              f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, steps {n1} and {n2}; "
+              f"host env MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}")
         rows = []
         for size in args.sizes:
             folder = f"bench{size}"
@@ -208,18 +222,21 @@ def main() -> int:
             files = [f"{folder}/{p.name}" for p in pngs]
             captions = [p.with_suffix(".txt").read_text().strip() for p in pngs]
             runner = Runner(host, folder, files, captions, args.gradient_checkpointing)
+            timed: dict[str, list[dict]] = {case: [] for case in CASES}
+            for steps in (1, n1, n2):  # 1: untimed warm-up (model load, encoding, first-use costs)
+                for case in CASES:  # interleaved, so a change in the machine's load hits every case alike
+                    t0 = time.monotonic()
+                    r = runner.run(case, size, steps)
+                    print(f"  {size}px {case} {steps} steps: host time {r['seconds']:.2f} s, peak RSS over idle "
+                          f"{mib(r['peak'])}, last-5 loss {statistics.fmean(r['losses'][-5:]):.4f}, fixed-noise "
+                          f"{r['eval']} ({time.monotonic() - t0:.0f} s wall)", flush=True)
+                    if steps != 1:
+                        timed[case].append(r)
             res = {}
             for case in CASES:
-                t0 = time.monotonic()
-                runner.run(case, size, 2)  # warm-up: model load, encoding, first-use costs
-                a, b = runner.run(case, size, n1), runner.run(case, size, n2)
+                a, b = timed[case]
                 res[case] = {"sps": (b["seconds"] - a["seconds"]) / (n2 - n1), "peak": max(a["peak"], b["peak"]),
                              "loss": statistics.fmean(b["losses"][-5:]), "eval": b["eval"]}
-                print(f"  {size}px {case}: t({n1})={a['seconds']:.2f}s t({n2})={b['seconds']:.2f}s "
-                      f"-> {res[case]['sps']:.3f} s/step; peak RSS over idle {mib(res[case]['peak'])}; "
-                      f"last-5 loss {res[case]['loss']:.4f}"
-                      + (f"; fixed-noise loss {b['eval'][0]:.4f} -> {b['eval'][1]:.4f}" if b["eval"] else "")
-                      + f"  ({time.monotonic() - t0:.0f} s)", flush=True)
             nat = res["native"]
             for case in CASES[:2]:
                 o = res[case]

@@ -178,16 +178,16 @@ def _run(model, clip, vae, spec, files, config, start_state, job, node_id, plan,
     def on_step(record: StepRecord) -> None:
         job.record_step(record.step, record.total, record.loss, record.smoothed_loss, record.lr,
                         record.seconds_per_step, host_model.memory_in_use())
-        strip = None
-        if plan.prompts and (plan.due(record.step) or control.sample_requested):
-            control.sample_requested = False
-            strip = samples.render_or_cancel(record.step)
-            control.interrupted = control.interrupted or strip is None
         if control.save_requested:  # "save now": a loadable LoRA of this step (resume state comes with checkpoints)
             control.save_requested = False
             save_lora(files.checkpoint_path(record.step), export_lora(adapters, name_map), metadata(record.step))
             checkpoints.append(files.checkpoint_name(record.step))
             job.add_checkpoint(record.step, files.checkpoint_name(record.step))
+        strip = None
+        if plan.prompts and (plan.due(record.step) or control.sample_requested):
+            control.sample_requested = False
+            strip = samples.render_or_cancel(record.step)
+            control.interrupted = control.interrupted or strip is None
         control.progress(bar, record, preview_of(strip) if strip is not None else None)
 
     try:

@@ -33,7 +33,8 @@ const CSS = `
 .loralab-dash-samples figure { margin: 0; display: flex; flex-direction: column; align-items: center; flex: none; }
 .loralab-dash-samples figcaption { font-size: 10px; opacity: 0.7; }
 .loralab-dash-thumbs { display: flex; gap: 2px; }
-.loralab-dash-thumbs img { height: 52px; width: 52px; object-fit: cover; border-radius: 3px; cursor: zoom-in; }
+.loralab-dash-thumbs img { height: 52px; width: auto; max-width: 180px; object-fit: contain; border-radius: 3px;
+  cursor: zoom-in; background: #000; }
 .loralab-dash-ckpts { max-height: 52px; overflow-y: auto; margin: 0; padding: 0; list-style: none; }
 .loralab-dash-ckpts li { height: 16px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; user-select: text; }
 .loralab-dash-message { white-space: normal; overflow-wrap: anywhere; max-height: 34px; overflow-y: auto; }
@@ -46,7 +47,7 @@ const CSS = `
 .loralab-dash-overlay { position: fixed; inset: 0; z-index: 10000; background: rgba(0, 0, 0, 0.8);
   display: flex; flex-direction: column; align-items: center; justify-content: center; gap: 8px;
   color: #eee; font: 13px sans-serif; cursor: zoom-out; }
-.loralab-dash-overlay img { max-width: 90vw; max-height: 85vh; image-rendering: auto; min-width: 256px; }
+.loralab-dash-overlay img { width: 90vw; height: 80vh; object-fit: contain; image-rendering: pixelated; }
 `;
 
 export function ensureDashboardStyle(doc) {

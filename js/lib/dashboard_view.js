@@ -118,7 +118,7 @@ export function createDashboard(doc, intents) {
     shown.samplesKey = key;
     samples.replaceChildren(...groups.map((g) => el(doc, "figure", {}, [
       el(doc, "div", { className: "loralab-dash-thumbs" }, g.items.map((s) => el(doc, "img", {
-        src: s.src, alt: s.label, title: `${s.label} (step ${g.step})`, loading: "lazy",
+        src: s.src, alt: s.label, title: s.label.includes(`step ${g.step}`) ? s.label : `${s.label} (step ${g.step})`,
         dataset: { testid: "loralab-dash-sample-image", src: s.src, step: String(g.step) } }))),
       el(doc, "figcaption", { textContent: `step ${g.step}` })])));
     samples.hidden = groups.length === 0;

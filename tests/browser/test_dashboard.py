@@ -72,8 +72,10 @@ def wait_for_dashboard(editor: Editor, node_id: int, condition: str, what: str, 
 def build_training_graph(editor: Editor, name: str) -> int:
     ckpt = editor.add_node("CheckpointLoaderSimple", (40, 160))
     data = editor.add_node("LoraLabDataset", (40, 400))
+    options = editor.add_node("LoraLabTrainOptions", (900, 200))
     train = editor.add_node("LoraLabTrainLora", (480, 130))
     editor.js("""const g = app.graph, ck = g.getNodeById(arg.ckpt), ds = g.getNodeById(arg.data), tr = g.getNodeById(arg.train);
+        const op = g.getNodeById(arg.options);
         const set = (node, values) => { for (const [k, v] of Object.entries(values)) node.widgets.find(w => w.name === k).value = v; };
         set(ck, {ckpt_name: arg.ckpt_name});
         set(ds, {folder: arg.folder, resolution: 64});
@@ -82,19 +84,23 @@ def build_training_graph(editor: Editor, name: str) -> int:
         ck.connect(1, tr, tr.findInputSlot('clip'));
         ck.connect(2, tr, tr.findInputSlot('vae'));
         ds.connect(0, tr, tr.findInputSlot('dataset'));
+        set(op, {sample_steps: 2});  // samples on request only, and quick to render on a CPU
+        op.connect(0, tr, tr.findInputSlot('options'));
         app.canvas.ds.offset = [0, 0]; app.canvas.ds.scale = 1;
         app.canvas.setDirty(true, true);""",
-              {"ckpt": ckpt, "data": data, "train": train, "ckpt_name": TINY_CHECKPOINT_NAME, "folder": DATASET,
+              {"ckpt": ckpt, "data": data, "train": train, "options": options, "ckpt_name": TINY_CHECKPOINT_NAME, "folder": DATASET,
                "name": name, "steps": STEPS})
     return train
 
 
 def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
+    import time as _t; _t0=_t.monotonic()
     make_demo_dataset(host.input_dir / DATASET, count=3, size=64)
     name = f"dash_{uuid.uuid4().hex[:8]}"
     train = build_training_graph(editor, name)
     dash = dashboard(editor, train)
 
+    print("PHASE", round(_t.monotonic()-_t0,1), '# Before any run: says so, and offers no controls.', flush=True)
     # Before any run: says so, and offers no controls.
     expect(dash.get_by_test_id("loralab-dash-state")).to_contain_text(f"no run named “{name}”", timeout=10_000)
     for control in ("stop", "save", "sample"):
@@ -102,6 +108,7 @@ def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
 
     editor.page.evaluate("async () => { await window.comfyAPI.app.app.queuePrompt(0); }")
 
+    print("PHASE", round(_t.monotonic()-_t0,1), '# Live: websocket events move the step counter and', flush=True)
     # Live: websocket events move the step counter and the chart draws the loss.
     wait_for_dashboard(editor, train, "d.dataset.state === 'running' && parseInt(d.querySelector("
                        "'[data-testid=loralab-dash-step]').textContent) > 0 && Number(d.querySelector("
@@ -119,7 +126,9 @@ def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
     assert not dash.get_by_test_id("loralab-dash-stop").is_disabled()
     editor.page.screenshot(path=str(artifacts / "dashboard_running.png"))
 
+    print("PHASE", round(_t.monotonic()-_t0,1), '# "Sample now": the trainer renders a strip at its', flush=True)
     # "Sample now": the trainer renders a strip at its next step and announces it; the thumbnail
+    print("PHASE", round(_t.monotonic()-_t0,1), "# loads from the job's sample route and opens larg", flush=True)
     # loads from the job's sample route and opens large on click.
     dash.get_by_test_id("loralab-dash-sample").click()
     wait_for_dashboard(editor, train, "d.querySelectorAll('[data-testid=loralab-dash-sample-image]').length > 0",
@@ -135,6 +144,7 @@ def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
     editor.page.keyboard.press("Escape")
     expect(overlay).to_have_count(0)
 
+    print("PHASE", round(_t.monotonic()-_t0,1), '# "Save now": a checkpoint of the next step, liste', flush=True)
     # "Save now": a checkpoint of the next step, listed while training goes on.
     dash.get_by_test_id("loralab-dash-save").click()
     wait_for_dashboard(editor, train, "d.querySelectorAll('[data-testid=loralab-dash-checkpoint]').length === 1",
@@ -151,6 +161,7 @@ def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
     assert saved == snapshot["lora_name"] == f"{name}-step{snapshot['step']}.safetensors"
     assert (host.loras_dir / saved).is_file()
 
+    print("PHASE", round(_t.monotonic()-_t0,1), '# The dashboard got the `loralab.finished` event: ', flush=True)
     # The dashboard got the `loralab.finished` event: final state, checkpoint listed, controls off.
     expect(dash).to_have_attribute("data-state", "stopped", timeout=10_000)
     expect(dash.get_by_test_id("loralab-dash-checkpoint")).to_have_count(2)
@@ -163,7 +174,9 @@ def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
     editor.page.screenshot(path=str(artifacts / "dashboard_stopped.png"))
     assert editor.pack_errors == []
 
+    print("PHASE", round(_t.monotonic()-_t0,1), '# After a reload the editor restores the workflow;', flush=True)
     # After a reload the editor restores the workflow; the dashboard finds the job again by its name
+    print("PHASE", round(_t.monotonic()-_t0,1), '# and draws its whole loss history from the route.', flush=True)
     # and draws its whole loss history from the route.
     editor.page.reload()
     editor.page.wait_for_function(f"() => {APP}?.graph && {APP}.extensions?.some(e => e.name === 'loralab.TrainDashboard')",
