@@ -94,13 +94,11 @@ def build_training_graph(editor: Editor, name: str) -> int:
 
 
 def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
-    import time as _t; _t0=_t.monotonic()
     make_demo_dataset(host.input_dir / DATASET, count=3, size=64)
     name = f"dash_{uuid.uuid4().hex[:8]}"
     train = build_training_graph(editor, name)
     dash = dashboard(editor, train)
 
-    print("PHASE", round(_t.monotonic()-_t0,1), '# Before any run: says so, and offers no controls.', flush=True)
     # Before any run: says so, and offers no controls.
     expect(dash.get_by_test_id("loralab-dash-state")).to_contain_text(f"no run named “{name}”", timeout=10_000)
     for control in ("stop", "save", "sample"):
@@ -108,7 +106,6 @@ def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
 
     editor.page.evaluate("async () => { await window.comfyAPI.app.app.queuePrompt(0); }")
 
-    print("PHASE", round(_t.monotonic()-_t0,1), '# Live: websocket events move the step counter and', flush=True)
     # Live: websocket events move the step counter and the chart draws the loss.
     wait_for_dashboard(editor, train, "d.dataset.state === 'running' && parseInt(d.querySelector("
                        "'[data-testid=loralab-dash-step]').textContent) > 0 && Number(d.querySelector("
@@ -126,13 +123,14 @@ def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
     assert not dash.get_by_test_id("loralab-dash-stop").is_disabled()
     editor.page.screenshot(path=str(artifacts / "dashboard_running.png"))
 
-    print("PHASE", round(_t.monotonic()-_t0,1), '# "Sample now": the trainer renders a strip at its', flush=True)
-    # "Sample now": the trainer renders a strip at its next step and announces it; the thumbnail
-    print("PHASE", round(_t.monotonic()-_t0,1), "# loads from the job's sample route and opens larg", flush=True)
-    # loads from the job's sample route and opens large on click.
+    # "Sample now" and "Save now", asked together so the trainer serves both at its next step: a sample
+    # strip (its thumbnail loads from the job's sample route and opens large on click) and a checkpoint,
+    # while training goes on.
     dash.get_by_test_id("loralab-dash-sample").click()
-    wait_for_dashboard(editor, train, "d.querySelectorAll('[data-testid=loralab-dash-sample-image]').length > 0",
-                       "a sample thumbnail", timeout_ms=120_000)
+    dash.get_by_test_id("loralab-dash-save").click()
+    wait_for_dashboard(editor, train, "d.querySelectorAll('[data-testid=loralab-dash-sample-image]').length > 0 && "
+                       "d.querySelectorAll('[data-testid=loralab-dash-checkpoint]').length === 1",
+                       "a sample thumbnail and the checkpoint of 'Save now'", timeout_ms=120_000)
     thumb = dash.get_by_test_id("loralab-dash-sample-image").first
     assert f"/api/loralab/jobs/{job_id}/samples/" in thumb.get_attribute("src")
     editor.page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=thumb.element_handle(),
@@ -143,12 +141,6 @@ def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
     editor.page.screenshot(path=str(artifacts / "dashboard_sample_overlay.png"))
     editor.page.keyboard.press("Escape")
     expect(overlay).to_have_count(0)
-
-    print("PHASE", round(_t.monotonic()-_t0,1), '# "Save now": a checkpoint of the next step, liste', flush=True)
-    # "Save now": a checkpoint of the next step, listed while training goes on.
-    dash.get_by_test_id("loralab-dash-save").click()
-    wait_for_dashboard(editor, train, "d.querySelectorAll('[data-testid=loralab-dash-checkpoint]').length === 1",
-                       "the checkpoint of 'Save now'")
     assert dash.get_attribute("data-state") == "running"
 
     dash.get_by_test_id("loralab-dash-stop").click()
@@ -161,7 +153,6 @@ def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
     assert saved == snapshot["lora_name"] == f"{name}-step{snapshot['step']}.safetensors"
     assert (host.loras_dir / saved).is_file()
 
-    print("PHASE", round(_t.monotonic()-_t0,1), '# The dashboard got the `loralab.finished` event: ', flush=True)
     # The dashboard got the `loralab.finished` event: final state, checkpoint listed, controls off.
     expect(dash).to_have_attribute("data-state", "stopped", timeout=10_000)
     expect(dash.get_by_test_id("loralab-dash-checkpoint")).to_have_count(2)
@@ -174,9 +165,7 @@ def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
     editor.page.screenshot(path=str(artifacts / "dashboard_stopped.png"))
     assert editor.pack_errors == []
 
-    print("PHASE", round(_t.monotonic()-_t0,1), '# After a reload the editor restores the workflow;', flush=True)
     # After a reload the editor restores the workflow; the dashboard finds the job again by its name
-    print("PHASE", round(_t.monotonic()-_t0,1), '# and draws its whole loss history from the route.', flush=True)
     # and draws its whole loss history from the route.
     editor.page.reload()
     editor.page.wait_for_function(f"() => {APP}?.graph && {APP}.extensions?.some(e => e.name === 'loralab.TrainDashboard')",

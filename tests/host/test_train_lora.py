@@ -119,3 +119,51 @@ def test_cancel_keeps_a_checkpoint_and_resume_finishes_like_an_uninterrupted_run
     assert straight.keys() == resumed.keys()
     for key in straight:
         torch.testing.assert_close(resumed[key].float(), straight[key].float(), rtol=1e-3, atol=1e-5)
+
+
+def _dataset_error(host, folder: str, trigger: str = "") -> str:
+    g = Graph()
+    data = g.add("LoraLabDataset", folder=folder, trigger_word=trigger, resolution=64, flip=False,
+                 validation_share=0.0, seed=0)
+    ckpt = checkpoint(g)
+    g.add("LoraLabTrainLora", model=out(ckpt, 0), clip=out(ckpt, 1), vae=out(ckpt, 2), dataset=out(data),
+          name="never", steps=2, learning_rate=1e-3, rank=2, alpha=2.0, batch_size=1, seed=0)
+    entry = host.wait(host.queue(g.nodes))
+    assert entry["status"]["status_str"] == "error"
+    assert not (host.loras_dir / "never.safetensors").exists()
+    return error_message(entry)
+
+
+def test_bad_datasets_stop_at_the_dataset_node_with_the_file_named(host):
+    from PIL import Image
+    root = host.input_dir
+    (root / "empty_set").mkdir(exist_ok=True)
+    message = _dataset_error(host, "empty_set")
+    assert message.startswith("LoraLabDataset") and "empty_set" in message, message
+    (root / "corrupt_set").mkdir(exist_ok=True)
+    (root / "corrupt_set" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (root / "corrupt_set" / "broken.txt").write_text("a caption")
+    assert "broken.png" in _dataset_error(host, "corrupt_set")
+    (root / "tiny_set").mkdir(exist_ok=True)
+    Image.new("RGB", (1, 1)).save(root / "tiny_set" / "dot.png")
+    (root / "tiny_set" / "dot.txt").write_text("a dot")
+    message = _dataset_error(host, "tiny_set")
+    assert "dot.png" in message and "1x1" in message
+    (root / "uncaptioned").mkdir(exist_ok=True)
+    Image.new("RGB", (64, 64), "red").save(root / "uncaptioned" / "red.png")
+    assert "red.png" in _dataset_error(host, "uncaptioned")
+
+
+def test_odd_images_train(host):
+    """RGBA, grey and a 6000x4000 photo-sized image go through scanning, encoding and a training step."""
+    from PIL import Image
+    folder = host.input_dir / "odd_images"
+    folder.mkdir(exist_ok=True)
+    Image.new("RGBA", (80, 64), (255, 0, 0, 128)).save(folder / "rgba.png")
+    Image.new("L", (64, 96), 128).save(folder / "grey.png")
+    Image.new("RGB", (6000, 4000), (10, 200, 30)).save(folder / "huge.jpg", quality=80)
+    for name in ("rgba", "grey", "huge"):
+        (folder / f"{name}.txt").write_text(f"an odd {name} image")
+    g, train = train_graph("odd", steps=2, folder="odd_images")
+    entry = host.run(g.nodes, timeout=900)
+    assert len(entry["outputs"][train]["loss_history"]) == 2
