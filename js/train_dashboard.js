@@ -40,9 +40,14 @@ function attachDashboard(node) {
   let lossRequest = null;
   let lossAgain = false;
   let nameTimer = null;
+  let logScale = false; // the chart's loss axis; a view setting, not saved
 
   const view = createDashboard(document, {
     stop: () => post("stop"), save: () => post("save"), sample: () => post("sample"),
+    log: () => {
+      logScale = !logScale;
+      redraw();
+    },
   });
   node.addDOMWidget(DASHBOARD_WIDGET, "loralab_dashboard", view.element, {
     serialize: false, // display only: neither saved in the workflow nor sent with the prompt
@@ -54,7 +59,7 @@ function attachDashboard(node) {
   function redraw() {
     const before = view.minHeight();
     view.render(viewModel(job, { name: name(), resolveUrl: (url) => api.apiURL(url) }),
-      chartModel({ history, validation, width: CHART_WIDTH, height: CHART_HEIGHT }), { note });
+      chartModel({ history, validation, width: CHART_WIDTH, height: CHART_HEIGHT, log: logScale }), { note, log: logScale });
     view.element.dataset.nodeId = String(node.id);
     if (view.minHeight() > before) {
       const min = node.computeSize();

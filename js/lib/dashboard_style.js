@@ -28,6 +28,10 @@ const CSS = `
 .loralab-dash-smooth { stroke: #7aa7e0; stroke-width: 2.2; }
 .loralab-dash-val { stroke: #e0a040; stroke-width: 6; }
 .loralab-dash-axis { position: absolute; font-size: 10px; opacity: 0.6; pointer-events: none; }
+.loralab-dash-logbtn { position: absolute; top: 2px; right: 4px; height: 16px; padding: 0 4px; font: 10px sans-serif;
+  color: inherit; background: transparent; border: 1px solid var(--border-color, #444); border-radius: 3px;
+  cursor: pointer; opacity: 0.6; }
+.loralab-dash-logbtn[aria-pressed=true] { opacity: 1; background: rgba(74, 143, 221, 0.35); }
 .loralab-dash-empty { position: absolute; inset: 0; display: flex; align-items: center; justify-content: center; opacity: 0.5; }
 .loralab-dash-samples { display: flex; gap: 6px; overflow-x: auto; height: 70px; }
 .loralab-dash-samples figure { margin: 0; display: flex; flex-direction: column; align-items: center; flex: none; }

@@ -60,8 +60,8 @@ export function showOverlay(doc, src, caption) {
 }
 
 /**
- * Builds the dashboard element. `intents` receives stop(), save(), sample(): the owner posts them
- * and calls render() with what the job says next.
+ * Builds the dashboard element. `intents` receives stop(), save(), sample() (the owner posts them
+ * and calls render() with what the job says next) and log() (the owner flips the chart's scale).
  */
 export function createDashboard(doc, intents) {
   ensureDashboardStyle(doc);
@@ -85,8 +85,10 @@ export function createDashboard(doc, intents) {
   const yMin = el(doc, "span", { className: "loralab-dash-axis", style: "bottom: 2px; left: 4px" });
   const xMax = el(doc, "span", { className: "loralab-dash-axis", style: "bottom: 2px; right: 4px" });
   const empty = el(doc, "div", { className: "loralab-dash-empty", textContent: "the loss appears here while training" });
+  const logButton = el(doc, "button", { type: "button", className: "loralab-dash-logbtn", textContent: "log",
+    title: "Log scale for the loss axis", dataset: { testid: "loralab-dash-log", action: "log" } });
   const chart = el(doc, "div", { className: "loralab-dash-chart", dataset: { testid: "loralab-dash-chart", points: "0" },
-    title: "loss per step: faint = raw, bold = smoothed, dots = validation" }, [chartSvg, yMax, yMin, xMax, empty]);
+    title: "loss per step: faint = raw, bold = smoothed, dots = validation" }, [chartSvg, yMax, yMin, xMax, empty, logButton]);
 
   const samples = el(doc, "div", { className: "loralab-dash-samples", dataset: { testid: "loralab-dash-samples" } });
   const checkpoints = el(doc, "ul", { className: "loralab-dash-ckpts", dataset: { testid: "loralab-dash-checkpoints" } });
@@ -160,6 +162,7 @@ export function createDashboard(doc, intents) {
       }
       stats.checkpoints.value.textContent = String(vm.checkpoints.length);
       renderChart(chartModel, log);
+      logButton.setAttribute("aria-pressed", String(log));
       renderSamples(vm.samples);
       renderCheckpoints(vm.checkpoints);
       const text = note || vm.error || vm.pending || vm.result;

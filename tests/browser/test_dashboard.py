@@ -179,3 +179,27 @@ def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
     expect(recovered.get_by_test_id("loralab-dash-sample-image")).to_have_count(len(snapshot["samples"]))
     editor.page.screenshot(path=str(artifacts / "dashboard_reloaded.png"))
     assert editor.pack_errors == []
+
+
+def test_dashboard_shows_in_the_new_node_renderer(editor, artifacts):
+    """ "Nodes 2.0" draws nodes as Vue components; the dashboard is a DOM widget, so it must show there too."""
+    set_vue = "async (on) => { await window.comfyAPI.app.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', on); }"
+    editor.page.evaluate(set_vue, True)
+    try:
+        train = editor.add_node("LoraLabTrainLora", (300, 100))
+        editor.js("app.graph.getNodeById(arg).widgets.find(w => w.name === 'name').value = 'never_trained';", train)
+        dash = dashboard(editor, train)
+        expect(dash).to_be_visible(timeout=10_000)
+        # A renamed node looks its job up again once typing pauses (the widget's callback fires on edits).
+        editor.js("const w = app.graph.getNodeById(arg).widgets.find(w => w.name === 'name'); w.callback?.(w.value);", train)
+        expect(dash.get_by_test_id("loralab-dash-state")).to_contain_text("no run named “never_trained”")
+        for control in ("stop", "save", "sample"):
+            expect(dash.get_by_test_id(f"loralab-dash-{control}")).to_be_disabled()
+        dash.get_by_test_id("loralab-dash-log").click()
+        expect(dash.get_by_test_id("loralab-dash-log")).to_have_attribute("aria-pressed", "true")
+        assert editor.js("return app.graph.getNodeById(arg).widgets.find(w => w.name === 'loralab_train_dashboard')"
+                         ".options.serialize;", train) is False, "the dashboard is not sent with the prompt"
+        editor.page.screenshot(path=str(artifacts / "dashboard_nodes2.png"))
+    finally:
+        editor.page.evaluate(set_vue, False)
+    assert editor.pack_errors == []
