@@ -27,7 +27,13 @@ The host is started with MALLOC_MMAP_THRESHOLD_=65536 / MALLOC_TRIM_THRESHOLD_=1
 glibc keeps an earlier prompt's high-water mark and the growth reads ~0.
 Loss: mean of the last 5 step losses of the N2-step run.
 
-Usage (from the repository root):  .venv/bin/python benchmarks/bench_train.py [--steps 6 16] [--sizes 64 128]
+Seconds per step are also given in the host's CPU seconds (user+system, /proc/<pid>/stat, same
+difference), which other load on a shared machine disturbs far less than wall time.
+
+Usage (from the repository root):  .venv/bin/python benchmarks/bench_train.py [--sizes 64 128] [--steps 2 8]
+    [--images 4] [--cases ours_attention_ff ours_attention_ff_conv]
+e.g. on a busy 2-core machine: --sizes 64 --images 2 --steps 2 10, then
+     --sizes 128 --images 2 --steps 1 5 --cases ours_attention_ff
 """
 from __future__ import annotations
 
@@ -118,6 +124,13 @@ def exec_seconds(entry: dict) -> float:
     return (stamps["execution_success"] - stamps["execution_start"]) / 1000.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -167,8 +180,10 @@ class Runner:
             prompt, node = ours_prompt(self.folder, size, steps, f"bench_{case}_{size}_{steps}_{self.counter}",
                                        case.removeprefix("ours_"), self.checkpointing,
                                        self.option_defaults)
+        cpu0 = cpu_seconds(self.host.process.pid)
         with RssSampler(self.host.process.pid) as rss:
             entry = self.host.run(prompt, timeout=1800)
+        cpu = cpu_seconds(self.host.process.pid) - cpu0
         ui = entry["outputs"][node]
         if case == "native":
             losses, eval_loss = json.loads(ui["text"][0])["loss"], None
@@ -176,7 +191,7 @@ class Runner:
             losses, eval_loss = ui["loss_history"], ui["eval_loss"]
         if len(losses) != steps:
             raise HostError(f"{case}: {len(losses)} losses for {steps} steps")
-        return {"seconds": exec_seconds(entry), "peak": rss.peak - rss.before, "losses": losses, "eval": eval_loss}
+        return {"seconds": exec_seconds(entry), "cpu": cpu, "peak": rss.peak - rss.before, "losses": losses, "eval": eval_loss}
 
 
 def mib(n: float) -> str:
@@ -228,19 +243,21 @@ def main() -> int:
             runner = Runner(host, folder, files, captions, args.gradient_checkpointing)
             cases = [*args.cases, "native"]
             timed: dict[str, list[dict]] = {case: [] for case in cases}
-            for steps in (1, n1, n2):  # 1: untimed warm-up (model load, encoding, first-use costs)
+            for phase, steps in (("warm-up", 1), ("N1", n1), ("N2", n2)):  # warm-up: untimed (model load,
+                # dataset encoding, first-use costs)
                 for case in cases:  # interleaved, so a change in the machine's load hits every case alike
                     t0 = time.monotonic()
                     r = runner.run(case, size, steps)
-                    print(f"  {size}px {case} {steps} steps: host time {r['seconds']:.2f} s, peak RSS over idle "
+                    print(f"  {size}px {case} {steps} steps: host time {r['seconds']:.2f} s, CPU {r['cpu']:.1f} s, peak RSS over idle "
                           f"{mib(r['peak'])}, last-5 loss {statistics.fmean(r['losses'][-5:]):.4f}, fixed-noise "
                           f"{r['eval']} ({time.monotonic() - t0:.0f} s wall)", flush=True)
-                    if steps != 1:
+                    if phase != "warm-up":
                         timed[case].append(r)
             res = {}
             for case in cases:
                 a, b = timed[case]
-                res[case] = {"sps": (b["seconds"] - a["seconds"]) / (n2 - n1), "peak": max(a["peak"], b["peak"]),
+                res[case] = {"sps": (b["seconds"] - a["seconds"]) / (n2 - n1), "cps": (b["cpu"] - a["cpu"]) / (n2 - n1),
+                             "peak": max(a["peak"], b["peak"]),
                              "loss": statistics.fmean(b["losses"][-5:]), "eval": b["eval"]}
             nat = res["native"]
             for case in args.cases:
@@ -248,8 +265,9 @@ def main() -> int:
                 ratio = o["sps"] / nat["sps"] if nat["sps"] > 0 else float("nan")
                 verdict = ("met" if ratio <= TARGET_TIME else "MISSED") + "/" + \
                           ("met" if o["peak"] <= nat["peak"] else "MISSED")
-                rows.append((f"{size} px, ours {case.removeprefix('ours_')}", f"{o['sps']:.3f}", f"{nat['sps']:.3f}",
-                             f"{ratio:.2f}x ({verdict})", mib(o["peak"]), mib(nat["peak"]),
+                cratio = o["cps"] / nat["cps"] if nat["cps"] > 0 else float("nan")
+                rows.append((f"{size} px, ours {case.removeprefix('ours_')}", f"{o['sps']:.3f} (CPU {o['cps']:.2f})",
+                             f"{nat['sps']:.3f} (CPU {nat['cps']:.2f})", f"{ratio:.2f}x ({verdict}; CPU {cratio:.2f}x)", mib(o["peak"]), mib(nat["peak"]),
                              f"{o['loss']:.4f} (eps; fixed noise {o['eval'][0]:.4f} -> {o['eval'][1]:.4f})",
                              f"{nat['loss']:.4f} (x0)"))
 
@@ -258,7 +276,9 @@ def main() -> int:
         print("|---|---|---|---|---|---|---|---|")
         for row in rows:
             print("| " + " | ".join(row) + " |")
-        print(f"\ns/step = (t({n2}) - t({n1})) / {n2 - n1} from the host's execution timestamps; peak RSS = host "
+        print(f"\ns/step = (t({n2}) - t({n1})) / {n2 - n1} from the host's execution timestamps (CPU = the same "
+              "difference of the host process's user+system CPU seconds, /proc/<pid>/stat: less sensitive to other "
+              "load on the machine); peak RSS = host "
               f"VmRSS peak over its value before the prompt (20 ms sampling). Targets: time <= {TARGET_TIME}x "
               "native, peak RSS <= native. Native trains every UNet weight (convs, norms, biases too, alpha 1); "
               "ours only the named targets (alpha = rank). Losses: ours = MSE on epsilon, native = MSE on x0 "

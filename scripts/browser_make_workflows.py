@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from scripts.comfy_host import ComfyHost, ensure_tiny_checkpoint, prepare_base_dir  # noqa: E402
+from scripts.comfy_host import ComfyHost, ensure_tiny_checkpoint, prepare_base_dir
 
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"  # what most users have; change it in the workflow
 TRIGGER = "mytrigger"
@@ -183,7 +183,7 @@ for (const n of app.graph._nodes) {
   x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
 }
 const r = c.canvas.getBoundingClientRect();
-const area = {x: 70, y: 110, width: r.width - 90, height: r.height - 130};  // clear of menus and tabs
+const area = {x: 70, y: 135, width: r.width - 90, height: r.height - 155};  // clear of menus and tabs
 const scale = Math.min(area.width / (x1 - x0), area.height / (y1 - y0), 1);
 c.ds.scale = scale;
 c.ds.offset[0] = area.x / scale - x0 + (area.width / scale - (x1 - x0)) / 2;

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from tests.browser.editor import Editor
 from scripts.comfy_host import ComfyHost, ensure_tiny_checkpoint, prepare_base_dir
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -45,6 +46,10 @@ def host(tmp_path_factory) -> Iterator[ComfyHost]:
         write_test_lora(comfy.loras_dir / name, trigger, seed)
     try:
         comfy.start()  # raises when the pack fails to import, with the host still running
+        # A first visit opens the Templates browser, sometimes seconds after the editor is ready;
+        # marking the tutorial done (as a returning user has) keeps it from covering the canvas mid-test.
+        status, answer = comfy.post_json("/settings/Comfy.TutorialCompleted", True)
+        assert status == 200, answer
         yield comfy
     finally:
         comfy.stop()
@@ -62,3 +67,11 @@ def browser() -> Iterator[object]:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+def editor(browser, host):
+    """The real graph editor in a fresh page, on an empty graph."""
+    ed = Editor.open(browser, host)
+    yield ed
+    ed.page.close()

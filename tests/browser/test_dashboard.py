@@ -20,17 +20,6 @@ DATASET = "dash_rings"
 STEPS = 400  # far more than the test waits for: the run must still be going when "Stop & save" is clicked
 
 
-@pytest.fixture
-def editor(browser, host):
-    # A first visit opens the Templates browser, sometimes seconds after the editor is ready (after
-    # Editor.open's dismiss loop has settled). Marking the host's tutorial done skips that dialog.
-    status, answer = host.post_json("/settings/Comfy.TutorialCompleted", True)
-    assert status == 200, answer
-    ed = Editor.open(browser, host)
-    yield ed
-    ed.page.close()
-
-
 def dashboard(editor: Editor, node_id: int):
     return editor.page.locator(f'.loralab-dash[data-node-id="{node_id}"]')
 

@@ -9,18 +9,11 @@ from playwright.sync_api import expect
 
 from scripts.comfy_host import TINY_CHECKPOINT_NAME
 
-from tests.browser.editor import PACK_URL, Editor
+from tests.browser.editor import PACK_URL
 
 pytestmark = pytest.mark.browser
 
 A, B, C = "loralab_a.safetensors", "loralab_b.safetensors", "loralab_c.safetensors"
-
-
-@pytest.fixture
-def editor(browser, host):
-    ed = Editor.open(browser, host)
-    yield ed
-    ed.page.close()
 
 
 def test_pack_scripts_load_without_errors(editor):

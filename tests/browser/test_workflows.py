@@ -13,7 +13,6 @@ from PIL import Image
 
 from scripts.comfy_host import PACK_NAME, TINY_CHECKPOINT_NAME
 from scripts.make_demo_dataset import make_demo_dataset
-
 from tests.browser.editor import APP, Editor
 
 pytestmark = pytest.mark.browser
@@ -23,10 +22,13 @@ NAMES = ["train_lora_from_folder", "stack_loras_txt2img", "compare_lora_strength
 USER_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 DATASET = "workflow_rings"
 A, B = "loralab_a.safetensors", "loralab_b.safetensors"
-# The training runs: tiny and few steps, a sample and a checkpoint every 2 steps.
-TRAIN_SMALL = {"steps": 4, "rank": 2, "alpha": 2, "learning_rate": 0.001}
-OPTIONS_SMALL = {"sample_every": 2, "checkpoint_every": 2, "sample_steps": 2}
-PREVIEW_SMALL = {"steps": 2, "width": 64, "height": 64}
+# Small enough for a busy 2-core machine: every render is one prompt, 64 px, 2 steps at cfg 1 (no
+# negative pass). Training: 4 steps, a checkpoint at step 3, live samples at step 0 and 4.
+PROMPT = "mytrigger, a red ring"
+TRAIN_SMALL = {"rank": 2, "alpha": 2, "learning_rate": 0.001}
+OPTIONS_SMALL = {"sample_every": 4, "checkpoint_every": 3, "sample_steps": 2, "sample_cfg": 1.0,
+                 "sample_prompts": PROMPT}
+PREVIEW_SMALL = {"steps": 2, "cfg": 1.0, "width": 64, "height": 64, "prompts": PROMPT}
 
 DIALOGS = ".p-dialog:visible, [role=dialog]:visible"
 
@@ -37,18 +39,8 @@ def dataset(host) -> str:
     return DATASET
 
 
-@pytest.fixture
-def editor(browser, host):
-    # Without this the first visit opens the Templates browser by itself, sometimes late.
-    status, answer = host.post_json("/settings/Comfy.TutorialCompleted", True)
-    assert status == 200, answer
-    ed = Editor.open(browser, host)
-    yield ed
-    ed.page.close()
-
-
 # --- helpers -----------------------------------------------------------------------------------------
-def open_from_template_browser(editor: Editor, name: str) -> None:
+def open_from_template_browser(editor: Editor, name: str, screenshot: Path | None = None) -> None:
     """Templates dialog -> the pack's entry under Extensions -> the workflow's card, as a user clicks."""
     page = editor.page
     page.evaluate(f"async () => {{ await {APP}.extensionManager.command.execute('Comfy.BrowseTemplates'); }}")
@@ -57,6 +49,14 @@ def open_from_template_browser(editor: Editor, name: str) -> None:
     dialog.get_by_text(PACK_NAME, exact=True).first.click()
     card = dialog.get_by_test_id(f"template-workflow-{name}")
     card.wait_for(timeout=30_000)
+    if screenshot:  # every example has a card with its thumbnail
+        for other in NAMES:
+            dialog.get_by_test_id(f"template-workflow-{other}").wait_for(timeout=30_000)
+        card.scroll_into_view_if_needed()
+        page.wait_for_function(  # the frontend shows the fetched .jpg through a blob: URL
+            "(names) => names.every(n => [...document.querySelectorAll(`[data-testid=template-workflow-${n}] img`)]"
+            ".some(i => i.complete && i.naturalWidth === 512))", arg=NAMES, timeout=30_000)
+        page.screenshot(path=str(screenshot))
     card.click()
     page.wait_for_function(
         f"(n) => {APP}.graph._nodes.some(x => x.type === 'Note') && "
@@ -125,6 +125,13 @@ def use_tiny_training(editor: Editor, dataset: str, name: str, steps: int) -> No
     set_widgets(editor, "LoraLabPreviewSamples", PREVIEW_SMALL)
 
 
+def wait_for_shown_image(editor: Editor, node_type: str) -> None:
+    """The editor got the `executed` event and draws the node's output image, as the user sees it."""
+    editor.page.wait_for_function(
+        f"(t) => {APP}.graph._nodes.filter(n => n.type === t).every(n => n.imgs?.length > 0 && n.imgs[0].complete)",
+        arg=node_type, timeout=30_000)
+
+
 def job_named(host, name: str) -> dict:
     jobs = [j for j in host.get_json("/api/loralab/jobs") if j["name"] == name]
     return host.get_json(f"/api/loralab/jobs/{jobs[-1]['id']}")
@@ -146,33 +153,16 @@ def test_templates_are_listed_and_served(host):
         assert "Change first" in note["widgets_values"][0]
         [ckpt] = [n for n in workflow["nodes"] if n["type"] == "CheckpointLoaderSimple"]
         assert ckpt["widgets_values"] == [USER_CHECKPOINT], "ships with the name users have"
-        status, body, headers = host.request("GET", f"/api/workflow_templates/{PACK_NAME}/{name}.jpg")
+        status, body, _ = host.request("GET", f"/api/workflow_templates/{PACK_NAME}/{name}.jpg")
         assert status == 200, f"{name}.jpg"
         thumb = Image.open(io.BytesIO(body))
         assert thumb.format == "JPEG" and 256 <= thumb.width <= 768, (thumb.format, thumb.size)
 
 
-def test_template_browser_lists_the_pack_with_thumbnails(editor, artifacts):
-    page = editor.page
-    page.evaluate(f"async () => {{ await {APP}.extensionManager.command.execute('Comfy.BrowseTemplates'); }}")
-    dialog = page.locator(DIALOGS).first
-    dialog.get_by_text(PACK_NAME, exact=True).first.click()
-    for name in NAMES:
-        card = dialog.get_by_test_id(f"template-workflow-{name}")
-        card.wait_for(timeout=30_000)
-        card.locator("img").first.scroll_into_view_if_needed()
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('[data-testid^=template-workflow-] img')]"
-        ".filter(i => i.src.includes('ComfyUI-LoRA-Lab')).every(i => i.complete && i.naturalWidth > 0)",
-        timeout=30_000)
-    page.screenshot(path=str(artifacts / "workflow_template_browser.png"))
-    assert editor.pack_errors == []
-
-
 def test_train_then_resume_from_templates(editor, host, dataset, artifacts):
     name = f"wf_{uuid.uuid4().hex[:8]}"
 
-    open_from_template_browser(editor, "train_lora_from_folder")
+    open_from_template_browser(editor, "train_lora_from_folder", artifacts / "workflow_template_browser.png")
     options = widget_values(editor, "LoraLabTrainOptions")
     assert options["sample_every"] > 0 and options["resume"] is False, "samples on, resume off"
     use_tiny_training(editor, dataset, name, steps=4)
@@ -180,11 +170,12 @@ def test_train_then_resume_from_templates(editor, host, dataset, artifacts):
     [train] = outputs_of(entry, "LoraLabTrainLora")
     assert train["lora_name"] == [f"{name}.safetensors"]
     assert "after 4 steps" in train["text"][0]
-    assert (host.loras_dir / f"{name}-step2.safetensors").exists(), "checkpoint_every writes step files"
-    grid = grid_image(host, entry, "LoraLabPreviewSamples")  # step 2, step 4 and final, 2 prompts
-    assert grid.width >= 2 * 64 and grid.height >= 2 * 64
+    assert (host.loras_dir / f"{name}-step3.safetensors").exists(), "checkpoint_every writes step files"
+    grid = grid_image(host, entry, "LoraLabPreviewSamples")  # a column per checkpoint and the final LoRA
+    assert grid.width >= 2 * 64 and grid.height >= 64
     job = job_named(host, name)
     assert job["state"] == "done" and job["samples"], "sample_every > 0 renders live samples"
+    wait_for_shown_image(editor, "LoraLabPreviewSamples")
     editor.page.screenshot(path=str(artifacts / "workflow_train_lora_from_folder.png"))
 
     open_from_template_browser(editor, "resume_stopped_run")
@@ -196,6 +187,7 @@ def test_train_then_resume_from_templates(editor, host, dataset, artifacts):
     assert "after 6 steps" in train["text"][0]
     assert len(train["loss_history"]) == 6, "continued from step 4, not restarted"
     grid_image(host, entry, "LoraLabPreviewSamples")
+    wait_for_shown_image(editor, "LoraLabPreviewSamples")
     editor.page.screenshot(path=str(artifacts / "workflow_resume_stopped_run.png"))
     assert editor.pack_errors == []
 
@@ -209,7 +201,7 @@ def test_stack_loras_txt2img_from_template(editor, host, artifacts):
     editor.row(stack, 1).get_by_test_id("loralab-stack-lora").select_option(B)
     assert [r["lora"] for r in json.loads(editor.widget_value(stack, "loras"))] == [A, B]
     set_widgets(editor, "CheckpointLoaderSimple", {"ckpt_name": TINY_CHECKPOINT_NAME})
-    set_widgets(editor, "KSampler", {"steps": 2})
+    set_widgets(editor, "KSampler", {"steps": 2, "cfg": 1.0})
     set_widgets(editor, "EmptyLatentImage", {"width": 64, "height": 64})
     entry = queue_and_wait(editor)
     assert entry["outputs"][str(stack)]["trigger_words"] == ["loralab_a, loralab_b"]
@@ -217,6 +209,7 @@ def test_stack_loras_txt2img_from_template(editor, host, artifacts):
     assert entry["prompt"][2][concat]["inputs"]["string_a"] == [str(stack), 3], "trigger words lead the prompt"
     image = grid_image(host, entry, "SaveImage")
     assert image.size == (64, 64)
+    wait_for_shown_image(editor, "SaveImage")
     editor.page.screenshot(path=str(artifacts / "workflow_stack_loras_txt2img.png"))
     assert editor.pack_errors == []
 
@@ -229,6 +222,7 @@ def test_compare_lora_strengths_from_template(editor, host, artifacts):
     set_widgets(editor, "LoraLabPreviewSamples", {**PREVIEW_SMALL, "lora_name": A})
     entry = queue_and_wait(editor)
     grid = grid_image(host, entry, "LoraLabPreviewSamples")
-    assert grid.width >= 3 * 64 and grid.height >= 2 * 64, "3 strengths x 2 prompts"
+    assert grid.width >= 3 * 64 and grid.height >= 64, "a column per strength"
+    wait_for_shown_image(editor, "LoraLabPreviewSamples")
     editor.page.screenshot(path=str(artifacts / "workflow_compare_lora_strengths.png"))
     assert editor.pack_errors == []
