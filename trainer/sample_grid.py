@@ -13,6 +13,15 @@ def _font() -> ImageFont.ImageFont:
     return ImageFont.load_default()
 
 
+def _fit(text: str, width: int, font: ImageFont.ImageFont) -> str:
+    """`text` cut (with an ellipsis) to fit `width` pixels: long prompts must not run into the next column."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
 def label_grid(rows: list[list[Image.Image]], row_labels: list[str], column_labels: list[str]) -> Image.Image:
     """One image: column labels on top, row labels on the left, tiles in between (tiles share a size)."""
     if not rows or not rows[0]:
@@ -26,7 +35,7 @@ def label_grid(rows: list[list[Image.Image]], row_labels: list[str], column_labe
     draw = ImageDraw.Draw(sheet)
     font = _font()
     for c, label in enumerate(column_labels):
-        draw.text((ROW_LABEL_WIDTH + c * tile_w + 4, 5), label, fill="black", font=font)
+        draw.text((ROW_LABEL_WIDTH + c * tile_w + 4, 5), _fit(label, tile_w - 8, font), fill="black", font=font)
     for r, (tiles, label) in enumerate(zip(rows, row_labels)):
         top = LABEL_HEIGHT + r * tile_h
         wrapped = textwrap.wrap(label, 24)[: max(1, tile_h // 12)]
