@@ -183,19 +183,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=15, help="timed repetitions per case (default 15, at least 5)")
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of the host (OMP_NUM_THREADS); default 1, which keeps the CPU-time table "
+                             "meaningful on a loaded machine; 0 leaves torch's default")
     parser.add_argument("--keep", action="store_true", help="keep the host's base directory")
     args = parser.parse_args()
 
     print("command:", shlex.join([Path(sys.executable).as_posix(), *sys.argv]))
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
     started = time.monotonic()
+    if args.threads > 0:  # inherited by the host process
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     base = Path(tempfile.mkdtemp(prefix="loralab-bench-"))
     host = ComfyHost(prepare_base_dir(base, ensure_tiny_checkpoint()))
     try:
         host.start()
         system = host.get_json("/system_stats").get("system", {})
         print(f"host: ComfyUI {system.get('comfyui_version', '?')}, python {system.get('python_version', '?').split()[0]}, "
-              f"torch {system.get('pytorch_version', '?')}, --cpu, 127.0.0.1:{host.port}")
+              f"torch {system.get('pytorch_version', '?')}, --cpu, "
+              f"threads {args.threads or 'default'}, 127.0.0.1:{host.port}")
 
         targets = bench_targets()
         for seed, name in enumerate(LORA_NAMES):

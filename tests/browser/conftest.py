@@ -38,8 +38,9 @@ def write_test_lora(path: Path, trigger: str, seed: int, rank: int = 4) -> None:
                                              "ss_tag_frequency": json.dumps({"1_img": {trigger: 1}})})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def host(tmp_path_factory) -> Iterator[ComfyHost]:
+    """A host per test module: what one module trains or saves never shows up in another's LoRA lists."""
     base = prepare_base_dir(tmp_path_factory.mktemp("comfy-browser"), ensure_tiny_checkpoint())
     comfy = ComfyHost(base)
     for seed, (name, trigger) in enumerate(TEST_LORAS.items()):

@@ -91,7 +91,7 @@ def set_widgets(editor: Editor, node_type: str, values: dict) -> None:
         app.canvas.setDirty(true, true);""", {"type": node_type, "values": values})
 
 
-def queue_and_wait(editor: Editor, timeout: float = 240.0) -> dict:
+def queue_and_wait(editor: Editor, timeout: float = 900.0) -> dict:
     host = editor.host
     before = set(host.get_json("/history"))
     editor.page.evaluate(f"async () => {{ await {APP}.queuePrompt(0); }}")
