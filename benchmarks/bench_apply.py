@@ -9,7 +9,9 @@ attention and MLP layers) are written to its loras folder. Each timed prompt is
 so the patched MODEL and CLIP are both loaded ("until the patched model is loaded"). The time of a
 prompt is the host's own: `execution_success.timestamp - execution_start.timestamp` from its history
 entry. A baseline prompt without LoRA nodes (same consumer) is timed the same way; net = raw minus the
-baseline of the same repetition.
+baseline of the same repetition. A second table gives the host process's CPU time (user + system, from
+/proc) for the same prompts; with the host on one thread (the default, --threads 1) it barely moves when
+other processes share the machine, where the execution time does.
 
 Each repetition changes the LoRA strengths (1.0 - 0.001*i, same for ours and native), the seed and the
 prompt text, so the LoRA nodes, the text encoders and the sampler execute again. Cases are interleaved
@@ -20,7 +22,7 @@ native LoraLoader keeps its per-instance file cache, as when a user re-queues on
 Unchanged re-run: each cold prompt is queued a second time, unchanged; nothing re-executes. Its time is
 compared with native's cold apply (net) of the same stack size.
 
-Usage (from the repository root):  .venv/bin/python benchmarks/bench_apply.py [--reps 15]
+Usage (from the repository root):  .venv/bin/python benchmarks/bench_apply.py [--reps 15] [--threads 1]
 """
 from __future__ import annotations
 

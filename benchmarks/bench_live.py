@@ -1,0 +1,316 @@
+"""Benchmark: the live dashboard's cost to training: status polling, and periodic samples versus a KSampler.
+
+One real ComfyUI host (127.0.0.1, --cpu) on the small SD1.5-architecture test model; dataset: 4 demo
+images at 64 px (make_demo_dataset); Train LoRA with rank 4, batch 1, seed 5, fp32, constant lr 2e-3,
+targets attention_ff; every run has a unique name.
+
+1. Polling. The same run with and without a poller thread that GETs /loralab/jobs/{id} `--rate` times a
+   second (keep-alive connection; until the job appears it polls GET /loralab/jobs at the same rate)
+   for the whole prompt. Seconds per step = (t(N2) - t(N1)) / (N2 - N1), t = the host's execution time
+   of the prompt (execution_success - execution_start from its history), so setup (model load, dataset
+   encoding, fixed-noise evaluation, saving) cancels out. With and without are interleaved, their order
+   alternated per pair; the slowdown is the median over pairs of (polled / unpolled) - 1. The host's CPU
+   seconds per step (user+system, /proc/<pid>/stat, same difference) are reported too; they include
+   the server's work answering the polls.
+2. Samples. The N2-step run with sample_every K (2 prompts, `--sample-steps`, cfg 5, euler/normal,
+   64 px: a strip at step 0, every K steps and the end) versus the same run without samples:
+   extra time per sample image = (t(with) - t(without)) / images. Reference: the same number of images
+   (same prompts, steps, cfg, sampler, scheduler, size) through CheckpointLoaderSimple (cached) ->
+   LoraLoader (the LoRA that run trained) -> CLIPTextEncode x2 -> KSampler -> VAEDecode -> SaveImage,
+   one prompt; per image = its execution time / images (texts and seeds differ per image and
+   repetition, so every encoder and sampler node executes, as the trainer encodes and samples per image).
+   The two runs alternate in order per repetition, the reference follows; ratio = median extra per image / median reference per image.
+
+Usage (from the repository root):  .venv/bin/python benchmarks/bench_live.py [--pairs 3] [--steps 10 30]
+    [--reps 3] [--sample-every 5] [--sample-steps 4] [--rate 50] [--threads 0]
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from scripts.comfy_host import ComfyHost, HostError, ensure_tiny_checkpoint, prepare_base_dir  # noqa: E402
+from scripts.make_demo_dataset import make_demo_dataset  # noqa: E402
+from tests.graphs import Graph, checkpoint, out  # noqa: E402
+from tests.host.training_graphs import DEFAULT_OPTIONS, TRIGGER, train_graph  # noqa: E402
+
+TARGET_POLL, TARGET_SAMPLE = 0.03, 1.0
+FOLDER, SIZE, RANK, LR, CFG = "rings", 64, 4, 2e-3, 5.0
+PROMPTS = (f"{TRIGGER}, a red ring", "a blue ball")
+
+
+def node_defaults(host: ComfyHost, class_type: str) -> dict:
+    """Each required input's default as the running host declares it (options added later need no edit)."""
+    required = host.get_json(f"/object_info/{class_type}")[class_type]["input"]["required"]
+    defaults = {}
+    for name, spec in required.items():
+        kind, extra = spec[0], (spec[1] if len(spec) > 1 else {})
+        if isinstance(kind, list):
+            defaults[name] = extra.get("default", kind[0] if kind else None)
+        elif kind == "COMBO":
+            defaults[name] = extra.get("default", (extra.get("options") or [None])[0])
+        elif "default" in extra:
+            defaults[name] = extra["default"]
+    return defaults
+
+
+def exec_seconds(entry: dict) -> float:
+    stamps = {event: data.get("timestamp") for event, data in entry["status"]["messages"]}
+    if stamps.get("execution_start") is None or stamps.get("execution_success") is None:
+        raise HostError(f"no execution timestamps in {entry['status']['messages']!r}")
+    return (stamps["execution_success"] - stamps["execution_start"]) / 1000.0
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Poller:
+    """GETs the job's status route `rate` times a second on one keep-alive connection until stopped."""
+
+    def __init__(self, host: ComfyHost, name: str, rate: float) -> None:
+        self.host, self.name, self.period = host, name, 1.0 / rate
+        self.count = self.errors = 0
+        self.job_id: str | None = None
+        self.elapsed = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _get(self, conn: http.client.HTTPConnection, path: str):
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+        self.count += 1
+        if resp.status != 200:
+            self.errors += 1
+            return None
+        return json.loads(body)
+
+    def _loop(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.host.port, timeout=30)
+        start = next_at = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                if self.job_id is None:
+                    jobs = self._get(conn, "/loralab/jobs") or []
+                    self.job_id = next((j["id"] for j in jobs if j["name"] == self.name), None)
+                else:
+                    self._get(conn, f"/loralab/jobs/{self.job_id}")
+            except (OSError, http.client.HTTPException):
+                self.errors += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.host.port, timeout=30)
+            next_at += self.period
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+            else:
+                next_at = time.monotonic()  # fell behind: no burst to catch up
+        self.elapsed = time.monotonic() - start
+        conn.close()
+
+    def __enter__(self) -> "Poller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Bench:
+    def __init__(self, host: ComfyHost, option_defaults: dict) -> None:
+        self.host, self.option_defaults, self.counter = host, option_defaults, 0
+
+    def train(self, steps: int, poll_rate: float = 0.0, sample_every: int = 0, sample_steps: int = 4) -> dict:
+        self.counter += 1
+        name = f"live_{self.counter:03d}_{steps}_{'p' if poll_rate else 'n'}{sample_every}"
+        options = {**self.option_defaults, **DEFAULT_OPTIONS, "sample_every": sample_every,
+                   "sample_prompts": "\n".join(PROMPTS), "sample_steps": sample_steps, "sample_cfg": CFG,
+                   "sample_sampler": "euler", "sample_scheduler": "normal"}
+        graph, node = train_graph(name, steps=steps, lr=LR, rank=RANK, folder=FOLDER, options=options)
+        pid = self.host.process.pid
+        cpu0 = cpu_seconds(pid)
+        if poll_rate:
+            with Poller(self.host, name, poll_rate) as poller:
+                entry = self.host.run(graph.nodes, timeout=1800)
+        else:
+            poller, entry = None, self.host.run(graph.nodes, timeout=1800)
+        cpu = cpu_seconds(pid) - cpu0
+        losses = entry["outputs"][node]["loss_history"]
+        if len(losses) != steps:
+            raise HostError(f"{name}: {len(losses)} losses for {steps} steps")
+        job = next(j for j in self.host.get_json("/loralab/jobs") if j["name"] == name)
+        status = self.host.get_json(f"/loralab/jobs/{job['id']}")
+        result = {"name": name, "seconds": exec_seconds(entry), "cpu": cpu, "lora": status.get("lora_name"),
+                  "images": len(status.get("samples", [])) * len(PROMPTS)}
+        if poller is not None:
+            if poller.job_id is None or poller.errors:
+                raise HostError(f"{name}: poller found job {poller.job_id}, {poller.errors} errors")
+            result["poll_rate"] = poller.count / poller.elapsed if poller.elapsed else 0.0
+        return result
+
+    def reference(self, lora: str, images: int, steps: int, rep: int) -> dict:
+        """`images` KSampler images with the LoRA, same settings as the samples; one prompt."""
+        g = Graph()
+        ckpt = checkpoint(g)
+        lora_node = g.add("LoraLoader", model=out(ckpt, 0), clip=out(ckpt, 1), lora_name=lora,
+                          strength_model=1.0, strength_clip=1.0)
+        model, clip = out(lora_node, 0), out(lora_node, 1)
+        for i in range(images):
+            tag = f"r{rep}i{i}"
+            pos = g.add("CLIPTextEncode", text=f"{PROMPTS[i % len(PROMPTS)]}, {tag}", clip=clip)
+            neg = g.add("CLIPTextEncode", text=tag, clip=clip)
+            latent = g.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
+            sampled = g.add("KSampler", model=model, seed=5 + 1000 * rep + i, steps=steps, cfg=CFG,
+                            sampler_name="euler", scheduler="normal", positive=out(pos), negative=out(neg),
+                            latent_image=out(latent), denoise=1.0)
+            decoded = g.add("VAEDecode", samples=out(sampled), vae=out(ckpt, 2))
+            g.add("SaveImage", images=out(decoded), filename_prefix=f"bench_live/ref{rep}_{i}")
+        pid = self.host.process.pid
+        cpu0 = cpu_seconds(pid)
+        entry = self.host.run(g.nodes, timeout=1800)
+        return {"seconds": exec_seconds(entry), "cpu": cpu_seconds(pid) - cpu0, "images": images}
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pairs", type=int, default=3, help="with/without polling pairs (default 3)")
+    parser.add_argument("--steps", type=int, nargs=2, default=[10, 30], metavar=("N1", "N2"))
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of the samples comparison (default 3)")
+    parser.add_argument("--sample-every", type=int, default=5)
+    parser.add_argument("--sample-steps", type=int, default=4)
+    parser.add_argument("--rate", type=float, default=50.0, help="status GETs per second (default 50)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="host CPU threads (OMP_NUM_THREADS); 0 (default) leaves torch's default")
+    parser.add_argument("--keep", action="store_true", help="keep the host's base directory")
+    args = parser.parse_args()
+    n1, n2 = sorted(args.steps)
+    if n1 < 1 or n2 <= n1:
+        parser.error("need 1 <= N1 < N2")
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    command = shlex.join([Path(sys.executable).relative_to(REPO).as_posix()
+                          if Path(sys.executable).is_relative_to(REPO) else sys.executable, *sys.argv])
+    print("command:", command)
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
+    started = time.monotonic()
+    if args.threads > 0:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    base = Path(tempfile.mkdtemp(prefix="loralab-bench-live-"))
+    host = ComfyHost(prepare_base_dir(base, ensure_tiny_checkpoint()))
+    try:
+        host.start()
+        system = host.get_json("/system_stats").get("system", {})
+        print(f"host: ComfyUI {system.get('comfyui_version', '?')}, torch {system.get('pytorch_version', '?')}, "
+              f"--cpu, threads {args.threads or 'default'}; {SIZE} px, 4 images, rank {RANK}, batch 1, "
+              f"steps {n1}/{n2}; samples every {args.sample_every}, {args.sample_steps} steps, {len(PROMPTS)} prompts")
+        make_demo_dataset(host.input_dir / FOLDER, count=4, size=SIZE)
+        bench = Bench(host, node_defaults(host, "LoraLabTrainOptions"))
+
+        # Warm-up, untimed: model load, first training, first sampling, first KSampler with a LoRA.
+        warm = bench.train(2, sample_every=1, sample_steps=args.sample_steps)
+        bench.reference(warm["lora"], 2, args.sample_steps, -1)
+        bench.train(2, poll_rate=args.rate)
+
+        # 1. Polling: pairs of (N1, N2) runs, with and without, interleaved, order alternating.
+        per_step: dict[str, list[float]] = {"without": [], "with": []}
+        cpu_step: dict[str, list[float]] = {"without": [], "with": []}
+        rates: list[float] = []
+        for pair in range(args.pairs):
+            order = ("without", "with") if pair % 2 == 0 else ("with", "without")
+            runs: dict[str, dict[int, dict]] = {mode: {} for mode in order}
+            for steps in (n1, n2):
+                for mode in order:
+                    r = bench.train(steps, poll_rate=args.rate if mode == "with" else 0.0)
+                    runs[mode][steps] = r
+                    if "poll_rate" in r:
+                        rates.append(r["poll_rate"])
+                    print(f"  pair {pair + 1} {mode:7s} polling, {steps:3d} steps: {r['seconds']:.2f} s, CPU "
+                          f"{r['cpu']:.1f} s" + (f", {r['poll_rate']:.1f} GET/s" if "poll_rate" in r else ""),
+                          flush=True)
+            for mode in order:
+                a, b = runs[mode][n1], runs[mode][n2]
+                per_step[mode].append((b["seconds"] - a["seconds"]) / (n2 - n1))
+                cpu_step[mode].append((b["cpu"] - a["cpu"]) / (n2 - n1))
+        slowdowns = [w / wo - 1 for w, wo in zip(per_step["with"], per_step["without"])]
+        cpu_slow = [w / wo - 1 for w, wo in zip(cpu_step["with"], cpu_step["without"])]
+
+        # 2. Samples: without, with samples, KSampler reference; interleaved, order rotated.
+        extra: list[float] = []
+        ref: list[float] = []
+        extra_cpu: list[float] = []
+        ref_cpu: list[float] = []
+        for rep in range(args.reps):
+            plain = sampled = None
+            for what in (("plain", "sampled") if rep % 2 == 0 else ("sampled", "plain")):
+                if what == "plain":
+                    plain = bench.train(n2)
+                    print(f"  rep {rep + 1} no samples, {n2} steps: {plain['seconds']:.2f} s", flush=True)
+                else:
+                    sampled = bench.train(n2, sample_every=args.sample_every, sample_steps=args.sample_steps)
+                    print(f"  rep {rep + 1} samples every {args.sample_every}, {n2} steps: {sampled['seconds']:.2f} s, "
+                          f"{sampled['images']} images", flush=True)
+            images = sampled["images"]  # the reference renders them with the LoRA that run trained
+            rr = bench.reference(sampled["lora"], images, args.sample_steps, rep)
+            print(f"  rep {rep + 1} KSampler reference, {images} images: {rr['seconds']:.2f} s", flush=True)
+            extra.append((sampled["seconds"] - plain["seconds"]) / sampled["images"])
+            extra_cpu.append((sampled["cpu"] - plain["cpu"]) / sampled["images"])
+            ref.append(rr["seconds"] / images)
+            ref_cpu.append(rr["cpu"] / images)
+
+        s_wo, s_w = med(per_step["without"]), med(per_step["with"])
+        slow = med(slowdowns)
+        ratio = med(extra) / med(ref) if med(ref) > 0 else float("nan")
+        cratio = med(extra_cpu) / med(ref_cpu) if med(ref_cpu) > 0 else float("nan")
+        print()
+        print("| measure | value (median) | target | result |")
+        print("|---|---|---|---|")
+        print(f"| s/step without polling | {s_wo:.3f} (CPU {med(cpu_step['without']):.3f}) | | |")
+        print(f"| s/step with polling at {med(rates):.1f} GET/s | {s_w:.3f} (CPU {med(cpu_step['with']):.3f}) | | |")
+        print(f"| training slowdown from polling (median of {args.pairs} pairs; pairs: "
+              f"{', '.join(f'{x:+.1%}' for x in slowdowns)}) | {slow:+.1%} (CPU {med(cpu_slow):+.1%}) | "
+              f"< {TARGET_POLL:.0%} | {'met' if slow < TARGET_POLL else 'MISSED'} |")
+        print(f"| extra s per training sample image ({sampled['images']} images/run) | {med(extra):.3f} "
+              f"(CPU {med(extra_cpu):.3f}) | | |")
+        print(f"| s per image, KSampler graph with LoraLoader | {med(ref):.3f} (CPU {med(ref_cpu):.3f}) | | |")
+        print(f"| training sample / KSampler, per image ({args.reps} reps) | {ratio:.2f}x (CPU {cratio:.2f}x) | "
+              f"<= {TARGET_SAMPLE:.1f}x | {'met' if ratio <= TARGET_SAMPLE else 'MISSED'} |")
+        print(f"\ncommand: {command}")
+        print("s/step = (t(N2) - t(N1)) / (N2 - N1), t = host execution time (execution_start -> execution_success); "
+              "CPU = the same difference of the host process's user+system seconds (includes serving the polls). "
+              "Sample cost = (t(with samples) - t(without)) / images; KSampler = prompt execution time / images.")
+        print(f"total {time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.2f} at end "
+              f"(above {os.cpu_count()} means other processes competed for the CPUs)")
+        return 0
+    finally:
+        host.stop()
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print("base directory kept:", base)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
