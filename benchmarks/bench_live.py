@@ -179,7 +179,7 @@ class Bench:
             pos = g.add("CLIPTextEncode", text=f"{PROMPTS[i % len(PROMPTS)]}, {tag}", clip=clip)
             neg = g.add("CLIPTextEncode", text=tag, clip=clip)
             latent = g.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
-            sampled = g.add("KSampler", model=model, seed=5 + 1000 * rep + i, steps=steps, cfg=CFG,
+            sampled = g.add("KSampler", model=model, seed=5 + 1000 * (rep + 2) + i, steps=steps, cfg=CFG,
                             sampler_name="euler", scheduler="normal", positive=out(pos), negative=out(neg),
                             latent_image=out(latent), denoise=1.0)
             decoded = g.add("VAEDecode", samples=out(sampled), vae=out(ckpt, 2))
@@ -230,9 +230,9 @@ def main() -> int:
         bench = Bench(host, node_defaults(host, "LoraLabTrainOptions"))
 
         # Warm-up, untimed: model load, first training, first sampling, first KSampler with a LoRA.
-        warm = bench.train(2, sample_every=1, sample_steps=args.sample_steps)
-        bench.reference(warm["lora"], 2, args.sample_steps, -1)
-        bench.train(2, poll_rate=args.rate)
+        warm = bench.train(1, sample_every=1, sample_steps=1)
+        bench.reference(warm["lora"], 1, 1, -1)
+        print(f"  warm-up done at {time.monotonic() - started:.0f} s", flush=True)
 
         # 1. Polling: pairs of (N1, N2) runs, with and without, interleaved, order alternating.
         per_step: dict[str, list[float]] = {"without": [], "with": []}
