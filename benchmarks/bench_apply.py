@@ -31,7 +31,6 @@ import json
 import os
 import shlex
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -41,7 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from scripts.comfy_host import ComfyHost, HostError, ensure_tiny_checkpoint, prepare_base_dir  # noqa: E402
+from scripts.comfy_host import ComfyHost, ensure_tiny_checkpoint, prepare_base_dir  # noqa: E402
+from benchmarks.measure import cpu_seconds, exec_seconds, med  # noqa: E402
 from tests import lora_fixtures as fx  # noqa: E402
 from tests.graphs import Graph, checkpoint, out  # noqa: E402
 from tests.host.tiny_model import TINY_TARGETS  # noqa: E402
@@ -117,25 +117,11 @@ def make_prompt(case: str, rep: int, strength: float) -> dict:
     return g.nodes
 
 
-def exec_seconds(entry: dict) -> float:
-    """The host's own execution time of a finished prompt, from its status messages (ms timestamps)."""
-    stamps = {event: data.get("timestamp") for event, data in entry["status"]["messages"]}
-    if stamps.get("execution_start") is None or stamps.get("execution_success") is None:
-        raise HostError(f"no execution timestamps in {entry['status']['messages']!r}")
-    return (stamps["execution_success"] - stamps["execution_start"]) / 1000.0
-
-
-def host_cpu_seconds(host: ComfyHost) -> float:
-    """User + system CPU time of the host process so far (all its threads), from /proc (Linux)."""
-    fields = Path(f"/proc/{host.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_timed(host: ComfyHost, prompt: dict) -> tuple[float, float, dict]:
     """(host execution seconds, host CPU seconds, history entry) of one prompt."""
-    cpu = host_cpu_seconds(host)
+    cpu = cpu_seconds(host.process.pid)
     entry = host.run(prompt)
-    return exec_seconds(entry), host_cpu_seconds(host) - cpu, entry
+    return exec_seconds(entry), cpu_seconds(host.process.pid) - cpu, entry
 
 
 def wired_nodes(prompt: dict) -> set[str]:
@@ -154,10 +140,6 @@ def all_cached(entry: dict, prompt: dict) -> bool:
     cached = {n for event, data in entry["status"]["messages"] if event == "execution_cached"
               for n in data.get("nodes", [])}
     return wired_nodes(prompt) <= cached
-
-
-def med(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def print_table(cold: dict[str, list[float]], again: dict[str, list[float]]) -> None:

@@ -33,7 +33,6 @@ import os
 import shlex
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import threading
@@ -45,6 +44,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from scripts.comfy_host import ComfyHost, HostError, ensure_tiny_checkpoint, prepare_base_dir  # noqa: E402
+from benchmarks.measure import cpu_seconds, exec_seconds, med, node_defaults  # noqa: E402
 from scripts.make_demo_dataset import make_demo_dataset  # noqa: E402
 from tests.graphs import Graph, checkpoint, out  # noqa: E402
 from tests.host.training_graphs import DEFAULT_OPTIONS, TRIGGER, train_graph  # noqa: E402
@@ -52,34 +52,6 @@ from tests.host.training_graphs import DEFAULT_OPTIONS, TRIGGER, train_graph  # 
 TARGET_POLL, TARGET_SAMPLE = 0.03, 1.0
 FOLDER, SIZE, RANK, LR, CFG = "rings", 64, 4, 2e-3, 5.0
 PROMPTS = (f"{TRIGGER}, a red ring", "a blue ball")
-
-
-def node_defaults(host: ComfyHost, class_type: str) -> dict:
-    """Each required input's default as the running host declares it (options added later need no edit)."""
-    required = host.get_json(f"/object_info/{class_type}")[class_type]["input"]["required"]
-    defaults = {}
-    for name, spec in required.items():
-        kind, extra = spec[0], (spec[1] if len(spec) > 1 else {})
-        if isinstance(kind, list):
-            defaults[name] = extra.get("default", kind[0] if kind else None)
-        elif kind == "COMBO":
-            defaults[name] = extra.get("default", (extra.get("options") or [None])[0])
-        elif "default" in extra:
-            defaults[name] = extra["default"]
-    return defaults
-
-
-def exec_seconds(entry: dict) -> float:
-    stamps = {event: data.get("timestamp") for event, data in entry["status"]["messages"]}
-    if stamps.get("execution_start") is None or stamps.get("execution_success") is None:
-        raise HostError(f"no execution timestamps in {entry['status']['messages']!r}")
-    return (stamps["execution_success"] - stamps["execution_start"]) / 1000.0
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Poller:
@@ -188,10 +160,6 @@ class Bench:
         cpu0 = cpu_seconds(pid)
         entry = self.host.run(g.nodes, timeout=1800)
         return {"seconds": exec_seconds(entry), "cpu": cpu_seconds(pid) - cpu0, "images": images}
-
-
-def med(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def main() -> int:

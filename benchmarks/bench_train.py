@@ -55,6 +55,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from scripts.comfy_host import ComfyHost, HostError, ensure_tiny_checkpoint, prepare_base_dir  # noqa: E402
+from benchmarks.measure import cpu_seconds, exec_seconds, node_defaults  # noqa: E402
 from scripts.make_demo_dataset import make_demo_dataset  # noqa: E402
 from tests.graphs import Graph, checkpoint, out  # noqa: E402
 
@@ -63,22 +64,6 @@ CASES = ("ours_attention_ff", "ours_attention_ff_conv", "native")
 OURS_OPTIONS = {"dropout": 0.0, "schedule": "constant", "warmup_steps": 0, "grad_accumulation": 1,
                 "max_grad_norm": 0.0, "min_snr_gamma": 0.0, "noise_offset": 0.0, "optimizer": "adamw",
                 "weight_decay": 0.01, "mixed_precision": "no", "checkpoint_every": 0, "resume": False}
-
-
-def node_defaults(host: ComfyHost, class_type: str) -> dict:
-    """Each required input's default (a combo's first choice) as the running host declares it, so
-    options added to the node later (e.g. sampling every N steps, off by default) need no edit here."""
-    required = host.get_json(f"/object_info/{class_type}")[class_type]["input"]["required"]
-    defaults = {}
-    for name, spec in required.items():
-        kind, extra = spec[0], (spec[1] if len(spec) > 1 else {})
-        if isinstance(kind, list):
-            defaults[name] = extra.get("default", kind[0] if kind else None)
-        elif kind == "COMBO":
-            defaults[name] = extra.get("default", (extra.get("options") or [None])[0])
-        elif "default" in extra:
-            defaults[name] = extra["default"]
-    return defaults
 
 
 def ours_prompt(folder: str, size: int, steps: int, name: str, targets: str, checkpointing: bool,
@@ -115,20 +100,6 @@ def native_prompt(files: list[str], captions: list[str], steps: int, checkpointi
                   gradient_checkpointing=checkpointing, existing_lora="[None]")
     preview = g.add("PreviewAny", source=out(train, 2))
     return g.nodes, preview
-
-
-def exec_seconds(entry: dict) -> float:
-    stamps = {event: data.get("timestamp") for event, data in entry["status"]["messages"]}
-    if stamps.get("execution_start") is None or stamps.get("execution_success") is None:
-        raise HostError(f"no execution timestamps in {entry['status']['messages']!r}")
-    return (stamps["execution_success"] - stamps["execution_start"]) / 1000.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of the process so far (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(pid: int) -> int:
