@@ -6,6 +6,7 @@
 
 import { dotsData, pathData } from "./dashboard_chart.js";
 import { formatLoss } from "./dashboard_format.js";
+import { el } from "./dom.js";
 import { ensureDashboardStyle } from "./dashboard_style.js";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -16,17 +17,6 @@ export const CHART_HEIGHT = 100;
 const GAP = 4;
 const HEIGHTS = { head: 18, bar: 10, stats: 3 * 17, chart: 110, samples: 70, checkpoint: 16, maxCheckpoints: 3,
   message: 34, buttons: 26 };
-
-function el(doc, tag, props = {}, children = []) {
-  const node = doc.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key in node) node[key] = value;
-    else node.setAttribute(key, value);
-  }
-  node.append(...children);
-  return node;
-}
 
 function svg(doc, tag, attrs = {}) {
   const node = doc.createElementNS(SVG_NS, tag);

@@ -3,22 +3,12 @@
 // Kept apart from the host wiring so that the host's editor only appears in one file. Every control
 // carries a data-testid (and a namespaced class) so browser tests and users' own scripts can find it.
 
+import { el } from "./dom.js";
 import { ensureStyle } from "./style.js";
 
 const ROW_HEIGHT = 28;
 const CHROME_HEIGHT = 24 + 32 + 26; // header + add button + trigger-words line
 const ERROR_HEIGHT = 34;
-
-function el(doc, tag, props = {}, children = []) {
-  const node = doc.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key in node) node[key] = value;
-    else node.setAttribute(key, value);
-  }
-  node.append(...children);
-  return node;
-}
 
 function strengthInput(doc, which, value) {
   return el(doc, "input", {
