@@ -30,9 +30,7 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,8 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from scripts.comfy_host import ComfyHost, ensure_tiny_checkpoint, prepare_base_dir  # noqa: E402
-from benchmarks.measure import cpu_seconds, exec_seconds, med  # noqa: E402
+from scripts.comfy_host import ComfyHost  # noqa: E402
+from benchmarks.measure import bench_host, cpu_seconds, exec_seconds, med  # noqa: E402
 from tests import lora_fixtures as fx  # noqa: E402
 from tests.graphs import Graph, checkpoint, out  # noqa: E402
 from tests.host.tiny_model import TINY_TARGETS  # noqa: E402
@@ -178,9 +176,7 @@ def main() -> int:
     started = time.monotonic()
     if args.threads > 0:  # inherited by the host process
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
-    base = Path(tempfile.mkdtemp(prefix="loralab-bench-"))
-    host = ComfyHost(prepare_base_dir(base, ensure_tiny_checkpoint()))
-    try:
+    with bench_host("loralab-bench-", args.keep) as host:
         host.start()
         system = host.get_json("/system_stats").get("system", {})
         print(f"host: ComfyUI {system.get('comfyui_version', '?')}, python {system.get('python_version', '?').split()[0]}, "
@@ -230,12 +226,6 @@ def main() -> int:
         print(f"total {time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.2f} at end "
               "(above ~1 means other processes competed for the CPUs)")
         return 0
-    finally:
-        host.stop()
-        if not args.keep:
-            shutil.rmtree(base, ignore_errors=True)
-        else:
-            print("base directory kept:", base)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,8 @@ import http.client
 import json
 import os
 import shlex
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -43,8 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from scripts.comfy_host import ComfyHost, HostError, ensure_tiny_checkpoint, prepare_base_dir  # noqa: E402
-from benchmarks.measure import cpu_seconds, exec_seconds, med, node_defaults  # noqa: E402
+from scripts.comfy_host import ComfyHost, HostError  # noqa: E402
+from benchmarks.measure import bench_host, cpu_seconds, exec_seconds, med, node_defaults  # noqa: E402
 from scripts.make_demo_dataset import make_demo_dataset  # noqa: E402
 from tests.graphs import Graph, checkpoint, out  # noqa: E402
 from tests.host.training_graphs import DEFAULT_OPTIONS, TRIGGER, train_graph  # noqa: E402
@@ -186,9 +184,7 @@ def main() -> int:
     started = time.monotonic()
     if args.threads > 0:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
-    base = Path(tempfile.mkdtemp(prefix="loralab-bench-live-"))
-    host = ComfyHost(prepare_base_dir(base, ensure_tiny_checkpoint()))
-    try:
+    with bench_host("loralab-bench-live-", args.keep) as host:
         host.start()
         system = host.get_json("/system_stats").get("system", {})
         print(f"host: ComfyUI {system.get('comfyui_version', '?')}, torch {system.get('pytorch_version', '?')}, "
@@ -272,12 +268,6 @@ def main() -> int:
         print(f"total {time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.2f} at end "
               f"(above {os.cpu_count()} means other processes competed for the CPUs)")
         return 0
-    finally:
-        host.stop()
-        if not args.keep:
-            shutil.rmtree(base, ignore_errors=True)
-        else:
-            print("base directory kept:", base)
 
 
 if __name__ == "__main__":

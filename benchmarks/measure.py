@@ -1,10 +1,15 @@
 """What the benchmarks measure in a running host: execution time, CPU time, and node defaults."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import statistics
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
-from scripts.comfy_host import ComfyHost, HostError
+from scripts.comfy_host import ComfyHost, HostError, ensure_tiny_checkpoint, prepare_base_dir
 
 
 def med(values: list[float]) -> float:
@@ -40,3 +45,18 @@ def node_defaults(host: ComfyHost, class_type: str) -> dict:
         elif "default" in extra:
             defaults[name] = extra["default"]
     return defaults
+
+
+@contextlib.contextmanager
+def bench_host(prefix: str, keep: bool) -> Iterator[ComfyHost]:
+    """A host (not yet started) in a fresh base directory; stopped, and the directory removed unless `keep`."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    host = ComfyHost(prepare_base_dir(base, ensure_tiny_checkpoint()))
+    try:
+        yield host
+    finally:
+        host.stop()
+        if not keep:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print("base directory kept:", base)
