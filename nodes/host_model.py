@@ -8,6 +8,7 @@ import comfy.model_base
 import comfy.model_management
 import comfy.utils
 
+from ..trainer.latent_batches import Condition, stack_contexts
 from ..trainer.objective import NoiseSchedule
 
 PREDICTION_TYPES = {comfy.model_base.ModelType.EPS: "epsilon", comfy.model_base.ModelType.V_PREDICTION: "v"}
@@ -36,13 +37,35 @@ def diffusion_module(model) -> torch.nn.Module:
     return model.model.diffusion_model
 
 
-def denoiser_for(model):
-    """denoiser(x_t, timesteps, context) -> the model's raw prediction, in fp32, computed in the model's dtype."""
+def text_encoder_module(clip) -> torch.nn.Module:
+    """The host CLIP's torch module (every text encoder of the model, e.g. clip_l and clip_g for SDXL)."""
+    return clip.cond_stage_model
+
+
+def caption_encoder_for(clip):
+    """encode(captions) -> contexts [B, tokens, width] through the host's CLIP, with autograd (LoRA on CLIP)."""
+    tokens: dict[str, object] = {}
+
+    def encode(captions: tuple[str, ...]) -> torch.Tensor:
+        for caption in captions:
+            if caption not in tokens:
+                tokens[caption] = clip.tokenize(caption)
+        return stack_contexts([clip.encode_from_tokens(tokens[c])[0] for c in captions])
+    return encode
+
+
+def denoiser_for(model, encode_captions=None):
+    """denoiser(x_t, timesteps, condition) -> the model's raw prediction, in fp32, computed in the model's dtype.
+
+    The condition is the captions' context, or the captions themselves, encoded here by `encode_captions`
+    (when the text encoder trains, its LoRA needs the encoding inside the step's autograd graph).
+    """
     unet = diffusion_module(model)
     dtype = model.model.get_dtype()
 
-    def denoise(x_t: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return unet(x_t.to(dtype), timesteps=timesteps, context=context.to(dtype)).float()
+    def denoise(x_t: torch.Tensor, timesteps: torch.Tensor, condition: Condition) -> torch.Tensor:
+        context = condition if isinstance(condition, torch.Tensor) else encode_captions(condition)
+        return unet(x_t.to(dtype), timesteps=timesteps, context=context.to(x_t.device, dtype)).float()
     return denoise
 
 
@@ -65,6 +88,23 @@ def unet_kohya_names(model, module_names: list[str]) -> dict[str, str]:
                             for d, ldm in to_ldm.items() if ldm.endswith(".weight")}
         return {n: "lora_unet_" + ldm_to_diffusers.get(n, n).replace(".", "_") for n in module_names}
     return {n: "lora_unet_" + n.replace(".", "_") for n in module_names}
+
+
+def clip_kohya_names(model, module_names: list[str], key_prefix: str) -> dict[str, str]:
+    """Engine key (`key_prefix` + module name inside the host's CLIP) -> kohya prefix (lora_te_, lora_te1_, ...)."""
+    family = model_family(model)
+    prefixes = CLIP_PREFIXES.get(family)
+    if prefixes is None:
+        raise UnsupportedModelError(f"training the text encoder of a {family} model is not supported yet; "
+                                    "supported: SD1.x, SD2.x and SDXL. Turn train_text_encoder off.")
+    names = {}
+    for name in module_names:
+        head = next((h for h in prefixes if name.startswith(h)), None)
+        if head is None:
+            raise UnsupportedModelError(f"text-encoder layer '{name}' is not in a known {family} text encoder "
+                                        f"({', '.join(prefixes)}).")
+        names[key_prefix + name] = prefixes[head] + name[len(head):].replace(".", "_")
+    return names
 
 
 def base_model_version(model) -> tuple[str, str]:
@@ -90,9 +130,11 @@ def encode_caption(clip, caption: str) -> torch.Tensor:
         return clip.encode_from_tokens(clip.tokenize(caption)).float().cpu().clone()
 
 
-def load_for_training(model) -> None:
-    """Loads the model (with its patches) onto the compute device and keeps it there while training."""
-    comfy.model_management.load_models_gpu([model], force_full_load=True)
+def load_for_training(model, clip=None) -> None:
+    """Loads the model (and the CLIP, when it trains too) with their patches onto the compute device, fully,
+    so that neither is offloaded while training."""
+    comfy.model_management.load_models_gpu([model] + ([clip.patcher] if clip is not None else []),
+                                           force_full_load=True)
 
 
 def memory_in_use() -> int:

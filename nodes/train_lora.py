@@ -52,6 +52,10 @@ class LoraLabTrainOptions:
             "sample_cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1}),
             "sample_sampler": (comfy.samplers.KSampler.SAMPLERS,),
             "sample_scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
+        }, "optional": {  # optional: workflows and API prompts saved before these existed keep working
+            "train_text_encoder": ("BOOLEAN", {"default": False, **_tip(LoraShape, "train_text_encoder")}),
+            "text_encoder_lr": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 1e-5, "round": 1e-7,
+                                          "tooltip": field_help(LoraShape, "text_encoder_lr") + " 0 = the main learning rate."}),
         }}
 
     def options(self, **options):
@@ -63,7 +67,8 @@ DEFAULT_OPTIONS = {"targets": "attention", "dropout": 0.0, "schedule": "constant
                    "optimizer": "adamw", "weight_decay": 0.01, "mixed_precision": "bf16",
                    "gradient_checkpointing": False, "checkpoint_every": 0, "resume": False,
                    "sample_every": 0, "sample_prompts": "", "sample_steps": 20, "sample_cfg": 7.0,
-                   "sample_sampler": "euler", "sample_scheduler": "normal"}
+                   "sample_sampler": "euler", "sample_scheduler": "normal",
+                   "train_text_encoder": False, "text_encoder_lr": 0.0}
 
 
 def build_sample_plan(dataset, seed: int, options: dict) -> SamplePlan:
@@ -78,7 +83,8 @@ def build_config(steps: int, learning_rate: float, rank: int, alpha: float, batc
                  options: dict) -> TrainConfig:
     o = {**DEFAULT_OPTIONS, **(options or {})}
     return TrainConfig(
-        lora=LoraShape(rank=rank, alpha=alpha, dropout=o["dropout"], targets=o["targets"]),
+        lora=LoraShape(rank=rank, alpha=alpha, dropout=o["dropout"], targets=o["targets"],
+                       train_text_encoder=o["train_text_encoder"], text_encoder_lr=o["text_encoder_lr"] or None),
         optimisation=Optimisation(steps=steps, learning_rate=learning_rate, batch_size=batch_size,
                                   grad_accumulation=o["grad_accumulation"], max_grad_norm=o["max_grad_norm"],
                                   schedule=o["schedule"], warmup_steps=o["warmup_steps"], optimizer=o["optimizer"],
@@ -91,8 +97,8 @@ def build_config(steps: int, learning_rate: float, rank: int, alpha: float, batc
 class LoraLabTrainLora:
     """Trains a LoRA on the connected MODEL itself (no second copy) and saves it to the loras folder."""
 
-    DESCRIPTION = ("Trains a LoRA on the model already loaded in the graph. The dataset is encoded once with this "
-                   "VAE and CLIP. Saves <name>.safetensors (kohya format, loads everywhere) into the loras folder, "
+    DESCRIPTION = ("Trains a LoRA on the model already loaded in the graph (and optionally on its text encoder). "
+                   "The images are encoded once with this VAE. Saves <name>.safetensors (kohya format, loads everywhere) into the loras folder, "
                    "checkpoints every N steps, and a resume state. Cancel keeps the work done so far.")
     CATEGORY = "LoRA Lab"
     FUNCTION = "train"
@@ -107,7 +113,7 @@ class LoraLabTrainLora:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The model to train on; it is not copied."}),
-                "clip": ("CLIP", {"tooltip": "Encodes the captions once."}),
+                "clip": ("CLIP", {"tooltip": "Encodes the captions: once, or at every step when the text encoder trains too."}),
                 "vae": ("VAE", {"tooltip": "Encodes the images once."}),
                 "dataset": (DATASET_TYPE, {"tooltip": "From a LoRA Dataset node."}),
                 "name": ("STRING", {"default": "my_lora", "tooltip": "File name of the LoRA in the loras folder (no folders)."}),

@@ -1,6 +1,7 @@
 """One training run inside the host: encode the dataset once, train on the host's own MODEL, save, report."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -16,6 +17,7 @@ from ..trainer.checkpoint_state import TrainState, load_state, save_state
 from ..trainer.config import TrainConfig
 from ..trainer.dataset import DatasetSpec, load_pixels
 from ..trainer.errors import LoraLabError
+from ..trainer.inplace_guard import normalisation_inputs_copied
 from ..trainer.export import TrainingSummary, export_lora, kohya_metadata, save_lora
 from ..trainer.jobs import JOBS, Job
 from ..trainer.latent_batches import EncodedImage, LatentBatches
@@ -30,6 +32,7 @@ from .training_samples import SamplePlan, TrainingSamples, preview_of
 
 log = logging.getLogger(__name__)
 EVAL_SEED = 1234  # fixed noise and timesteps: losses at different steps are comparable
+TEXT_ENCODER_KEY_PREFIX = "text_encoder:"  # keeps CLIP layer keys apart from the UNet's in one adapter set
 
 
 class TrainingStopped(LoraLabError):
@@ -53,20 +56,22 @@ class RunResult:
 _encoded_cache: dict[tuple, list[EncodedImage]] = {}
 
 
-def encode_items(items, spec: DatasetSpec, model, clip, vae) -> list[EncodedImage]:
-    """Every image through the host's VAE and every caption through its CLIP, once (cached per dataset)."""
-    key = (tuple((i.relative_path, i.caption, i.bucket) for i in items), spec.flip, id(model.model), id(clip), id(vae))
+def encode_items(items, spec: DatasetSpec, model, clip, vae, contexts: bool) -> list[EncodedImage]:
+    """Every image through the host's VAE and, with `contexts`, every caption through its CLIP, once (cached
+    per dataset). Without them (the text encoder trains), captions are encoded at every step instead."""
+    key = (tuple((i.relative_path, i.caption, i.bucket) for i in items), spec.flip, contexts,
+           id(model.model), id(clip), id(vae))
     if key in _encoded_cache:
         return _encoded_cache[key]
-    contexts: dict[str, torch.Tensor] = {}
+    encoded_captions: dict[str, torch.Tensor] = {}
     encoded = []
     for item in items:
         pixels = load_pixels(item)[None]
         latent = host_model.encode_pixels(vae, model, pixels)[0]
         flipped = host_model.encode_pixels(vae, model, pixels.flip(2))[0] if spec.flip else None
-        if item.caption not in contexts:
-            contexts[item.caption] = host_model.encode_caption(clip, item.caption)[0]
-        encoded.append(EncodedImage(latent, flipped, contexts[item.caption]))
+        if contexts and item.caption not in encoded_captions:
+            encoded_captions[item.caption] = host_model.encode_caption(clip, item.caption)[0]
+        encoded.append(EncodedImage(latent, flipped, item.caption, encoded_captions.get(item.caption)))
     _encoded_cache.clear()  # one dataset at a time: latents are small, but models come and go
     _encoded_cache[key] = encoded
     return encoded
@@ -140,15 +145,24 @@ def run_training(model, clip, vae, spec: DatasetSpec, files: RunFiles, config: T
 def _run(model, clip, vae, spec, files, config, start_state, job, node_id, plan, job_folder) -> RunResult:
     opt = config.optimisation
     train_items = spec.items
-    encoded = encode_items(train_items + spec.validation_items, spec, model, clip, vae)
+    train_clip = config.lora.train_text_encoder
+    encoded = encode_items(train_items + spec.validation_items, spec, model, clip, vae, contexts=not train_clip)
     batches = LatentBatches(train_items, encoded[:len(train_items)], opt.batch_size, opt.seed)
-    host_model.load_for_training(model)
+    host_model.load_for_training(model, clip if train_clip else None)
     unet = host_model.diffusion_module(model)
     release_inference_tensors(unet)
     adapters = LoraAdapterSet.from_config(config.lora, opt.seed)
     adapters.attach(unet, select_targets(unet, config.lora.targets))
     name_map = host_model.unet_kohya_names(model, adapters.keys())
-    denoiser = host_model.denoiser_for(model)
+    guard = contextlib.nullcontext()
+    if train_clip:
+        text_encoder = host_model.text_encoder_module(clip)
+        guard = normalisation_inputs_copied(text_encoder)  # the host's CLIP adds to its residual in place
+        release_inference_tensors(text_encoder)
+        text_layers = select_targets(text_encoder, config.lora.targets)
+        name_map.update(host_model.clip_kohya_names(model, text_layers, TEXT_ENCODER_KEY_PREFIX))
+        adapters.attach(text_encoder, text_layers, key_prefix=TEXT_ENCODER_KEY_PREFIX, group="text_encoder")
+    denoiser = host_model.denoiser_for(model, host_model.caption_encoder_for(clip) if train_clip else None)
     schedule = host_model.noise_schedule_for(model)
     base_version, architecture = host_model.base_model_version(model)
     control = HostControl(job)
@@ -190,28 +204,29 @@ def _run(model, clip, vae, spec, files, config, start_state, job, node_id, plan,
             control.interrupted = control.interrupted or strip is None
         control.progress(bar, record, preview_of(strip) if strip is not None else None)
 
-    try:
-        check_memory(unet, adapters, config, spec)
-        if plan.prompts and plan.every_n_steps > 0 and start_state is None:
-            samples.render_or_cancel(0)  # the step-0 baseline: the model before any training
-        eval_batches, eval_count = batches.fixed()
-        eval_start = evaluate(denoiser, adapters, eval_batches, schedule, EVAL_SEED, eval_count)
+    with guard:
         try:
-            result = train(denoiser, adapters, batches.batch, schedule, config, on_step,
-                           should_stop=control.should_stop, start_state=start_state, on_checkpoint=checkpoint,
-                           interruptions=(comfy.model_management.InterruptProcessingException,))
-        except NonFiniteLossError as e:
-            kept = f" The last good checkpoint is {checkpoints[-1]}." if checkpoints else " No checkpoint was saved yet."
-            raise TrainingStopped(str(e) + kept) from e
-        eval_end = evaluate(denoiser, adapters, eval_batches, schedule, EVAL_SEED, eval_count)
-        validation = None
-        if spec.validation_items:
-            held_out = LatentBatches(spec.validation_items, encoded[len(train_items):], 1, opt.seed)
-            val_batches, val_count = held_out.fixed(len(spec.validation_items))
-            validation = evaluate(denoiser, adapters, val_batches, schedule, EVAL_SEED, val_count)
-            job.record_validation(result.steps_completed, validation)
-    finally:
-        adapters.detach()
+            check_memory(unet, adapters, config, spec)
+            if plan.prompts and plan.every_n_steps > 0 and start_state is None:
+                samples.render_or_cancel(0)  # the step-0 baseline: the model before any training
+            eval_batches, eval_count = batches.fixed()
+            eval_start = evaluate(denoiser, adapters, eval_batches, schedule, EVAL_SEED, eval_count)
+            try:
+                result = train(denoiser, adapters, batches.batch, schedule, config, on_step,
+                               should_stop=control.should_stop, start_state=start_state, on_checkpoint=checkpoint,
+                               interruptions=(comfy.model_management.InterruptProcessingException,))
+            except NonFiniteLossError as e:
+                kept = f" The last good checkpoint is {checkpoints[-1]}." if checkpoints else " No checkpoint was saved yet."
+                raise TrainingStopped(str(e) + kept) from e
+            eval_end = evaluate(denoiser, adapters, eval_batches, schedule, EVAL_SEED, eval_count)
+            validation = None
+            if spec.validation_items:
+                held_out = LatentBatches(spec.validation_items, encoded[len(train_items):], 1, opt.seed)
+                val_batches, val_count = held_out.fixed(len(spec.validation_items))
+                validation = evaluate(denoiser, adapters, val_batches, schedule, EVAL_SEED, val_count)
+                job.record_validation(result.steps_completed, validation)
+        finally:
+            adapters.detach()
 
     if result.stopped_early and result.steps_completed < opt.steps:
         checkpoint(result.state)

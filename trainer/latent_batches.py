@@ -1,4 +1,8 @@
-"""Training batches from a dataset encoded once: latents (and flipped latents) plus text contexts per image."""
+"""Training batches from a dataset encoded once: latents (and flipped latents) plus the text condition per image.
+
+The text condition is the caption's context from a frozen text encoder, encoded once; when the text
+encoder itself trains, it is the captions (a tuple of str), which the denoiser encodes at every step.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,16 +18,28 @@ EPOCH_SEED_STRIDE = 1_000_003
 
 @dataclass(frozen=True)
 class EncodedImage:
-    """One image as the denoiser sees it: latent [C, h, w], optional mirrored latent, context [tokens, width]."""
+    """One image as the denoiser sees it: latent [C, h, w], optional mirrored latent, its caption and the
+    caption's context [tokens, width] (None when the text encoder trains and contexts change every step)."""
     latent: torch.Tensor
     flipped: torch.Tensor | None
-    context: torch.Tensor
+    caption: str
+    context: torch.Tensor | None
 
 
-def _stack_contexts(contexts: list[torch.Tensor]) -> torch.Tensor:
-    # Long captions give contexts of 77-token multiples; a batch keeps the shortest common length.
+def stack_contexts(contexts: list[torch.Tensor]) -> torch.Tensor:
+    """[tokens, width] contexts -> [B, tokens, width]; long captions give 77-token multiples, a batch keeps
+    the shortest common length."""
     tokens = min(c.shape[0] for c in contexts)
     return torch.stack([c[:tokens] for c in contexts])
+
+
+Condition = torch.Tensor | tuple[str, ...]
+
+
+def _condition(images: list[EncodedImage]) -> Condition:
+    if any(image.context is None for image in images):
+        return tuple(image.caption for image in images)
+    return stack_contexts([image.context for image in images])
 
 
 class LatentBatches:
@@ -47,7 +63,7 @@ class LatentBatches:
     def batches_per_epoch(self) -> int:
         return len(self._epoch(0))
 
-    def batch(self, micro_index: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, micro_index: int, generator: torch.Generator) -> tuple[torch.Tensor, Condition]:
         epoch, position = divmod(micro_index, self.batches_per_epoch())
         indices = self._epoch(epoch)[position]
         latents = []
@@ -55,13 +71,13 @@ class LatentBatches:
             image = self.encoded[i]
             mirror = bool(torch.rand((), generator=generator) < 0.5)  # drawn always: same stream flip or not
             latents.append(image.flipped if (mirror and image.flipped is not None) else image.latent)
-        return torch.stack(latents), _stack_contexts([self.encoded[i].context for i in indices])
+        return torch.stack(latents), _condition([self.encoded[i] for i in indices])
 
     def fixed(self, limit: int = 4):
         """A batch function over the first `limit` images one at a time, unflipped (for evaluation)."""
         count = min(limit, len(self.encoded))
 
-        def batch(index: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        def batch(index: int, generator: torch.Generator) -> tuple[torch.Tensor, Condition]:
             image = self.encoded[index % count]
-            return image.latent[None], image.context[None]
+            return image.latent[None], _condition([image])
         return batch, count

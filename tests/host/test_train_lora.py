@@ -63,6 +63,40 @@ def test_diffusers_reads_the_trained_file(host, rings):
     assert all(k.startswith("unet.") for k in converted)
 
 
+def test_text_encoder_lora_trains_and_every_loader_reads_it(host, rings):
+    g, train = train_graph("with_te", steps=8, options={"train_text_encoder": True, "text_encoder_lr": 1e-3})
+    entry = host.run(g.nodes, timeout=900)
+    start, end = entry["outputs"][train]["eval_loss"]
+    assert end < start, f"loss at fixed noise did not fall: {start} -> {end}"
+    path = host.loras_dir / "with_te.safetensors"
+    tensors, metadata = read_safetensors(path)
+    te_ups = {k: v for k, v in tensors.items() if k.startswith("lora_te_") and k.endswith(".lora_up.weight")}
+    # attention_ff on the 12 CLIP layers: q, k, v, out_proj, fc1, fc2 each.
+    assert len(te_ups) == 12 * 6, sorted(te_ups)[:4]
+    assert "lora_te_text_model_encoder_layers_11_mlp_fc2.lora_up.weight" in te_ups
+    assert all(v.abs().max() > 0 for v in te_ups.values()), "a text-encoder LoRA layer did not learn (up still 0)"
+    assert any(k.startswith("lora_unet_") for k in tensors)
+    assert metadata["ss_network_train_unet_only"] == "False" and metadata["ss_text_encoder_lr"] == "0.001"
+
+    # The native loader reads every key; the CLIP part alone (model strength 0) changes the image.
+    mark = len(host.log_text())
+    g = Graph()
+    ckpt = checkpoint(g)
+    clip_only = g.add("LoraLoader", model=out(ckpt, 0), clip=out(ckpt, 1), lora_name="with_te.safetensors",
+                      strength_model=0.0, strength_clip=1.0)
+    with_lora = render(g, out(clip_only, 0), out(clip_only, 1), out(ckpt, 2), "te_trained")
+    base = render(g, out(ckpt, 0), out(ckpt, 1), out(ckpt, 2), "te_untrained")
+    entry = host.run(g.nodes)
+    assert "lora key not loaded" not in host.log_text()[mark:]
+    assert not np.array_equal(saved_images(host, entry, with_lora)[0], saved_images(host, entry, base)[0])
+
+    import diffusers  # a dependency of the pack
+    state_dict = diffusers.StableDiffusionPipeline.lora_state_dict(str(path))[0]
+    downs = {k for k in state_dict if k.endswith(("lora_A.weight", ".down.weight"))}  # mlp: lora_linear_layer.down
+    assert len([k for k in downs if k.startswith("text_encoder.")]) == len(te_ups)
+    assert len(downs) == len([k for k in tensors if k.endswith(".lora_down.weight")])
+
+
 def test_bad_settings_are_clear_errors(host, rings):
     for kwargs, expected in (({"steps": 0}, "steps"), ({"lr": 0.0}, "learning_rate"),
                              ({"rank": 2000}, "rank")):

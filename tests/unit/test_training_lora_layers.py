@@ -9,6 +9,7 @@ from torch import nn
 from test_training_support import single_thread  # noqa: F401  (autouse fixture)
 from test_training_support import COND_DIM, COND_TOKENS, HIDDEN, LATENT, attach, make_model
 from trainer.config import LoraShape
+from trainer.inplace_guard import normalisation_inputs_copied
 from trainer.lora_layers import LoraAdapterSet, LoraTargetError, release_inference_tensors, select_targets
 from trainer.lora_math import lora_delta
 
@@ -174,3 +175,34 @@ def test_release_inference_tensors_lets_gradients_flow() -> None:
         adapters = attach(model, LoraShape(rank=2))
         model(x, t, cond).square().mean().backward()
     assert all(p.grad is not None for p in adapters.parameters())
+
+
+class _InPlaceResidual(torch.nn.Module):
+    """The host CLIP's block shape: `x += layer(norm(x))`, in place on the residual stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(8)
+        self.self_attn = torch.nn.Module()
+        self.self_attn.q_proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * 1.0
+        for _ in range(2):
+            x += self.self_attn.q_proj(self.norm(x))
+        return x
+
+
+def test_lora_trains_through_in_place_residual_adds_with_normalisation_inputs_copied() -> None:
+    model = _InPlaceResidual()
+    adapters = LoraAdapterSet(rank=2, alpha=2.0)
+    adapters.attach(model, ["self_attn.q_proj"])
+    with torch.no_grad():
+        adapters["self_attn.q_proj"].lora_up.weight.fill_(0.1)
+    x = torch.randn(3, 8)
+    with pytest.raises(RuntimeError, match="inplace"):
+        model(x).sum().backward()  # what happens without the guard
+    with normalisation_inputs_copied(model) as guarded:
+        model(x).sum().backward()
+    assert guarded == 1 and adapters["self_attn.q_proj"].lora_down.weight.grad.abs().sum() > 0
+    assert not model.norm._forward_pre_hooks  # the hooks are gone afterwards
