@@ -11,9 +11,10 @@ import comfy.utils
 from ..trainer.latent_batches import Condition, stack_contexts
 from ..trainer.objective import NoiseSchedule
 
+# Flow-matching models (SD3, Flux) are not listed: their continuous, shifted sigmas and their pooled and
+# guidance inputs need a different noise path; they are refused with a clear message.
 PREDICTION_TYPES = {comfy.model_base.ModelType.EPS: "epsilon", comfy.model_base.ModelType.V_PREDICTION: "v"}
-if hasattr(comfy.model_base.ModelType, "FLOW"):
-    PREDICTION_TYPES[comfy.model_base.ModelType.FLOW] = "flow"
+LATENT_SCALE = 8  # image pixels per latent pixel (SD1/SD2/SDXL VAEs)
 # kohya's ss_base_model_version and the SAI model-spec architecture for the host's model classes.
 BASE_MODEL_VERSIONS = {"SD15": ("sd_v1", "stable-diffusion-v1/lora"),
                        "SD20": ("sd_v2", "stable-diffusion-v2-512/lora"),
@@ -43,29 +44,49 @@ def text_encoder_module(clip) -> torch.nn.Module:
 
 
 def caption_encoder_for(clip):
-    """encode(captions) -> contexts [B, tokens, width] through the host's CLIP, with autograd (LoRA on CLIP)."""
+    """encode(captions) -> {"context": [B, tokens, width], "pooled": [B, width] or None} through the host's
+    CLIP, with autograd (for a LoRA on the CLIP)."""
     tokens: dict[str, object] = {}
 
-    def encode(captions: tuple[str, ...]) -> torch.Tensor:
+    def encode(captions: tuple[str, ...]) -> dict[str, torch.Tensor | None]:
         for caption in captions:
             if caption not in tokens:
                 tokens[caption] = clip.tokenize(caption)
-        return stack_contexts([clip.encode_from_tokens(tokens[c])[0] for c in captions])
+        encoded = [clip.encode_from_tokens(tokens[c], return_pooled=True) for c in captions]
+        pooled = [p for _, p in encoded]
+        return {"context": stack_contexts([c[0] for c, _ in encoded]),
+                "pooled": torch.cat(pooled) if all(p is not None for p in pooled) else None}
     return encode
 
 
 def denoiser_for(model, encode_captions=None):
     """denoiser(x_t, timesteps, condition) -> the model's raw prediction, in fp32, computed in the model's dtype.
 
-    The condition is the captions' context, or the captions themselves, encoded here by `encode_captions`
-    (when the text encoder trains, its LoRA needs the encoding inside the step's autograd graph).
+    The condition is the captions' context (a tensor, or {"context", "pooled"}), or the captions themselves,
+    encoded here by `encode_captions` (when the text encoder trains, its LoRA needs the encoding inside the
+    step's autograd graph). Models with an ADM vector (SDXL) get it from the host's own `encode_adm`: the
+    pooled text embedding plus the image size (original = target = the bucket, no crop, as kohya trains).
     """
     unet = diffusion_module(model)
     dtype = model.model.get_dtype()
+    needs_adm = getattr(unet, "num_classes", None) is not None
 
     def denoise(x_t: torch.Tensor, timesteps: torch.Tensor, condition: Condition) -> torch.Tensor:
-        context = condition if isinstance(condition, torch.Tensor) else encode_captions(condition)
-        return unet(x_t.to(dtype), timesteps=timesteps, context=context.to(x_t.device, dtype)).float()
+        if isinstance(condition, torch.Tensor):
+            condition = {"context": condition, "pooled": None}
+        elif not isinstance(condition, dict):
+            condition = encode_captions(condition)
+        extra = {}
+        if needs_adm:
+            if condition["pooled"] is None:
+                raise UnsupportedModelError(f"this {model_family(model)} model needs the text encoder's pooled "
+                                            "output, which the connected CLIP does not give; connect the "
+                                            "checkpoint's own CLIP.")
+            height, width = x_t.shape[-2] * LATENT_SCALE, x_t.shape[-1] * LATENT_SCALE
+            y = model.model.encode_adm(pooled_output=condition["pooled"], width=width, height=height)
+            extra["y"] = y.to(x_t.device, dtype)
+        context = condition["context"].to(x_t.device, dtype)
+        return unet(x_t.to(dtype), timesteps=timesteps, context=context, **extra).float()
     return denoise
 
 
@@ -73,8 +94,9 @@ def noise_schedule_for(model) -> NoiseSchedule:
     """The model's own discrete schedule (alphas_cumprod from its sigmas) and prediction type."""
     prediction = PREDICTION_TYPES.get(model.model.model_type)
     if prediction is None:
-        raise UnsupportedModelError(f"models predicting {model.model.model_type.name} cannot be trained yet; "
-                                    "supported: epsilon and v-prediction models (SD1.x, SD2.x, SDXL).")
+        raise UnsupportedModelError(f"{model_family(model)} models ({model.model.model_type.name} prediction) "
+                                    "cannot be trained yet; supported: epsilon and v-prediction models (SD1.x, "
+                                    "SD2.x, SDXL). LoRAs for them still load with Load LoRA and Stack LoRAs.")
     sigmas = model.get_model_object("model_sampling").sigmas.detach().float().cpu()
     return NoiseSchedule(alphas_cumprod=1.0 / (1.0 + sigmas ** 2), prediction_type=prediction)
 
@@ -124,10 +146,12 @@ def encode_pixels(vae, model, pixels: torch.Tensor) -> torch.Tensor:
         return model.model.process_latent_in(vae.encode(pixels)).float().cpu().clone()
 
 
-def encode_caption(clip, caption: str) -> torch.Tensor:
-    """The cross-attention context [1, tokens, width] the host's CLIP gives a caption (a normal tensor, as above)."""
+def encode_caption(clip, caption: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The cross-attention context [1, tokens, width] and pooled embedding [1, width] (None if the CLIP has
+    none) the host's CLIP gives a caption (normal tensors, as above)."""
     with torch.inference_mode(False), torch.no_grad():
-        return clip.encode_from_tokens(clip.tokenize(caption)).float().cpu().clone()
+        context, pooled = clip.encode_from_tokens(clip.tokenize(caption), return_pooled=True)
+        return context.float().cpu().clone(), None if pooled is None else pooled.float().cpu().clone()
 
 
 def load_for_training(model, clip=None) -> None:

@@ -63,15 +63,17 @@ def encode_items(items, spec: DatasetSpec, model, clip, vae, contexts: bool) -> 
            id(model.model), id(clip), id(vae))
     if key in _encoded_cache:
         return _encoded_cache[key]
-    encoded_captions: dict[str, torch.Tensor] = {}
+    encoded_captions: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
     encoded = []
     for item in items:
         pixels = load_pixels(item)[None]
         latent = host_model.encode_pixels(vae, model, pixels)[0]
         flipped = host_model.encode_pixels(vae, model, pixels.flip(2))[0] if spec.flip else None
         if contexts and item.caption not in encoded_captions:
-            encoded_captions[item.caption] = host_model.encode_caption(clip, item.caption)[0]
-        encoded.append(EncodedImage(latent, flipped, item.caption, encoded_captions.get(item.caption)))
+            context, pooled = host_model.encode_caption(clip, item.caption)
+            encoded_captions[item.caption] = (context[0], None if pooled is None else pooled[0])
+        context, pooled = encoded_captions.get(item.caption, (None, None))
+        encoded.append(EncodedImage(latent, flipped, item.caption, context, pooled))
     _encoded_cache.clear()  # one dataset at a time: latents are small, but models come and go
     _encoded_cache[key] = encoded
     return encoded

@@ -18,12 +18,14 @@ EPOCH_SEED_STRIDE = 1_000_003
 
 @dataclass(frozen=True)
 class EncodedImage:
-    """One image as the denoiser sees it: latent [C, h, w], optional mirrored latent, its caption and the
-    caption's context [tokens, width] (None when the text encoder trains and contexts change every step)."""
+    """One image as the denoiser sees it: latent [C, h, w], optional mirrored latent, its caption, the
+    caption's context [tokens, width] (None when the text encoder trains and contexts change every step)
+    and its pooled embedding [width] where the model uses one (SDXL)."""
     latent: torch.Tensor
     flipped: torch.Tensor | None
     caption: str
     context: torch.Tensor | None
+    pooled: torch.Tensor | None = None
 
 
 def stack_contexts(contexts: list[torch.Tensor]) -> torch.Tensor:
@@ -33,13 +35,17 @@ def stack_contexts(contexts: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([c[:tokens] for c in contexts])
 
 
-Condition = torch.Tensor | tuple[str, ...]
+# Stacked contexts; or {"context": ..., "pooled": ...} where every image has a pooled embedding; or captions.
+Condition = torch.Tensor | dict[str, torch.Tensor] | tuple[str, ...]
 
 
 def _condition(images: list[EncodedImage]) -> Condition:
     if any(image.context is None for image in images):
         return tuple(image.caption for image in images)
-    return stack_contexts([image.context for image in images])
+    context = stack_contexts([image.context for image in images])
+    if any(image.pooled is None for image in images):
+        return context
+    return {"context": context, "pooled": torch.stack([image.pooled for image in images])}
 
 
 class LatentBatches:

@@ -41,3 +41,14 @@ def test_trained_text_encoder_batches_carry_the_captions_in_latent_order() -> No
 def test_stack_contexts_keeps_the_shortest_common_length() -> None:
     stacked = stack_contexts([torch.zeros(154, 8), torch.ones(77, 8)])
     assert stacked.shape == (2, 77, 8) and stacked[1].eq(1).all()
+
+
+def test_pooled_embeddings_travel_with_their_contexts() -> None:
+    images = [EncodedImage(latent=torch.full((4, 8, 8), float(i)), flipped=None, caption=f"c{i}",
+                           context=torch.full((77, 8), float(i)), pooled=torch.full((5,), float(i)))
+              for i in range(3)]
+    batches = LatentBatches(tuple(Item() for _ in range(3)), images, batch_size=3, seed=1)
+    latents, condition = batches.batch(0, torch.Generator().manual_seed(0))
+    assert isinstance(condition, dict) and condition["pooled"].shape == (3, 5)
+    assert torch.equal(condition["pooled"][:, 0], latents[:, 0, 0, 0])
+    assert torch.equal(condition["context"][:, 0, 0], latents[:, 0, 0, 0])
