@@ -22,7 +22,7 @@ from ..trainer.export import TrainingSummary, export_lora, kohya_metadata, save_
 from ..trainer.jobs import JOBS, Job
 from ..trainer.latent_batches import EncodedImage, LatentBatches
 from ..trainer.lora_file import parse_lora
-from ..trainer.lora_layers import LoraAdapterSet, release_inference_tensors, select_targets
+from ..trainer.lora_layers import LoraAdapterSet, lora_parameter_count, release_inference_tensors, select_targets
 from ..trainer.loop import NonFiniteLossError, StepRecord, evaluate, train
 from ..trainer.memory_estimate import estimate_training_memory, fits
 from . import host_model
@@ -79,14 +79,17 @@ def encode_items(items, spec: DatasetSpec, model, clip, vae, contexts: bool) -> 
     return encoded
 
 
-def check_memory(unet: torch.nn.Module, adapters: LoraAdapterSet, config: TrainConfig, spec: DatasetSpec) -> None:
+def check_memory(model, config: TrainConfig, spec: DatasetSpec, trainable_params: int) -> None:
+    """Refuses a run that will not fit, before anything is encoded, with the figure and the options that fit."""
+    unet = host_model.diffusion_module(model)
     params_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
-    trainable = sum(p.numel() for p in adapters.parameters())
     opt = config.optimisation
-    estimate = estimate_training_memory(params_bytes, trainable, opt.batch_size, spec.resolution,
+    on_gpu = comfy.model_management.get_torch_device().type == "cuda"
+    estimate = estimate_training_memory(params_bytes, trainable_params, opt.batch_size, spec.resolution,
                                         gradient_checkpointing=opt.gradient_checkpointing,
-                                        mixed_precision=opt.mixed_precision, rank=config.lora.rank)
-    available = host_model.free_memory_bytes() + params_bytes  # the model is already loaded
+                                        mixed_precision=opt.mixed_precision if on_gpu else "no",
+                                        optimizer=opt.optimizer, rank=config.lora.rank)
+    available = host_model.free_memory_bytes() + model.loaded_size()  # what the model holds already counts
     ok, options = fits(estimate, available)
     if not ok:
         raise TrainingStopped(f"This run needs about {estimate.total_bytes / 2**30:.1f} GiB but "
@@ -148,24 +151,32 @@ def _run(model, clip, vae, spec, files, config, start_state, job, node_id, plan,
     opt = config.optimisation
     train_items = spec.items
     train_clip = config.lora.train_text_encoder
+    # Everything that can refuse the run does so before the dataset is encoded.
+    schedule = host_model.noise_schedule_for(model)
+    unet = host_model.diffusion_module(model)
+    unet_layers = select_targets(unet, config.lora.targets)
+    trainable = lora_parameter_count(unet, unet_layers, config.lora.rank)
+    name_map: dict[str, str] = {}
+    if train_clip:
+        text_encoder = host_model.text_encoder_module(clip)
+        text_layers = select_targets(text_encoder, config.lora.targets)
+        name_map.update(host_model.clip_kohya_names(model, text_layers, TEXT_ENCODER_KEY_PREFIX))
+        trainable += lora_parameter_count(text_encoder, text_layers, config.lora.rank)
+    check_memory(model, config, spec, trainable)
+
     encoded = encode_items(train_items + spec.validation_items, spec, model, clip, vae, contexts=not train_clip)
     batches = LatentBatches(train_items, encoded[:len(train_items)], opt.batch_size, opt.seed)
     host_model.load_for_training(model, clip if train_clip else None)
-    unet = host_model.diffusion_module(model)
     release_inference_tensors(unet)
     adapters = LoraAdapterSet.from_config(config.lora, opt.seed)
-    adapters.attach(unet, select_targets(unet, config.lora.targets))
-    name_map = host_model.unet_kohya_names(model, adapters.keys())
+    adapters.attach(unet, unet_layers)
+    name_map.update(host_model.unet_kohya_names(model, unet_layers))
     guard = contextlib.nullcontext()
     if train_clip:
-        text_encoder = host_model.text_encoder_module(clip)
         guard = normalisation_inputs_copied(text_encoder)  # the host's CLIP adds to its residual in place
         release_inference_tensors(text_encoder)
-        text_layers = select_targets(text_encoder, config.lora.targets)
-        name_map.update(host_model.clip_kohya_names(model, text_layers, TEXT_ENCODER_KEY_PREFIX))
         adapters.attach(text_encoder, text_layers, key_prefix=TEXT_ENCODER_KEY_PREFIX, group="text_encoder")
     denoiser = host_model.denoiser_for(model, host_model.caption_encoder_for(clip) if train_clip else None)
-    schedule = host_model.noise_schedule_for(model)
     base_version, architecture = host_model.base_model_version(model)
     control = HostControl(job)
     bar = comfy.utils.ProgressBar(opt.steps, node_id=node_id)
@@ -208,7 +219,6 @@ def _run(model, clip, vae, spec, files, config, start_state, job, node_id, plan,
 
     with guard:
         try:
-            check_memory(unet, adapters, config, spec)
             if plan.prompts and plan.every_n_steps > 0 and start_state is None:
                 samples.render_or_cancel(0)  # the step-0 baseline: the model before any training
             eval_batches, eval_count = batches.fixed()

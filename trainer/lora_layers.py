@@ -143,6 +143,20 @@ class LoraAdapter(nn.Module):
         return (lora_delta(up, down) * self.scale).reshape(up.shape[0], *down.shape[1:])
 
 
+def lora_parameter_count(model: nn.Module, module_names: list[str], rank: int) -> int:
+    """How many parameters LoRAs of `rank` on these Linear/Conv2d layers train (down + up), without building them."""
+    modules = dict(model.named_modules())
+    count = 0
+    for name in module_names:
+        base = modules[name]
+        if isinstance(base, nn.Conv2d):
+            kh, kw = base.kernel_size
+            count += rank * (base.in_channels * kh * kw + base.out_channels)
+        else:
+            count += rank * (base.in_features + base.out_features)
+    return count
+
+
 def _layer_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
     if args:
         return args[0]

@@ -97,6 +97,16 @@ def test_text_encoder_lora_trains_and_every_loader_reads_it(host, rings):
     assert len(downs) == len([k for k in tensors if k.endswith(".lora_down.weight")])
 
 
+def test_a_run_that_cannot_fit_in_memory_is_refused_before_any_work_with_options_that_fit(host, rings):
+    g, _ = train_graph("too_big", steps=2, resolution=1024, batch_size=64)
+    mark = len(host.log_text())
+    message = error_message(host.wait(host.queue(g.nodes), 300))
+    assert "LoraLabTrainLora" in message and "needs about" in message and "GiB are available" in message
+    assert "batch_size 1 with grad_accumulation 64" in message or "even with gradient checkpointing" in message
+    assert not list(host.loras_dir.glob("too_big*"))
+    assert "attached LoRA" not in host.log_text()[mark:]  # refused before the model was touched
+
+
 def test_bad_settings_are_clear_errors(host, rings):
     for kwargs, expected in (({"steps": 0}, "steps"), ({"lr": 0.0}, "learning_rate"),
                              ({"rank": 2000}, "rank")):

@@ -15,17 +15,18 @@ DEFAULT_OPTIONS = {"targets": "attention_ff", "dropout": 0.0, "schedule": "const
 
 
 def train_graph(name: str, steps: int = 12, lr: float = 2e-3, rank: int = 4, folder: str = "rings",
-                options: dict | None = None, validation_share: float = 0.0) -> tuple[Graph, str]:
+                options: dict | None = None, validation_share: float = 0.0, resolution: int = 64,
+                batch_size: int = 1) -> tuple[Graph, str]:
     g = Graph()
     ckpt = checkpoint(g)
-    data = g.add("LoraLabDataset", folder=folder, trigger_word=TRIGGER, resolution=64, flip=False,
+    data = g.add("LoraLabDataset", folder=folder, trigger_word=TRIGGER, resolution=resolution, flip=False,
                  validation_share=validation_share, seed=0)
     kwargs = {}
     if options is not None:
         opts = g.add("LoraLabTrainOptions", **{**DEFAULT_OPTIONS, **options})
         kwargs["options"] = out(opts)
     train = g.add("LoraLabTrainLora", model=out(ckpt, 0), clip=out(ckpt, 1), vae=out(ckpt, 2), dataset=out(data),
-                  name=name, steps=steps, learning_rate=lr, rank=rank, alpha=float(rank), batch_size=1, seed=5,
+                  name=name, steps=steps, learning_rate=lr, rank=rank, alpha=float(rank), batch_size=batch_size, seed=5,
                   **kwargs)
     return g, train
 

@@ -10,7 +10,8 @@ from test_training_support import single_thread  # noqa: F401  (autouse fixture)
 from test_training_support import COND_DIM, COND_TOKENS, HIDDEN, LATENT, attach, make_model
 from trainer.config import LoraShape
 from trainer.inplace_guard import normalisation_inputs_copied
-from trainer.lora_layers import LoraAdapterSet, LoraTargetError, release_inference_tensors, select_targets
+from trainer.lora_layers import (LoraAdapterSet, LoraTargetError, lora_parameter_count, release_inference_tensors,
+                                 select_targets)
 from trainer.lora_math import lora_delta
 
 BLOCK = "attn.transformer_blocks.0"
@@ -206,3 +207,11 @@ def test_lora_trains_through_in_place_residual_adds_with_normalisation_inputs_co
         model(x).sum().backward()
     assert guarded == 1 and adapters["self_attn.q_proj"].lora_down.weight.grad.abs().sum() > 0
     assert not model.norm._forward_pre_hooks  # the hooks are gone afterwards
+
+
+def test_lora_parameter_count_matches_the_adapters_built() -> None:
+    model = make_model()
+    names = select_targets(model, "attention_ff_conv")
+    adapters = LoraAdapterSet(rank=3, alpha=3.0)
+    adapters.attach(model, names)
+    assert lora_parameter_count(model, names, 3) == sum(p.numel() for p in adapters.parameters()) > 0
