@@ -16,6 +16,23 @@ from trainer.safetensors_io import read_safetensors
 
 
 
+def _native_loader_changes_the_image(host, lora: str, strength_model: float, extra=None) -> tuple[dict, str | None]:
+    """Renders with the host's LoraLoader (CLIP strength 1) and without; asserts every key loaded and the image
+    changed. `extra(graph, checkpoint_node)` may add nodes to the same prompt; returns the entry and its node."""
+    mark = len(host.log_text())
+    g = Graph()
+    ckpt = checkpoint(g)
+    native = g.add("LoraLoader", model=out(ckpt, 0), clip=out(ckpt, 1), lora_name=lora,
+                   strength_model=strength_model, strength_clip=1.0)
+    with_lora = render(g, out(native, 0), out(native, 1), out(ckpt, 2), f"{lora}_with")
+    base = render(g, out(ckpt, 0), out(ckpt, 1), out(ckpt, 2), f"{lora}_without")
+    extra_node = extra(g, ckpt) if extra is not None else None
+    entry = host.run(g.nodes)
+    assert "lora key not loaded" not in host.log_text()[mark:]
+    assert not np.array_equal(saved_images(host, entry, with_lora)[0], saved_images(host, entry, base)[0])
+    return entry, extra_node
+
+
 def test_training_learns_and_saves_a_file_every_loader_reads(host, rings):
     g, train = train_graph("learned", steps=16, validation_share=0.25)
     entry = host.run(g.nodes, timeout=900)
@@ -32,19 +49,11 @@ def test_training_learns_and_saves_a_file_every_loader_reads(host, rings):
     assert metadata["ss_base_model_version"] == "sd_v1" and metadata["ss_steps"] == "16"
 
     # The native loader reads every key and the image changes; Load LoRA reads the trigger word back.
-    mark = len(host.log_text())
-    g = Graph()
-    ckpt = checkpoint(g)
-    native = g.add("LoraLoader", model=out(ckpt, 0), clip=out(ckpt, 1), lora_name="learned.safetensors",
-                   strength_model=1.0, strength_clip=1.0)
-    ours = g.add("LoraLabLoadLora", model=out(ckpt, 0), clip=out(ckpt, 1), lora_name="learned.safetensors",
-                 strength_model=1.0, strength_clip=1.0)
-    with_lora = render(g, out(native, 0), out(native, 1), out(ckpt, 2), "trained")
-    base = render(g, out(ckpt, 0), out(ckpt, 1), out(ckpt, 2), "untrained")
-    words = g.add("PreviewAny", source=out(ours, 2))
-    entry = host.run(g.nodes)
-    assert "lora key not loaded" not in host.log_text()[mark:]
-    assert not np.array_equal(saved_images(host, entry, with_lora)[0], saved_images(host, entry, base)[0])
+    def read_trigger_word(g: Graph, ckpt: str) -> str:
+        ours = g.add("LoraLabLoadLora", model=out(ckpt, 0), clip=out(ckpt, 1), lora_name="learned.safetensors",
+                     strength_model=1.0, strength_clip=1.0)
+        return g.add("PreviewAny", source=out(ours, 2))
+    entry, words = _native_loader_changes_the_image(host, "learned.safetensors", 1.0, read_trigger_word)
     assert entry["outputs"][words]["text"] == [TRIGGER]
 
 
@@ -79,16 +88,7 @@ def test_text_encoder_lora_trains_and_every_loader_reads_it(host, rings):
     assert metadata["ss_network_train_unet_only"] == "False" and metadata["ss_text_encoder_lr"] == "0.001"
 
     # The native loader reads every key; the CLIP part alone (model strength 0) changes the image.
-    mark = len(host.log_text())
-    g = Graph()
-    ckpt = checkpoint(g)
-    clip_only = g.add("LoraLoader", model=out(ckpt, 0), clip=out(ckpt, 1), lora_name="with_te.safetensors",
-                      strength_model=0.0, strength_clip=1.0)
-    with_lora = render(g, out(clip_only, 0), out(clip_only, 1), out(ckpt, 2), "te_trained")
-    base = render(g, out(ckpt, 0), out(ckpt, 1), out(ckpt, 2), "te_untrained")
-    entry = host.run(g.nodes)
-    assert "lora key not loaded" not in host.log_text()[mark:]
-    assert not np.array_equal(saved_images(host, entry, with_lora)[0], saved_images(host, entry, base)[0])
+    _native_loader_changes_the_image(host, "with_te.safetensors", 0.0)
 
     import diffusers  # a dependency of the pack
     state_dict = diffusers.StableDiffusionPipeline.lora_state_dict(str(path))[0]
