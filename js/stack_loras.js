@@ -2,10 +2,13 @@
 //
 // The hidden `loras` widget stays the single source of truth: it is what the workflow saves and what
 // the API prompt sends, so headless users and old workflows keep working without this file. The table
-// is a view of that text: every edit rewrites it, and every load rebuilds the table from it.
+// is a view of that text: every edit rewrites it, and every load rebuilds the table from it. Under each
+// row the table shows its file's rank, alpha, base model and trigger words (js/lora_library.js).
 
 import { app } from "../../scripts/app.js";
-import { api } from "../../scripts/api.js";
+import { runAfter } from "./lib/node_hooks.js";
+import { loraInfo, loraNames } from "./lora_library.js";
+import { LOADING_INFO } from "./lib/lora_metadata.js";
 import * as stack from "./lib/stack_rows.js";
 import { createStackTable } from "./lib/stack_table.js";
 
@@ -13,23 +16,6 @@ const NODE_TYPE = "LoraLabStackLoras";
 const ROWS_WIDGET = "loras";
 const EDITOR_WIDGET = "loralab_stack_editor";
 const MIN_WIDTH = 420;
-
-let loraNamesRequest = null;
-
-/** The host's LoRA file names; one request shared by all nodes until `refresh` asks for a new one. */
-function loraNames(refresh = false) {
-  if (!loraNamesRequest || refresh) {
-    loraNamesRequest = api.fetchApi("/models/loras")
-      .then((resp) => (resp.ok ? resp.json() : Promise.reject(new Error(`GET /models/loras answered ${resp.status}`))))
-      .then((list) => (Array.isArray(list) ? list.filter((n) => typeof n === "string") : []))
-      .catch((e) => {
-        loraNamesRequest = null; // retry on the next call instead of caching the failure
-        console.warn("[LoRA Lab] could not list LoRA files:", e);
-        return [];
-      });
-  }
-  return loraNamesRequest;
-}
 
 /** Takes a widget out of sight and out of the layout while it still saves and serialises. */
 function hideWidget(widget) {
@@ -65,7 +51,10 @@ function attachEditor(node) {
     remove: (i) => commit(stack.removeRow(state.rows, i)),
     move: (i, delta) => commit(stack.moveRow(state.rows, i, delta)),
     toggle: (i, on) => commit(stack.toggleRow(state.rows, i, on)),
-    name: (i, name) => commit(stack.setName(state.rows, i, name)),
+    name: (i, name) => {
+      loraInfo.retry(name); // choosing a file again asks again if it was missing or the host failed
+      commit(stack.setName(state.rows, i, name));
+    },
     strength: (i, which, text) => commit(stack.setStrength(state.rows, i, which, text)),
   });
   node.addDOMWidget(EDITOR_WIDGET, "loralab_stack", table.element, {
@@ -75,9 +64,22 @@ function attachEditor(node) {
     setValue: () => {},
   }).serialize = false;
 
+  const shownInfo = ({ lora }) => {
+    const info = loraInfo.peek(lora);
+    return info === undefined ? LOADING_INFO : info;
+  };
+  /** Each row's file info; files not read yet are read (one request per file name), then shown. */
+  function rowsInfo() {
+    for (const { lora } of state.rows) {
+      // Only the info lines change then: a full redraw would drop what the user is typing in a strength box.
+      if (loraInfo.peek(lora) === undefined) loraInfo.get(lora).then(() => table.showInfo(state.rows.map(shownInfo)));
+    }
+    return state.rows.map(shownInfo);
+  }
+
   /** fit: "exact" snaps the height to the rows (after add/remove), "grow" only enlarges (on load). */
   function redraw(fit) {
-    table.render(state);
+    table.render({ ...state, info: rowsInfo() });
     table.element.dataset.nodeId = String(node.id);
     if (fit) {
       const min = node.computeSize();
@@ -132,28 +134,17 @@ app.registerExtension({
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== NODE_TYPE) return;
 
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function (...args) {
-      const result = onNodeCreated?.apply(this, args);
+    runAfter(nodeType.prototype, "onNodeCreated", function () {
       attachEditor(this);
       this.setSize([Math.max(this.size[0], MIN_WIDTH), this.computeSize()[1]]);
-      return result;
-    };
-
-    const onConfigure = nodeType.prototype.onConfigure;
-    nodeType.prototype.onConfigure = function (...args) {
-      const result = onConfigure?.apply(this, args);
+    });
+    runAfter(nodeType.prototype, "onConfigure", function () {
       this.loralabStack?.sync();
-      return result;
-    };
-
-    const onExecuted = nodeType.prototype.onExecuted;
-    nodeType.prototype.onExecuted = function (output, ...rest) {
-      const result = onExecuted?.apply(this, [output, ...rest]);
+    });
+    runAfter(nodeType.prototype, "onExecuted", function (output) {
       const words = output?.trigger_words;
       this.loralabStack?.setTriggerWords(Array.isArray(words) ? words.join(", ") : "");
-      return result;
-    };
+    });
   },
 
   // Belt and braces for hosts whose configure path skips onConfigure's widget values.

@@ -11,6 +11,7 @@ import { api } from "../../scripts/api.js";
 import { chartModel, mergeRows } from "./lib/dashboard_chart.js";
 import { acceptsSnapshot, historyRow, jobNameOf, pickJob, validationRow, viewModel } from "./lib/dashboard_model.js";
 import { CHART_HEIGHT, CHART_WIDTH, createDashboard } from "./lib/dashboard_view.js";
+import { runAfter } from "./lib/node_hooks.js";
 
 const NODE_TYPE = "LoraLabTrainLora";
 const NAME_WIDGET = "name";
@@ -199,20 +200,13 @@ app.registerExtension({
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== NODE_TYPE) return;
 
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function (...args) {
-      const result = onNodeCreated?.apply(this, args);
+    runAfter(nodeType.prototype, "onNodeCreated", function () {
       attachDashboard(this);
       const min = this.computeSize();
       this.setSize([Math.max(this.size[0], min[0], MIN_WIDTH), min[1]]);
-      return result;
-    };
-
-    const onConfigure = nodeType.prototype.onConfigure;
-    nodeType.prototype.onConfigure = function (...args) {
-      const result = onConfigure?.apply(this, args);
+    });
+    runAfter(nodeType.prototype, "onConfigure", function () {
       this.loralabDashboard?.recover();
-      return result;
-    };
+    });
   },
 });

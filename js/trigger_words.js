@@ -3,6 +3,7 @@
 // visible without wiring a text node; the STRING output stays for graphs that use them.
 
 import { app } from "../../scripts/app.js";
+import { runAfter } from "./lib/node_hooks.js";
 import { ensureStyle } from "./lib/style.js";
 
 const NODE_TYPE = "LoraLabLoadLora";
@@ -13,9 +14,7 @@ app.registerExtension({
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== NODE_TYPE) return;
 
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function (...args) {
-      const result = onNodeCreated?.apply(this, args);
+    runAfter(nodeType.prototype, "onNodeCreated", function () {
       ensureStyle(document);
       const view = document.createElement("div");
       view.className = "loralab-trigger-words";
@@ -26,18 +25,13 @@ app.registerExtension({
         getMaxHeight: () => 80,
       }).serialize = false;
       this.loralabTriggerWords = view;
-      return result;
-    };
-
-    const onExecuted = nodeType.prototype.onExecuted;
-    nodeType.prototype.onExecuted = function (output, ...rest) {
-      const result = onExecuted?.apply(this, [output, ...rest]);
+    });
+    runAfter(nodeType.prototype, "onExecuted", function (output) {
       const words = output?.trigger_words;
       if (this.loralabTriggerWords) {
         this.loralabTriggerWords.textContent = Array.isArray(words) ? words.join(", ") : "";
         this.loralabTriggerWords.title = this.loralabTriggerWords.textContent;
       }
-      return result;
-    };
+    });
   },
 });

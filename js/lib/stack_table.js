@@ -4,9 +4,10 @@
 // carries a data-testid (and a namespaced class) so browser tests and users' own scripts can find it.
 
 import { el } from "./dom.js";
+import { loraInfoElement, showLoraInfo } from "./lora_info_view.js";
 import { ensureStyle } from "./style.js";
 
-const ROW_HEIGHT = 28;
+const ROW_HEIGHT = 28 + 18; // the controls, then the file's info line
 const CHROME_HEIGHT = 24 + 32 + 26; // header + add button + trigger-words line
 const ERROR_HEIGHT = 34;
 
@@ -43,7 +44,8 @@ function button(doc, action, text, title) {
   });
 }
 
-function rowElement(doc, row, index, count, names) {
+/** The row's controls and, beneath them, its file's info line (`info`: lib/lora_metadata.js, or null). */
+function rowElements(doc, row, index, count, names, info) {
   const up = button(doc, "up", "↑", "Move up");
   const down = button(doc, "down", "↓", "Move down");
   up.disabled = index === 0;
@@ -55,15 +57,20 @@ function rowElement(doc, row, index, count, names) {
   const cells = [toggle, loraPicker(doc, row.lora, names), strengthInput(doc, "model", row.strength_model),
     strengthInput(doc, "clip", row.strength_clip), el(doc, "span", { className: "loralab-stack-tools" },
       [up, down, button(doc, "remove", "✕", "Remove this row")])];
-  return el(doc, "tr", {
-    className: `loralab-stack-row${row.on ? "" : " loralab-stack-row-off"}`,
-    dataset: { testid: "loralab-stack-row", index: String(index) },
-  }, cells.map((c) => el(doc, "td", {}, [c])));
+  const off = row.on ? "" : " loralab-stack-row-off";
+  return [
+    el(doc, "tr", { className: `loralab-stack-row${off}`, dataset: { testid: "loralab-stack-row", index: String(index) } },
+      cells.map((c) => el(doc, "td", {}, [c]))),
+    // The file's rank, alpha, base model and trigger words, under its controls and as wide as the table.
+    el(doc, "tr", { className: `loralab-stack-info-row${off}`, dataset: { index: String(index) } },
+      [el(doc, "td"), el(doc, "td", { colSpan: 4 }, [loraInfoElement(doc, info)])]),
+  ];
 }
 
 /**
  * Builds the editor element. `intents` receives {add()}, {remove,moveUp,moveDown,toggle(i, on)},
- * {name(i, value)}, {strength(i, "model"|"clip", text)}; the owner applies them and calls render().
+ * {name(i, value)}, {strength(i, "model"|"clip", text)}; the owner applies them and calls render() with
+ * the state and `info`, each row's file info (lib/lora_metadata.js) in row order.
  */
 export function createStackTable(doc, intents) {
   ensureStyle(doc);
@@ -77,6 +84,7 @@ export function createStackTable(doc, intents) {
   const root = el(doc, "div", { className: "loralab-stack", dataset: { testid: "loralab-stack" } },
     [error, table, add, words]);
   let rowCount = 0;
+  let infoLines = []; // the rows' info elements, in row order
 
   root.addEventListener("click", (event) => {
     const target = event.target.closest("button[data-action]");
@@ -96,13 +104,18 @@ export function createStackTable(doc, intents) {
   return {
     element: root,
     /** Redraws everything; cheap at the row counts people use, and no stale control survives. */
-    render({ rows, names, error: message, triggerWords }) {
+    render({ rows, names, error: message, triggerWords, info = [] }) {
       rowCount = rows.length;
-      body.replaceChildren(...rows.map((row, i) => rowElement(doc, row, i, rows.length, names)));
+      body.replaceChildren(...rows.flatMap((row, i) => rowElements(doc, row, i, rows.length, names, info[i] ?? null)));
+      infoLines = [...body.querySelectorAll(".loralab-lora-info")];
       error.textContent = message ? `The rows text is ${message}; editing replaces it.` : "";
       error.hidden = !message;
       words.textContent = triggerWords ? `trigger words: ${triggerWords}` : "";
       words.title = triggerWords || "Trigger words of the enabled LoRAs appear here after a run";
+    },
+    /** Updates only the rows' info lines (`info` in row order), leaving every control as it is. */
+    showInfo(info) {
+      infoLines.forEach((line, i) => showLoraInfo(line, info[i] ?? null));
     },
     /** The height the node must give the table to show every row without scrolling. */
     minHeight() {

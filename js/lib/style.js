@@ -12,7 +12,7 @@ const CSS = `
 .loralab-stack-table th:nth-child(3), .loralab-stack-table th:nth-child(4) { width: 58px; }
 .loralab-stack-table th:nth-child(5) { width: 78px; }
 .loralab-stack-table td { height: 28px; padding: 0 2px; box-sizing: border-box; }
-.loralab-stack-row-off td:nth-child(n+2):nth-child(-n+4) { opacity: 0.45; } /* dim the settings, not the tools */
+.loralab-stack-row-off td:nth-child(n+2):nth-child(-n+4) { opacity: 0.45; } /* dim the settings and info line, not the tools */
 .loralab-stack select, .loralab-stack input[type=number], .loralab-stack-btn, .loralab-trigger-words {
   box-sizing: border-box; height: 24px; font: inherit; color: inherit;
   background: var(--comfy-input-bg, #222); border: 1px solid var(--border-color, #444); border-radius: 4px; }
@@ -23,6 +23,12 @@ const CSS = `
 .loralab-stack-btn:not(:disabled):hover { filter: brightness(1.3); }
 .loralab-stack-add { height: 26px; }
 .loralab-stack-error { color: var(--error-text, #f66); white-space: normal; }
+.loralab-stack-table .loralab-stack-info-row td { height: 18px; padding-top: 0; }
+.loralab-lora-info { box-sizing: border-box; height: 18px; line-height: 18px; padding: 0 4px;
+  font: 11px sans-serif; color: var(--input-text, #ddd); opacity: 0.8;
+  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; user-select: text; }
+.loralab-lora-info[data-state=loading], .loralab-lora-info[data-state=none] { opacity: 0.55; }
+.loralab-lora-info[data-state=missing], .loralab-lora-info[data-state=error] { color: var(--error-text, #f66); opacity: 1; }
 .loralab-trigger-words { height: auto; min-height: 22px; padding: 3px 6px; border-style: dashed; opacity: 0.85;
   font: 12px sans-serif; color: var(--input-text, #ddd);
   overflow-wrap: anywhere; user-select: text; }

@@ -1,6 +1,7 @@
 """Drives the host's real graph editor in a Playwright page: open it, find LoRA Lab's widgets, record errors."""
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -86,6 +87,19 @@ class Editor:
 
     def load_workflow_text(self, text: str) -> None:
         self.page.evaluate("async (text) => { await window.comfyAPI.app.app.loadGraphData(JSON.parse(text)); }", text)
+
+    def choose_combo(self, node_id: int, widget: str, value: str) -> None:
+        """Chooses `value` in a canvas-drawn combo widget as a user does: a click on the widget opens
+        the editor's context menu of values, a click on the entry chooses it."""
+        x, y = self.js("""const n = app.graph.getNodeById(arg.id), w = n.widgets.find(w => w.name === arg.name);
+            const h = w.computedHeight ?? LiteGraph.NODE_WIDGET_HEIGHT;
+            const [cx, cy] = app.canvas.ds.convertOffsetToCanvas([n.pos[0] + n.size[0] / 2, n.pos[1] + (w.y ?? w.last_y) + h / 2]);
+            const r = app.canvas.canvas.getBoundingClientRect();
+            return [r.left + cx, r.top + cy];""", {"id": node_id, "name": widget})
+        self.page.mouse.click(x, y)
+        menu = self.page.locator(".litecontextmenu").last
+        menu.wait_for()
+        menu.locator(".litemenu-entry").filter(has_text=re.compile(f"^{re.escape(value)}$")).click()
 
     # --- LoRA Lab nodes --------------------------------------------------------------------------
     def add_node(self, node_type: str, pos: tuple[int, int]) -> int:
