@@ -11,14 +11,18 @@ import comfy.utils
 from ..trainer.latent_batches import Condition, stack_contexts
 from ..trainer.objective import NoiseSchedule
 
-# Flow-matching models (SD3, Flux) are not listed: their continuous, shifted sigmas and their pooled and
-# guidance inputs need a different noise path; they are refused with a clear message.
 PREDICTION_TYPES = {comfy.model_base.ModelType.EPS: "epsilon", comfy.model_base.ModelType.V_PREDICTION: "v"}
-LATENT_SCALE = 8  # image pixels per latent pixel (SD1/SD2/SDXL VAEs)
+# Rectified-flow models (SD3 = FLOW, Flux = FLUX): x_t = (1 - s) x_0 + s noise, the model predicts noise - x_0.
+FLOW_MODEL_TYPES = {getattr(comfy.model_base.ModelType, name) for name in ("FLOW", "FLUX")
+                    if hasattr(comfy.model_base.ModelType, name)}
+LATENT_SCALE = 8  # image pixels per latent pixel (the VAEs of SD1/SD2/SDXL/SD3/Flux)
+FLUX_TRAINING_GUIDANCE = 1.0  # the guidance input of guidance-distilled Flux models while training (kohya's advice)
 # kohya's ss_base_model_version and the SAI model-spec architecture for the host's model classes.
 BASE_MODEL_VERSIONS = {"SD15": ("sd_v1", "stable-diffusion-v1/lora"),
                        "SD20": ("sd_v2", "stable-diffusion-v2-512/lora"),
-                       "SDXL": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora")}
+                       "SDXL": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
+                       "SD3": ("sd3", "stable-diffusion-v3-medium/lora"),
+                       "Flux": ("flux1", "flux-1-dev/lora"), "FluxSchnell": ("flux1", "flux-1-schnell/lora")}
 # UNets whose kohya files use diffusers module names (kohya converts SD1/SD2 to diffusers layout).
 DIFFUSERS_NAMED_UNETS = {"SD15", "SD20"}
 # Text-encoder prefixes inside the host's CLIP -> kohya prefixes.
@@ -43,6 +47,12 @@ def text_encoder_module(clip) -> torch.nn.Module:
     return clip.cond_stage_model
 
 
+def adds_residuals_in_place(model) -> bool:
+    """Whether the host's denoiser adds to its residual stream in place (its DiT blocks for SD3/Flux), so that
+    training through it needs trainer.inplace_guard."""
+    return model.model.model_type in FLOW_MODEL_TYPES
+
+
 def caption_encoder_for(clip):
     """encode(captions) -> {"context": [B, tokens, width], "pooled": [B, width] or None} through the host's
     CLIP, with autograd (for a LoRA on the CLIP)."""
@@ -59,17 +69,27 @@ def caption_encoder_for(clip):
     return encode
 
 
+def _takes_adm(model) -> bool:
+    """Whether the host's model class builds a `y` input from the pooled text (SDXL's ADM vector, SD3/Flux's pooled)."""
+    return type(model.model).encode_adm is not comfy.model_base.BaseModel.encode_adm
+
+
 def denoiser_for(model, encode_captions=None):
     """denoiser(x_t, timesteps, condition) -> the model's raw prediction, in fp32, computed in the model's dtype.
 
     The condition is the captions' context (a tensor, or {"context", "pooled"}), or the captions themselves,
     encoded here by `encode_captions` (when the text encoder trains, its LoRA needs the encoding inside the
-    step's autograd graph). Models with an ADM vector (SDXL) get it from the host's own `encode_adm`: the
-    pooled text embedding plus the image size (original = target = the bucket, no crop, as kohya trains).
+    step's autograd graph). Whatever else the model takes comes from the host's own code: `y` from its
+    `encode_adm` (SDXL: pooled text + the image size, original = target = the bucket, no crop, as kohya
+    trains; SD3/Flux: the pooled text), the timestep input from its model_sampling (flow models take
+    their sigma, scaled), and Flux's guidance input.
     """
     unet = diffusion_module(model)
     dtype = model.model.get_dtype()
-    needs_adm = getattr(unet, "num_classes", None) is not None
+    sampling = model.get_model_object("model_sampling")
+    flow = model.model.model_type in FLOW_MODEL_TYPES
+    takes_adm = _takes_adm(model)
+    guidance = FLUX_TRAINING_GUIDANCE if getattr(getattr(unet, "params", None), "guidance_embed", False) else None
 
     def denoise(x_t: torch.Tensor, timesteps: torch.Tensor, condition: Condition) -> torch.Tensor:
         if isinstance(condition, torch.Tensor):
@@ -77,7 +97,7 @@ def denoiser_for(model, encode_captions=None):
         elif not isinstance(condition, dict):
             condition = encode_captions(condition)
         extra = {}
-        if needs_adm:
+        if takes_adm:
             if condition["pooled"] is None:
                 raise UnsupportedModelError(f"this {model_family(model)} model needs the text encoder's pooled "
                                             "output, which the connected CLIP does not give; connect the "
@@ -85,19 +105,28 @@ def denoiser_for(model, encode_captions=None):
             height, width = x_t.shape[-2] * LATENT_SCALE, x_t.shape[-1] * LATENT_SCALE
             y = model.model.encode_adm(pooled_output=condition["pooled"], width=width, height=height)
             extra["y"] = y.to(x_t.device, dtype)
+        if guidance is not None:
+            extra["guidance"] = torch.full((x_t.shape[0],), guidance, device=x_t.device, dtype=dtype)
+        if flow:
+            sigmas = sampling.sigmas[timesteps.to(sampling.sigmas.device)]
+            timesteps = sampling.timestep(sigmas).to(x_t.device, dtype)
         context = condition["context"].to(x_t.device, dtype)
-        return unet(x_t.to(dtype), timesteps=timesteps, context=context, **extra).float()
+        return unet(x_t.to(dtype), timesteps, context=context, **extra).float()
     return denoise
 
 
 def noise_schedule_for(model) -> NoiseSchedule:
-    """The model's own discrete schedule (alphas_cumprod from its sigmas) and prediction type."""
+    """The model's own schedule: for DDPM models alphas_cumprod from its discrete sigmas, for flow models its
+    (shifted) sigma table, and the prediction type."""
+    sigmas = model.get_model_object("model_sampling").sigmas.detach().float().cpu()
+    if model.model.model_type in FLOW_MODEL_TYPES:
+        return NoiseSchedule.flow(sigmas=sigmas)
     prediction = PREDICTION_TYPES.get(model.model.model_type)
     if prediction is None:
         raise UnsupportedModelError(f"{model_family(model)} models ({model.model.model_type.name} prediction) "
-                                    "cannot be trained yet; supported: epsilon and v-prediction models (SD1.x, "
-                                    "SD2.x, SDXL). LoRAs for them still load with Load LoRA and Stack LoRAs.")
-    sigmas = model.get_model_object("model_sampling").sigmas.detach().float().cpu()
+                                    "cannot be trained yet; supported: epsilon, v-prediction and rectified-flow "
+                                    "models (SD1.x, SD2.x, SDXL, SD3, Flux). LoRAs for them still load with "
+                                    "Load LoRA and Stack LoRAs.")
     return NoiseSchedule(alphas_cumprod=1.0 / (1.0 + sigmas ** 2), prediction_type=prediction)
 
 

@@ -1,7 +1,6 @@
 """One training run inside the host: encode the dataset once, train on the host's own MODEL, save, report."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -171,9 +170,9 @@ def _run(model, clip, vae, spec, files, config, start_state, job, node_id, plan,
     adapters = LoraAdapterSet.from_config(config.lora, opt.seed)
     adapters.attach(unet, unet_layers)
     name_map.update(host_model.unet_kohya_names(model, unet_layers))
-    guard = contextlib.nullcontext()
+    in_place_adders = [unet] if host_model.adds_residuals_in_place(model) else []
     if train_clip:
-        guard = normalisation_inputs_copied(text_encoder)  # the host's CLIP adds to its residual in place
+        in_place_adders.append(text_encoder)  # the host's CLIP adds to its residual in place too
         release_inference_tensors(text_encoder)
         adapters.attach(text_encoder, text_layers, key_prefix=TEXT_ENCODER_KEY_PREFIX, group="text_encoder")
     denoiser = host_model.denoiser_for(model, host_model.caption_encoder_for(clip) if train_clip else None)
@@ -217,7 +216,7 @@ def _run(model, clip, vae, spec, files, config, start_state, job, node_id, plan,
             control.interrupted = control.interrupted or strip is None
         control.progress(bar, record, preview_of(strip) if strip is not None else None)
 
-    with guard:
+    with normalisation_inputs_copied(*in_place_adders):
         try:
             if plan.prompts and plan.every_n_steps > 0 and start_state is None:
                 samples.render_or_cancel(0)  # the step-0 baseline: the model before any training

@@ -24,6 +24,7 @@ _ARCHITECTURES: dict[str, tuple[str, str]] = {
     "sd_v2": ("stable-diffusion-v2-512", "diffusers"),
     "sd_v2_v": ("stable-diffusion-v2-768-v", "diffusers"),
     "sdxl_base_v1-0": ("stable-diffusion-xl-v1-base", "https://github.com/Stability-AI/generative-models"),
+    "sd3": ("stable-diffusion-v3-medium", "https://github.com/Stability-AI/sd3.5"),
     "flux1": ("flux-1-dev", "https://github.com/black-forest-labs/flux"),
 }
 

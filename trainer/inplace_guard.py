@@ -24,9 +24,10 @@ def _copy_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | N
 
 
 @contextlib.contextmanager
-def normalisation_inputs_copied(model: nn.Module) -> Iterator[int]:
-    """While inside, every LayerNorm/GroupNorm of `model` works on a copy of its input; yields their count."""
-    handles = [m.register_forward_pre_hook(_copy_input) for m in model.modules() if isinstance(m, NORMALISATIONS)]
+def normalisation_inputs_copied(*models: nn.Module) -> Iterator[int]:
+    """While inside, every LayerNorm/GroupNorm of `models` works on a copy of its input; yields their count."""
+    handles = [m.register_forward_pre_hook(_copy_input)
+               for model in models for m in model.modules() if isinstance(m, NORMALISATIONS)]
     try:
         yield len(handles)
     finally:

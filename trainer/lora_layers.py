@@ -37,7 +37,8 @@ ATTENTION_PATTERNS: tuple[str, ...] = (
     r"(^|\.)attn[12]?\.(to_q|to_k|to_v|to_out\.0)$",
     r"(^|\.)attn\.(add_q_proj|add_k_proj|add_v_proj|to_add_out)$",
     r"(^|\.)self_attn\.(q_proj|k_proj|v_proj|out_proj)$",
-    r"(^|\.)(attn|img_attn|txt_attn)\.(qkv|proj)$",
+    r"(^|\.)(attn|attn2|img_attn|txt_attn)\.(qkv|proj)$",
+    r"(^|\.)single_blocks\.\d+\.(linear1|linear2)$",  # Flux single blocks: fused qkv + MLP in, attn + MLP out
 )
 # Feed-forward and the transformer block's in/out projections (Linear in SD2/SDXL, 1x1 Conv2d in SD1).
 FEED_FORWARD_PATTERNS: tuple[str, ...] = (
@@ -54,6 +55,8 @@ CONV_EXCLUDED_PATTERNS: tuple[str, ...] = (
     r"(^|\.)out\.2$",
 )
 RES_BLOCK_LINEAR_PATTERNS: tuple[str, ...] = (r"(^|\.)(emb_layers\.1|time_emb_proj)$",)
+# Timestep / pooled-text embedders of DiT models: MLPs by name, but not trained (as kohya leaves them).
+EMBEDDER_PATTERNS: tuple[str, ...] = (r"(^|\.)(t_embedder|y_embedder)\.",)
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
@@ -69,7 +72,7 @@ def select_targets(model: nn.Module, targets_kind: str) -> list[str]:
     for name, module in model.named_modules():
         is_linear = isinstance(module, nn.Linear)
         is_conv = isinstance(module, nn.Conv2d) and module.groups == 1
-        if not (is_linear or is_conv) or not name:
+        if not (is_linear or is_conv) or not name or _matches(name, EMBEDDER_PATTERNS):
             continue
         if _matches(name, ATTENTION_PATTERNS) and is_linear:
             selected.append(name)

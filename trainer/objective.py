@@ -2,7 +2,8 @@
 
 All writes are x_t = a_t * x_0 + b_t * noise:
   DDPM ("epsilon", "v"): a_t = sqrt(alphas_cumprod[t]), b_t = sqrt(1 - alphas_cumprod[t]);
-  rectified flow ("flow", optional): a_t = 1 - s_t, b_t = s_t with s_t = (t + 1) / T.
+  rectified flow ("flow"): a_t = 1 - s_t, b_t = s_t with s_t = (t + 1) / T, or the model's own (shifted)
+  sigma table s_t = flow_sigmas[t].
 Targets: epsilon -> noise; v -> a_t * noise - b_t * x_0 (Salimans & Ho 2022); flow -> noise - x_0.
 """
 
@@ -21,6 +22,7 @@ class NoiseSchedule:
 
     alphas_cumprod: torch.Tensor
     prediction_type: str = "epsilon"
+    flow_sigmas: torch.Tensor | None = None  # flow only: s_t per timestep (e.g. SD3's shift-3 table)
 
     def __post_init__(self) -> None:
         if self.prediction_type not in PREDICTION_TYPES:
@@ -31,6 +33,12 @@ class NoiseSchedule:
             raise ValueError(f"alphas_cumprod has shape {tuple(acp.shape)}; expected a 1-D tensor of T >= 2 values.")
         if self.prediction_type != "flow" and not bool(((acp >= 0) & (acp <= 1)).all()):
             raise ValueError("alphas_cumprod must lie in [0, 1].")
+        if self.flow_sigmas is not None:
+            sigmas = self.flow_sigmas
+            if self.prediction_type != "flow" or sigmas.shape != acp.shape or not bool(
+                    ((sigmas > 0) & (sigmas <= 1)).all()):
+                raise ValueError("flow_sigmas are for flow schedules: one value in (0, 1] per timestep.")
+            object.__setattr__(self, "flow_sigmas", sigmas.detach().to("cpu", torch.float32).clone())
         # Kept as a CPU fp32 copy: timesteps are drawn on the CPU generator and coefficients moved per batch.
         object.__setattr__(self, "alphas_cumprod", acp.detach().to("cpu", torch.float32).clone())
 
@@ -42,9 +50,10 @@ class NoiseSchedule:
         return cls(torch.cumprod(1.0 - betas, dim=0).float(), prediction_type)
 
     @classmethod
-    def flow(cls, num_timesteps: int = 1000) -> NoiseSchedule:
-        """Rectified-flow schedule; alphas_cumprod only fixes T (the coefficients come from s_t)."""
-        return cls(torch.ones(num_timesteps), "flow")
+    def flow(cls, num_timesteps: int = 1000, sigmas: torch.Tensor | None = None) -> NoiseSchedule:
+        """Rectified-flow schedule: s_t = (t + 1) / T, or `sigmas[t]` (then T = len(sigmas))."""
+        steps = num_timesteps if sigmas is None else int(sigmas.numel())
+        return cls(torch.ones(steps), "flow", sigmas)
 
     @property
     def num_timesteps(self) -> int:
@@ -54,7 +63,7 @@ class NoiseSchedule:
         """(a_t, b_t) shaped [B, 1, ..., 1] on like's device, fp32."""
         t = timesteps.to("cpu", torch.long)
         if self.prediction_type == "flow":
-            s = (t.float() + 1.0) / self.num_timesteps
+            s = self.flow_sigmas[t] if self.flow_sigmas is not None else (t.float() + 1.0) / self.num_timesteps
             a, b = 1.0 - s, s
         else:
             acp = self.alphas_cumprod[t]

@@ -27,6 +27,7 @@ import torch
 from test_training_support import single_thread  # noqa: F401  (autouse fixture)
 from tests.host_import import host_available, import_comfy, import_pack_module
 from trainer.export import export_lora
+from trainer.inplace_guard import normalisation_inputs_copied
 from trainer.lora_layers import LoraAdapterSet, select_targets
 
 pytestmark = pytest.mark.skipif(not host_available(), reason="needs the host ComfyUI checkout at .host/ComfyUI")
@@ -71,10 +72,10 @@ FAMILIES = {
               "proj_out", "in_layers.2", "out_layers.3", "emb_layers.1", "skip_connection", "op", "conv")),
     "SD3": ("SD3", SD3_MMDIT, "attention_ff",
             ("context_block.attn.qkv", "context_block.attn.proj", "context_block.mlp.fc1", "x_block.attn.qkv",
-             "x_block.attn.proj", "x_block.mlp.fc2")),
+             "x_block.attn.proj", "x_block.mlp.fc2", "x_block.attn2.qkv", "x_block.attn2.proj")),
     "Flux": ("Flux", FLUX_DIT, "attention_ff",
              ("img_attn.qkv", "img_attn.proj", "txt_attn.qkv", "txt_attn.proj", "img_mlp.0", "img_mlp.2",
-              "txt_mlp.0", "txt_mlp.2")),
+              "txt_mlp.0", "txt_mlp.2", "single_blocks.0.linear1", "single_blocks.0.linear2")),
 }
 
 
@@ -124,6 +125,14 @@ def _randomise_up(adapters: LoraAdapterSet) -> None:
             up.copy_(torch.randn(up.shape, generator=generator))
 
 
+def _fill_weights(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Small random values in every float parameter and buffer (the host leaves them uninitialised)."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point():
+                torch.nn.init.normal_(tensor, std=0.05, generator=generator)
+
+
 def _load_like_host(host: SimpleNamespace, lora: dict[str, torch.Tensor], key_map: dict,
                     patchers: list, caplog: pytest.LogCaptureFixture) -> dict:
     """comfy.sd.load_lora_for_models' steps; asserts no LoRA key and no loaded patch is left unused."""
@@ -167,8 +176,9 @@ def test_unet_kohya_names_are_host_keys_of_the_same_layers(host: SimpleNamespace
     unet = host.host_model.diffusion_module(patcher)
     _, _, kind, required = FAMILIES[family]
     targets = select_targets(unet, kind)
-    missing = [end for end in required if not any(t.endswith("." + end) for t in targets)]
+    missing = [end for end in required if not any(t == end or t.endswith("." + end) for t in targets)]
     assert missing == []  # the selection covers every kind of layer this family trains
+    assert not [t for t in targets if "embedder." in t]  # timestep / pooled-text embedders stay frozen
 
     names = host.host_model.unet_kohya_names(patcher, targets)
     # The host also maps diffusers names for SDXL's UNet, so its key map alone does not pin the layout:
@@ -268,13 +278,12 @@ def test_sdxl_denoiser_gets_its_adm_vector_from_the_host_and_trains_a_lora(host:
     adapters.attach(unet, select_targets(unet, "attention"))
     _randomise_up(adapters)
     denoise = host.host_model.denoiser_for(patcher)
+    assert not host.host_model.adds_residuals_in_place(patcher)  # trained without the in-place guard
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, 8, 8, generator=generator)
     condition = {"context": torch.randn(2, 77, 32, generator=generator),
                  "pooled": torch.randn(2, 32, generator=generator)}
-    with torch.no_grad():
-        unet.apply(lambda m: [torch.nn.init.normal_(p, std=0.05, generator=generator)
-                              for p in m.parameters(recurse=False)])
+    _fill_weights(unet, generator)
     prediction = denoise(x, torch.tensor([10, 500]), condition)
     assert prediction.shape == x.shape and torch.isfinite(prediction).all()
     prediction.square().mean().backward()
@@ -286,7 +295,36 @@ def test_sdxl_denoiser_gets_its_adm_vector_from_the_host_and_trains_a_lora(host:
         denoise(x, torch.tensor([10, 500]), condition["context"])
 
 
+# (latent channels, context width, pooled width) of the tiny SD3 and Flux models above.
+FLOW_INPUTS = {"SD3": (16, 32, 32), "Flux": (16, 32, 32)}
+
+
 @pytest.mark.parametrize("family", ["SD3", "Flux"])
-def test_flow_matching_families_are_refused_with_the_family_named(host: SimpleNamespace, family: str) -> None:
-    with pytest.raises(host.host_model.UnsupportedModelError, match=f"{family} models .* cannot be trained yet"):
-        host.host_model.noise_schedule_for(_unet_patcher(host, family))
+def test_flow_models_train_on_their_own_sigma_table_and_inputs(host: SimpleNamespace, family: str) -> None:
+    patcher = _unet_patcher(host, family)
+    sampling = patcher.get_model_object("model_sampling")
+    schedule = host.host_model.noise_schedule_for(patcher)
+    assert schedule.prediction_type == "flow"
+    assert torch.equal(schedule.flow_sigmas, sampling.sigmas.float())  # SD3's shift, Flux's time shift
+    unet = host.host_model.diffusion_module(patcher)
+    generator = torch.Generator().manual_seed(0)
+    _fill_weights(unet, generator)
+    adapters = LoraAdapterSet(rank=2, alpha=2.0)
+    adapters.attach(unet, select_targets(unet, "attention_ff"))
+    _randomise_up(adapters)
+    channels, context_width, pooled_width = FLOW_INPUTS[family]
+    x = torch.randn(2, channels, 8, 8, generator=generator)
+    condition = {"context": torch.randn(2, 7, context_width, generator=generator),
+                 "pooled": torch.randn(2, pooled_width, generator=generator)}
+    denoise = host.host_model.denoiser_for(patcher)
+    timesteps = torch.tensor([0, schedule.num_timesteps - 1])
+    assert host.host_model.adds_residuals_in_place(patcher)
+    with normalisation_inputs_copied(unet):  # as training_run guards these models (in-place residual adds)
+        prediction = denoise(x, timesteps, condition)
+        prediction.square().mean().backward()
+    assert prediction.shape == x.shape and torch.isfinite(prediction).all()
+    assert all(adapters[k].lora_down.weight.grad is not None for k in adapters.keys())
+    with torch.no_grad():  # the timestep reaches the model as its sigma: another step, another prediction
+        assert not torch.allclose(denoise(x, timesteps.flip(0), condition), prediction)
+        assert not torch.allclose(denoise(x, timesteps, {**condition, "pooled": condition["pooled"] * 2}),
+                                  prediction)

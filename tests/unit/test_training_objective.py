@@ -68,3 +68,19 @@ def test_invalid_schedule() -> None:
         NoiseSchedule(torch.ones(10), "x0")
     with pytest.raises(ValueError, match="alphas_cumprod must lie in"):
         NoiseSchedule(torch.tensor([1.5, 0.5]))
+
+
+def test_flow_schedule_with_the_models_own_shifted_sigmas() -> None:
+    t = torch.tensor([0, 1, 3])
+    sigmas = torch.tensor([0.25, 0.5, 0.75, 1.0])  # e.g. a shifted table: not (t + 1) / T
+    sigmas = 3 * sigmas / (1 + 2 * sigmas)  # SD3's time shift of 3
+    flow = NoiseSchedule.flow(sigmas=sigmas)
+    x, n = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    s = sigmas[t].reshape(3, 1, 1, 1)
+    assert flow.num_timesteps == 4
+    torch.testing.assert_close(flow.add_noise(x, n, t), (1 - s) * x + s * n)
+    torch.testing.assert_close(flow.training_target(x, n, t), n - x)
+    with pytest.raises(ValueError, match="flow_sigmas"):
+        NoiseSchedule(torch.ones(4), "flow", torch.tensor([0.0, 0.5, 0.7, 1.0]))
+    with pytest.raises(ValueError, match="flow_sigmas"):
+        NoiseSchedule(torch.ones(4), "epsilon", sigmas)
