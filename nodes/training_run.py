@@ -16,8 +16,8 @@ from ..trainer.checkpoint_state import TrainState, load_state, save_state
 from ..trainer.config import TrainConfig
 from ..trainer.dataset import DatasetSpec, load_pixels
 from ..trainer.errors import LoraLabError
-from ..trainer.inplace_guard import normalisation_inputs_copied
 from ..trainer.export import TrainingSummary, export_lora, kohya_metadata, save_lora
+from ..trainer.inplace_guard import normalisation_inputs_copied
 from ..trainer.jobs import JOBS, Job
 from ..trainer.latent_batches import EncodedImage, LatentBatches
 from ..trainer.lora_file import parse_lora
