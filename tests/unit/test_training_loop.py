@@ -9,7 +9,8 @@ import torch
 
 import trainer.loop as loop
 from test_training_support import single_thread  # noqa: F401  (autouse fixture)
-from test_training_support import attach, batch_fn, config, dataset, make_model
+from test_training_support import (TinyTextEncoder, attach, batch_fn, caption_batches, config, dataset, make_model,
+                                   text_denoiser)
 from trainer.config import LoraShape, TrainConfig
 from trainer.loop import NonFiniteLossError, StepRecord, evaluate, gradient_checkpointing, train
 from trainer.objective import NoiseSchedule
@@ -175,31 +176,12 @@ def test_v_prediction_with_min_snr_trains() -> None:
     assert all(math.isfinite(v) for v in result.loss_history)
 
 
-class _TextEncoder(torch.nn.Module):
-    """Caption -> context through CLIP-named layers (self_attn.q_proj, mlp.fc1/fc2), so its LoRA gets gradients."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(1)
-        self.embed = torch.nn.Embedding(16, 8)
-        self.layer = torch.nn.Module()
-        self.layer.self_attn = torch.nn.Module()
-        self.layer.self_attn.q_proj = torch.nn.Linear(8, 8)
-        self.layer.mlp = torch.nn.Module()
-        self.layer.mlp.fc1, self.layer.mlp.fc2 = torch.nn.Linear(8, 16), torch.nn.Linear(16, 8)
-
-    def forward(self, captions: tuple[str, ...]) -> torch.Tensor:
-        ids = torch.tensor([[ord(ch) % 16 for ch in c[:3].ljust(3)] for c in captions])
-        x = self.layer.self_attn.q_proj(self.embed(ids))
-        return x + self.layer.mlp.fc2(torch.relu(self.layer.mlp.fc1(x)))
-
-
 def test_text_encoder_lora_trains_in_its_own_group_at_its_own_learning_rate() -> None:
     cfg = config(steps=3, lora=LoraShape(rank=2, alpha=2.0, targets="attention_ff", train_text_encoder=True,
                                          text_encoder_lr=5e-3))
-    model, text_encoder = make_model(), _TextEncoder()
+    model, text_encoder = make_model(), TinyTextEncoder()
     adapters = attach(model, cfg.lora)
-    te_layers = ["layer.self_attn.q_proj", "layer.mlp.fc1", "layer.mlp.fc2"]
+    te_layers = list(TinyTextEncoder.LAYERS)
     adapters.attach(text_encoder, te_layers, key_prefix="te:", group="text_encoder")
     base_te = {k: v.clone() for k, v in text_encoder.state_dict().items()}
     optimizer, _, names = loop.build_optimizer(adapters, cfg)
@@ -207,16 +189,6 @@ def test_text_encoder_lora_trains_in_its_own_group_at_its_own_learning_rate() ->
     assert lrs == {"text_encoder": 5e-3, "unet": cfg.optimisation.learning_rate}
     assert sorted(n.rsplit(".", 2)[0] for n in names[0])[::2] == [f"te:{n}" for n in sorted(te_layers)]
 
-    latents, _ = dataset()
-    captions = ("cat", "dog", "owl", "elk")
-
-    def batches(index: int, generator: torch.Generator) -> tuple[torch.Tensor, tuple[str, ...]]:
-        idx = torch.randperm(4, generator=generator)[:2].tolist()
-        return latents[idx], tuple(captions[i] for i in idx)
-
-    def denoiser(x: torch.Tensor, t: torch.Tensor, condition: tuple[str, ...]) -> torch.Tensor:
-        return model(x, t, text_encoder(condition))
-
-    train(denoiser, adapters, batches, SCHEDULE, cfg, lambda r: None)
+    train(text_denoiser(model, text_encoder), adapters, caption_batches(), SCHEDULE, cfg, lambda r: None)
     assert all(torch.count_nonzero(adapters.merged_delta(f"te:{n}")) > 0 for n in te_layers)
     assert all(torch.equal(base_te[k], v) for k, v in text_encoder.state_dict().items())

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from test_training_support import single_thread  # noqa: F401  (autouse fixture)
-from test_training_support import attach, batch_fn, config, dataset, make_model
+from test_training_support import (TinyTextEncoder, attach, batch_fn, caption_batches, config, dataset, make_model,
+                                   text_denoiser)
 from trainer.checkpoint_state import ResumeStateError, TrainState, load_state, save_state
 from trainer.config import LoraShape, TrainConfig
 from trainer.loop import StepRecord, TrainResult, train
@@ -125,3 +126,29 @@ def test_other_exceptions_inside_a_step_still_propagate() -> None:
 
     with pytest.raises(KeyError):
         train(model, adapters, broken, SCHEDULE, CONFIG, lambda record: None, interruptions=(HostCancelled,))
+
+
+def test_resume_with_a_text_encoder_lora_equals_uninterrupted(tmp_path: Path) -> None:
+    cfg = config(steps=6, lora=LoraShape(rank=2, alpha=2.0, targets="attention_ff", train_text_encoder=True,
+                                         text_encoder_lr=3e-3))
+
+    def run(stop_at: int | None = None, start: TrainState | None = None) -> tuple[dict, TrainResult]:
+        model, text_encoder = make_model(), TinyTextEncoder()
+        adapters = attach(model, cfg.lora, seed=cfg.optimisation.seed)
+        # the key prefix Train LoRA uses for CLIP layers (with a ':') goes through the state file too
+        adapters.attach(text_encoder, list(TinyTextEncoder.LAYERS), key_prefix="text_encoder:", group="text_encoder")
+        records: list[StepRecord] = []
+        stop = (lambda: "stop" if records and records[-1].step >= stop_at else None) if stop_at else None
+        result = train(text_denoiser(model, text_encoder), adapters, caption_batches(), SCHEDULE, cfg,
+                       records.append, should_stop=stop, start_state=start)
+        return adapters.state_dict(), result
+
+    full, full_result = run()
+    _, first = run(stop_at=2)
+    path = tmp_path / "te_state.safetensors"
+    save_state(path, first.state)
+    resumed, resumed_result = run(start=load_state(path, expected_config=cfg))
+    assert resumed_result.loss_history == full_result.loss_history
+    assert any(k.startswith("text_encoder:") for k in full)
+    for key, value in full.items():
+        assert torch.equal(resumed[key], value), key

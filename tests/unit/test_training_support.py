@@ -138,3 +138,43 @@ def config(**optimisation: Any) -> TrainConfig:
     defaults: dict[str, Any] = {"steps": 6, "learning_rate": 1e-2, "batch_size": 2, "seed": 7}
     defaults.update(optimisation)
     return TrainConfig(lora=lora, optimisation=Optimisation(**defaults))
+
+
+class TinyTextEncoder(nn.Module):
+    """Caption -> context [B, 3, COND_DIM] through CLIP-named layers (self_attn.q_proj, mlp.fc1/fc2)."""
+
+    LAYERS = ("layer.self_attn.q_proj", "layer.mlp.fc1", "layer.mlp.fc2")
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(1)
+        self.embed = nn.Embedding(16, COND_DIM)
+        self.layer = nn.Module()
+        self.layer.self_attn = nn.Module()
+        self.layer.self_attn.q_proj = nn.Linear(COND_DIM, COND_DIM)
+        self.layer.mlp = nn.Module()
+        self.layer.mlp.fc1, self.layer.mlp.fc2 = nn.Linear(COND_DIM, 16), nn.Linear(16, COND_DIM)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+
+    def forward(self, captions: tuple[str, ...]) -> torch.Tensor:
+        ids = torch.tensor([[ord(ch) % 16 for ch in c[:COND_TOKENS].ljust(COND_TOKENS)] for c in captions])
+        x = self.layer.self_attn.q_proj(self.embed(ids))
+        return x + self.layer.mlp.fc2(torch.relu(self.layer.mlp.fc1(x)))
+
+
+def caption_batches(n: int = 4, batch_size: int = 2, seed: int = 123) -> Any:
+    """batches(index, generator) -> (latents, captions): the condition is text, encoded by the denoiser."""
+    latents, _ = dataset(n, seed)
+    captions = ("cat", "dog", "owl", "elk", "emu", "yak")[:n]
+
+    def batches(index: int, generator: torch.Generator) -> tuple[torch.Tensor, tuple[str, ...]]:
+        idx = torch.randperm(n, generator=generator)[:batch_size].tolist()
+        return latents[idx], tuple(captions[i] for i in idx)
+    return batches
+
+
+def text_denoiser(model: nn.Module, text_encoder: TinyTextEncoder) -> Any:
+    """A denoiser that encodes its captions itself, so a LoRA on the text encoder gets gradients."""
+    return lambda x, t, captions: model(x, t, text_encoder(captions))
