@@ -28,11 +28,11 @@ export function loraNames(refresh = false) {
   });
 }
 
-/** GET a host route: the status, and the parsed JSON of a 200 answer. */
-async function fetchMetadata(url) {
+/** GET a host route: the status, and the parsed JSON answer (null when it is not JSON). */
+async function fetchInfo(url) {
   const resp = await api.fetchApi(url);
-  return { status: resp.status, body: resp.ok ? await resp.json() : null };
+  return { status: resp.status, body: await resp.json().catch(() => null) };
 }
 
-/** Every LoRA file's info line, read from the host's GET /view_metadata/loras once per file name. */
-export const loraInfo = createLoraInfoCache({ listNames: requestNames, fetchMetadata });
+/** Every LoRA file's info line, from LoRA Lab's GET /loralab/loras/info once per file name. */
+export const loraInfo = createLoraInfoCache({ listNames: requestNames, fetchInfo });

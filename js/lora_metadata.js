@@ -1,5 +1,6 @@
 // Graph-editor wiring for "Load LoRA": under the file choice, one line with the chosen file's rank, alpha,
-// base model and trigger words, read from the file's metadata as soon as it is chosen, without a run.
+// base model and trigger words, read from the file (by the host, GET /loralab/loras/info) as soon as it is
+// chosen, without a run.
 // (Stack LoRAs shows the same line under each row: js/stack_loras.js. The words Load LoRA output after
 // a run stay in js/trigger_words.js.)
 

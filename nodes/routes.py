@@ -5,13 +5,17 @@
     GET  /loralab/jobs/{job_id}/loss?since=N        loss points after step N (and validation points)
     GET  /loralab/jobs/{job_id}/samples/{name}      a sample PNG the job registered, from its own folder
     POST /loralab/jobs/{job_id}/stop | save | sample   control request (optional JSON object body) -> snapshot
+    GET  /loralab/loras/info?name=<name>            what a LoRA file holds (lora_info.summary, parsed once)
 
-No route takes a path: jobs are found by an opaque id, samples by a name the job itself registered.
+No route takes a path: jobs are found by an opaque id, samples by a name the job itself registered, LoRA
+files by a name the host lists in its loras folders (400 for a malformed name, 404 for one not listed,
+422 with the reason for a file that is not a readable LoRA).
 Events: the registry's `loralab.*` snapshots are broadcast with the host's thread-safe `send_sync`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -19,7 +23,10 @@ from typing import Any
 
 from aiohttp import web
 
+from ..trainer import lora_info
+from ..trainer.errors import LoraFileError
 from ..trainer.jobs import ACTIONS, JOBS, Job, JobError, is_job_id, is_sample_name
+from .lora_library import LoraNameError, check_lora_name, lora_names, parsed_loras
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +34,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_SINCE = 10_000_000
 MAX_BODY_BYTES = 4096
+MAX_LORA_NAME = 1024
 NO_STORE = {"Cache-Control": "no-store"}
 _registered = False
 
@@ -107,6 +115,41 @@ async def job_sample(request: web.Request) -> web.StreamResponse:
                                            "X-Content-Type-Options": "nosniff"})
 
 
+def _lora_summary(name: str) -> dict[str, Any] | None:
+    """A listed LoRA file's summary, parsed through Load LoRA's cache; None when the host does not list it.
+
+    Blocking (lists the folders, reads the file): run it in an executor. Raises LoraFileError.
+    """
+    if name not in lora_names():
+        return None
+    info = lora_info.summary(parsed_loras.get(name))
+    hint = info["base_model_hint"]
+    return {**info, "base_model_hint_label": lora_info.base_model_label(hint) if hint else None}
+
+
+async def lora_file_info(request: web.Request) -> web.Response:
+    """GET /loralab/loras/info?name=<name>: formats, ranks, alphas, base model, trigger words of one LoRA file."""
+    values = request.query.getall("name", [])
+    if len(values) != 1:
+        return _error(400, "Give exactly one 'name': a LoRA file name as the loras list shows it.")
+    name = values[0]
+    too_long = len(name) > MAX_LORA_NAME
+    problem = f"a LoRA name has at most {MAX_LORA_NAME} characters" if too_long else check_lora_name(name)
+    if problem:
+        return _error(400, f"{problem[:1].upper()}{problem[1:]}.")
+    not_listed = _error(404, f"No LoRA file {name!r} in the loras folders.")
+    try:
+        info = await asyncio.get_running_loop().run_in_executor(None, _lora_summary, name)
+    except LoraNameError:  # removed since it was listed
+        return not_listed
+    except LoraFileError as e:
+        # The reader names the file by its full path; the answer names it as the user chose it.
+        return _error(422, str(e).replace(e.path, name) if e.path else str(e))
+    except OSError as e:
+        return _error(422, f"Cannot read LoRA file {name!r}: {e.strerror or type(e).__name__}.")
+    return not_listed if info is None else _json(info)
+
+
 async def _read_optional_json_object(request: web.Request) -> dict[str, Any] | web.Response:
     """The request's JSON object body ({} when there is none), or the 400/413 answer to send instead."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
@@ -184,7 +227,8 @@ def register_routes() -> bool:
     # and any other method lands on the catch-all instead of falling through to the host's static files.
     for path, handler in (("/loralab/jobs", list_jobs), ("/loralab/jobs/{job_id}", job_status),
                           ("/loralab/jobs/{job_id}/loss", job_loss),
-                          ("/loralab/jobs/{job_id}/samples/{name}", job_sample)):
+                          ("/loralab/jobs/{job_id}/samples/{name}", job_sample),
+                          ("/loralab/loras/info", lora_file_info)):
         routes.get(path)(handler)
         routes.route("*", path)(_method_not_allowed("GET"))
     for action in sorted(ACTIONS):

@@ -2,23 +2,23 @@
 //
 // No host import: the owner passes in how to list the loras folder and how to fetch a URL, so the
 // request logic runs under `node --test` with fakes. A name the host does not list is reported as
-// missing without asking for its metadata: the host answers such a request with a 404, which the
+// missing without asking for its info: the host answers such a request with a 404, which the
 // browser logs as a console error.
 
 import {
-  hasReadableMetadata, metadataInfo, metadataUrl, missingInfo, noMetadataInfo, unavailableInfo, unsupportedInfo,
+  infoUrl, invalidInfo, isReadableName, missingInfo, summaryInfo, unavailableInfo, unsupportedInfo,
 } from "./lora_metadata.js";
 
-/** States that may change without the file changing (it was added, the host came back): asked again on retry. */
-const RETRYABLE = new Set(["missing", "error"]);
+/** States that may change on the host (the file was added or replaced, the host came back): asked again on retry. */
+const RETRYABLE = new Set(["missing", "invalid", "error"]);
 
 /**
  * @param {object} deps
  * @param {(refresh: boolean) => Promise<string[]>} deps.listNames the host's LoRA file names; may reject
- * @param {(url: string) => Promise<{status: number, body: unknown}>} deps.fetchMetadata GET a host route;
- *   `body` is the parsed JSON of a 200 answer
+ * @param {(url: string) => Promise<{status: number, body: unknown}>} deps.fetchInfo GET a host route;
+ *   `body` is the parsed JSON answer (null if it was not JSON)
  */
-export function createLoraInfoCache({ listNames, fetchMetadata }) {
+export function createLoraInfoCache({ listNames, fetchInfo }) {
   const settled = new Map(); // name -> info
   const pending = new Map(); // name -> Promise<info>
   let refreshing = null; // one fresh names request shared by every name that the cached list lacks
@@ -33,25 +33,25 @@ export function createLoraInfoCache({ listNames, fetchMetadata }) {
     try {
       return (await listNames(false)).includes(name) || (await freshNames()).includes(name);
     } catch {
-      return null; // no list: the metadata request itself will tell
+      return null; // no list: the info request itself will tell
     }
   }
 
   async function read(name) {
     if ((await isListed(name)) === false) return missingInfo(name);
-    if (!hasReadableMetadata(name)) return unsupportedInfo(name);
-    const url = metadataUrl(name);
+    if (!isReadableName(name)) return unsupportedInfo(name);
+    const url = infoUrl(name);
     if (url === null) return unavailableInfo(name, "the name cannot be written in a URL");
     let answer;
     try {
-      answer = await fetchMetadata(url);
+      answer = await fetchInfo(url);
     } catch (e) {
       return unavailableInfo(name, e?.message ?? String(e));
     }
-    // The host answers 404 for a file without `__metadata__` (and for one whose header is over 1 MiB).
-    if (answer.status === 404) return noMetadataInfo(name);
-    if (answer.status !== 200) return unavailableInfo(name, `HTTP ${answer.status}`);
-    return metadataInfo(name, answer.body);
+    if (answer.status === 200) return summaryInfo(name, answer.body);
+    if (answer.status === 404) return missingInfo(name); // removed since the list was read
+    if (answer.status === 422) return invalidInfo(name, answer.body?.error);
+    return unavailableInfo(name, `HTTP ${answer.status}${answer.body?.error ? `: ${answer.body.error}` : ""}`);
   }
 
   return {

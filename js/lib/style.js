@@ -28,7 +28,8 @@ const CSS = `
   font: 11px sans-serif; color: var(--input-text, #ddd); opacity: 0.8;
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; user-select: text; }
 .loralab-lora-info[data-state=loading], .loralab-lora-info[data-state=none] { opacity: 0.55; }
-.loralab-lora-info[data-state=missing], .loralab-lora-info[data-state=error] { color: var(--error-text, #f66); opacity: 1; }
+.loralab-lora-info[data-state=missing], .loralab-lora-info[data-state=invalid],
+.loralab-lora-info[data-state=error] { color: var(--error-text, #f66); opacity: 1; }
 .loralab-trigger-words { height: auto; min-height: 22px; padding: 3px 6px; border-style: dashed; opacity: 0.85;
   font: 12px sans-serif; color: var(--input-text, #ddd);
   overflow-wrap: anywhere; user-select: text; }

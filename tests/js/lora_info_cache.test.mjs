@@ -1,13 +1,17 @@
-// One metadata request per LoRA file name (js/lib/lora_info_cache.js), against a fake host. Run: node --test tests/js/
+// One info request per LoRA file name (js/lib/lora_info_cache.js), against a fake host. Run: node --test tests/js/
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { createLoraInfoCache } from "../../js/lib/lora_info_cache.js";
 
-const KOHYA = { ss_network_dim: "16", ss_network_alpha: "8.0", ss_base_model_version: "sd_v1",
-  "modelspec.trigger_phrase": "lrlring" };
+const KOHYA = { format_names: ["kohya LoRA (LDM/SGM module names)"], ranks: [16], alphas: [8], alpha: 8,
+  base_model: "sd_v1", base_model_hint_label: "SD 1.x", trigger_words: ["lrlring"] };
+const NOT_A_LORA = "is truncated: only 20 bytes";
 
-/** A fake host: `files` maps listed names to their metadata (null: no metadata); records every request. */
+/**
+ * A fake host: `files` maps listed names to their summary (a string: the reader's refusal, answered 422);
+ * names it does not hold get 404, as GET /loralab/loras/info answers. Records every request.
+ */
 function fakeHost(files, { status = null, listed = Object.keys(files), addedLater = [] } = {}) {
   const host = { lists: [], fetches: [], listed: [...listed] };
   host.listNames = async (refresh) => {
@@ -15,13 +19,14 @@ function fakeHost(files, { status = null, listed = Object.keys(files), addedLate
     if (refresh) host.listed.push(...addedLater.filter((n) => !host.listed.includes(n)));
     return [...host.listed];
   };
-  host.fetchMetadata = async (url) => {
+  host.fetchInfo = async (url) => {
     host.fetches.push(url);
     await new Promise((resolve) => setTimeout(resolve, 5));
-    const name = new URL(url, "http://host").searchParams.get("filename");
-    if (status) return { status, body: null };
-    const metadata = files[name];
-    return metadata ? { status: 200, body: metadata } : { status: 404, body: null };
+    const name = new URL(url, "http://host").searchParams.get("name");
+    if (status) return { status, body: { error: `status ${status}` } };
+    const summary = files[name];
+    if (typeof summary === "string") return { status: 422, body: { error: `'${name}' ${summary}` } };
+    return summary ? { status: 200, body: summary } : { status: 404, body: { error: `No LoRA file '${name}'` } };
   };
   host.cache = createLoraInfoCache(host);
   return host;
@@ -38,7 +43,7 @@ test("each file is read once, however many nodes ask at the same time", async ()
   await cache.get("a b.safetensors");
   cache.retry("a b.safetensors"); // a good answer is kept
   await cache.get("a b.safetensors");
-  assert.deepEqual(host.fetches, ["/view_metadata/loras?filename=a%20b.safetensors"]);
+  assert.deepEqual(host.fetches, ["/loralab/loras/info?name=a%20b.safetensors"]);
 });
 
 test("a name the host does not list is missing without a request (a 404 would log a console error)", async () => {
@@ -66,13 +71,23 @@ test("a missing file that appears later is read when the user chooses it again",
   assert.equal((await host.cache.get("later.safetensors")).state, "ok");
 });
 
-test("the host's 404 for a listed file means it has no metadata, and is kept", async () => {
-  const host = fakeHost({ "plain.safetensors": null });
-  const info = await host.cache.get("plain.safetensors");
-  assert.equal(info.state, "none");
-  assert.equal(info.line, "no metadata");
-  host.cache.retry("plain.safetensors");
-  await host.cache.get("plain.safetensors");
+test("a file the host refuses (422) says why; choosing it again asks again (it may have been replaced)", async () => {
+  const host = fakeHost({ "sub/bad #1.safetensors": NOT_A_LORA });
+  const info = await host.cache.get("sub/bad #1.safetensors");
+  assert.equal(info.state, "invalid");
+  assert.equal(info.line, `not a LoRA: ${NOT_A_LORA}`);
+  assert.match(info.title, /^sub\/bad #1\.safetensors\n'sub\/bad #1\.safetensors' is truncated/);
+  await host.cache.get("sub/bad #1.safetensors");
+  assert.equal(host.fetches.length, 1, "kept until a retry");
+  host.cache.retry("sub/bad #1.safetensors");
+  await host.cache.get("sub/bad #1.safetensors");
+  assert.deepEqual(host.fetches, Array(2).fill("/loralab/loras/info?name=sub%2Fbad%20%231.safetensors"));
+});
+
+test("a listed file removed before its request reads as missing (the host's 404)", async () => {
+  const host = fakeHost({}, { listed: ["removed.safetensors"] });
+  const info = await host.cache.get("removed.safetensors");
+  assert.equal(info.state, "missing");
   assert.equal(host.fetches.length, 1);
 });
 
@@ -80,25 +95,25 @@ test("host errors and failed requests are shown, not thrown, and asked again on 
   const failing = fakeHost({ "a.safetensors": KOHYA }, { status: 500 });
   const info = await failing.cache.get("a.safetensors");
   assert.equal(info.state, "error");
-  assert.match(info.title, /HTTP 500/);
+  assert.match(info.title, /HTTP 500: status 500/);
   failing.cache.retry("a.safetensors");
   await failing.cache.get("a.safetensors");
   assert.equal(failing.fetches.length, 2);
 
   const offline = fakeHost({ "a.safetensors": KOHYA });
-  offline.fetchMetadata = async () => { throw new TypeError("Failed to fetch"); };
+  offline.fetchInfo = async () => { throw new TypeError("Failed to fetch"); };
   const cache = createLoraInfoCache(offline);
   const down = await cache.get("a.safetensors");
   assert.equal(down.state, "error");
   assert.match(down.title, /Failed to fetch/);
 });
 
-test("when the host cannot list its files, the metadata route still answers", async () => {
+test("when the host cannot list its files, the info route still answers", async () => {
   const host = fakeHost({ "a.safetensors": KOHYA });
   host.listNames = async () => { throw new Error("GET /models/loras answered 500"); };
   const cache = createLoraInfoCache(host);
   assert.equal((await cache.get("a.safetensors")).state, "ok");
-  assert.equal((await cache.get("gone.safetensors")).state, "none", "then a 404 cannot tell missing from bare");
+  assert.equal((await cache.get("gone.safetensors")).state, "missing", "the route's 404 tells");
 });
 
 test("no name shows nothing; names the route cannot serve are not asked for", async () => {
@@ -107,15 +122,15 @@ test("no name shows nothing; names the route cannot serve are not asked for", as
     assert.equal(host.cache.peek(name), null);
     assert.equal(await host.cache.get(name), null);
   }
-  assert.match((await host.cache.get("old.pt")).line, /not a \.safetensors file/);
+  assert.equal((await host.cache.get("old.pt")).line, "not a LoRA: pickle files are not read");
   assert.equal((await host.cache.get("bad\udcff.safetensors")).state, "error");
   assert.deepEqual(host.fetches, []);
 });
 
-test("an answer that is not a metadata map reads as no metadata", async () => {
+test("an answer that is not a summary is shown as a failure, asked again on retry", async () => {
   const host = fakeHost({});
   host.listNames = async () => ["odd.safetensors"];
-  host.fetchMetadata = async () => ({ status: 200, body: ["not", "a", "map"] });
+  host.fetchInfo = async () => ({ status: 200, body: ["not", "a", "map"] });
   const info = await createLoraInfoCache(host).get("odd.safetensors");
-  assert.equal(info.state, "none");
+  assert.equal(info.state, "error");
 });
