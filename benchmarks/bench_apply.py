@@ -28,10 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +36,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from scripts.comfy_host import ComfyHost  # noqa: E402
-from benchmarks.measure import bench_host, cpu_seconds, exec_seconds, med  # noqa: E402
+from benchmarks.measure import (bench_host, cpu_seconds, exec_seconds, host_versions, limit_host_threads,  # noqa: E402
+                                med, print_end, print_start)
 from tests import lora_fixtures as fx  # noqa: E402
 from tests.graphs import Graph, checkpoint, out  # noqa: E402
 from tests.host.tiny_model import TINY_TARGETS  # noqa: E402
@@ -171,17 +169,11 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the host's base directory")
     args = parser.parse_args()
 
-    print("command:", shlex.join([Path(sys.executable).as_posix(), *sys.argv]))
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
-    started = time.monotonic()
-    if args.threads > 0:  # inherited by the host process
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    started = print_start()
+    limit_host_threads(args.threads)
     with bench_host("loralab-bench-", args.keep) as host:
         host.start()
-        system = host.get_json("/system_stats").get("system", {})
-        print(f"host: ComfyUI {system.get('comfyui_version', '?')}, python {system.get('python_version', '?').split()[0]}, "
-              f"torch {system.get('pytorch_version', '?')}, --cpu, "
-              f"threads {args.threads or 'default'}, 127.0.0.1:{host.port}")
+        print(f"host: {host_versions(host)}, --cpu, threads {args.threads or 'default'}, 127.0.0.1:{host.port}")
 
         targets = bench_targets()
         for seed, name in enumerate(LORA_NAMES):
@@ -223,8 +215,7 @@ def main() -> int:
             print_table(cold[metric], again[metric])
         print("\nraw = the prompt's time; net = raw minus the baseline of the same repetition (median of the "
               "differences). Re-run ratio = our unchanged re-run / native's cold apply (net), same stack size.")
-        print(f"total {time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.2f} at end "
-              "(above ~1 means other processes competed for the CPUs)")
+        print_end(started, "~1")
         return 0
 
 

@@ -35,7 +35,6 @@ import argparse
 import http.client
 import json
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -47,7 +46,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from scripts.comfy_host import ComfyHost, HostError  # noqa: E402
-from benchmarks.measure import bench_host, cpu_seconds, exec_seconds, med, node_defaults  # noqa: E402
+from benchmarks.measure import (bench_host, command_line, cpu_seconds, exec_seconds, host_versions,  # noqa: E402
+                                limit_host_threads, med, node_defaults, print_end, print_start)
 from scripts.make_demo_dataset import make_demo_dataset  # noqa: E402
 from tests.graphs import Graph, checkpoint, out  # noqa: E402
 from tests.host.training_graphs import DEFAULT_OPTIONS, TRIGGER, train_graph  # noqa: E402
@@ -200,18 +200,11 @@ def main() -> int:
         parser.error("need 1 <= N1 < N2")
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    command = shlex.join([Path(sys.executable).relative_to(REPO).as_posix()
-                          if Path(sys.executable).is_relative_to(REPO) else sys.executable, *sys.argv])
-    print("command:", command)
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
-    started = time.monotonic()
-    if args.threads > 0:
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    started = print_start()
+    limit_host_threads(args.threads)
     with bench_host("loralab-bench-live-", args.keep) as host:
         host.start()
-        system = host.get_json("/system_stats").get("system", {})
-        print(f"host: ComfyUI {system.get('comfyui_version', '?')}, torch {system.get('pytorch_version', '?')}, "
-              f"--cpu, threads {args.threads or 'default'}; {SIZE} px, 4 images, rank {RANK}, batch 1, "
+        print(f"host: {host_versions(host)}, --cpu, threads {args.threads or 'default'}; {SIZE} px, 4 images, rank {RANK}, batch 1, "
               f"steps {n1}/{n2}; samples every {args.sample_every}, {args.sample_steps} steps, {len(PROMPTS)} prompts")
         make_demo_dataset(host.input_dir / FOLDER, count=4, size=SIZE)
         bench = Bench(host, node_defaults(host, "LoraLabTrainOptions"))
@@ -299,12 +292,11 @@ def main() -> int:
         print(f"| s per image, KSampler graph with LoraLoader | {med(ref):.3f} (CPU {med(ref_cpu):.3f}) | | |")
         print(f"| training sample / KSampler, per image ({args.reps} reps) | {ratio:.2f}x (CPU {cratio:.2f}x) | "
               f"<= {TARGET_SAMPLE:.1f}x | {'met' if ratio <= TARGET_SAMPLE else 'MISSED'} |")
-        print(f"\ncommand: {command}")
+        print(f"\ncommand: {command_line()}")
         print("s/step = (t(N2) - t(N1)) / (N2 - N1), t = host execution time (execution_start -> execution_success); "
               "CPU = the same difference of the host process's user+system seconds (includes serving the polls). "
               "Sample cost = (t(with samples) - t(without)) / images; KSampler = prompt execution time / images.")
-        print(f"total {time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.2f} at end "
-              f"(above {os.cpu_count()} means other processes competed for the CPUs)")
+        print_end(started, str(os.cpu_count()))
         return 0
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import signal
 import statistics
 import sys
@@ -53,7 +52,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from scripts.comfy_host import ComfyHost, HostError  # noqa: E402
-from benchmarks.measure import bench_host, cpu_seconds, exec_seconds, node_defaults  # noqa: E402
+from benchmarks.measure import (bench_host, cpu_seconds, exec_seconds, host_versions, node_defaults,  # noqa: E402
+                                print_end, print_start)
 from scripts.make_demo_dataset import make_demo_dataset  # noqa: E402
 from tests.graphs import Graph, checkpoint, out  # noqa: E402
 
@@ -185,9 +185,7 @@ def main() -> int:
         parser.error("need 1 <= N1 < N2 and N2 >= 5")
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the host on `timeout`/kill too
-    print("command:", shlex.join([Path(sys.executable).as_posix(), *sys.argv]))
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
-    started = time.monotonic()
+    started = print_start()
     if not args.no_malloc_tuning:
         # Large blocks straight from mmap and back on free, so the host's RSS follows its live memory
         # instead of keeping the high-water mark of an earlier prompt (same for both trainers).
@@ -195,9 +193,7 @@ def main() -> int:
         os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "131072")
     with bench_host("loralab-bench-train-", args.keep) as host:
         host.start()
-        system = host.get_json("/system_stats").get("system", {})
-        print(f"host: ComfyUI {system.get('comfyui_version', '?')}, torch {system.get('pytorch_version', '?')}, "
-              f"--cpu, 127.0.0.1:{host.port}; {args.images} images, batch 1, rank {RANK}, fp32, AdamW lr {LR}, "
+        print(f"host: {host_versions(host)}, --cpu, 127.0.0.1:{host.port}; {args.images} images, batch 1, rank {RANK}, fp32, AdamW lr {LR}, "
               f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, steps {n1} and {n2}; "
               f"host env MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}")
         rows = []
@@ -250,8 +246,7 @@ def main() -> int:
               "native, peak RSS <= native. Native trains every UNet weight (convs, norms, biases too, alpha 1); "
               "ours only the named targets (alpha = rank). Losses: ours = MSE on epsilon, native = MSE on x0 "
               "(not the same scale; 'fixed noise' = ours' eval loss before -> after training).")
-        print(f"total {time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.2f} at end "
-              f"(above {os.cpu_count()} means other processes competed for the CPUs)")
+        print_end(started, str(os.cpu_count()))
         return 0
 
 

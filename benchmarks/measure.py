@@ -1,11 +1,15 @@
-"""What the benchmarks measure in a running host: execution time, CPU time, and node defaults."""
+"""What the benchmarks measure in a running host (execution time, CPU time, node defaults), and the lines every
+benchmark prints around its table (command, machine load, host versions)."""
 from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import statistics
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,3 +64,34 @@ def bench_host(prefix: str, keep: bool) -> Iterator[ComfyHost]:
             shutil.rmtree(base, ignore_errors=True)
         else:
             print("base directory kept:", base)
+
+
+def command_line() -> str:
+    """How this benchmark was started, as a shell line."""
+    return shlex.join([Path(sys.executable).as_posix(), *sys.argv])
+
+
+def print_start() -> float:
+    """Prints the command line and the machine's load; returns the start time (time.monotonic)."""
+    print("command:", command_line())
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
+    return time.monotonic()
+
+
+def limit_host_threads(threads: int) -> None:
+    """CPU threads of hosts started after this (OMP_NUM_THREADS, inherited); 0 leaves torch's default."""
+    if threads > 0:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+
+
+def host_versions(host: ComfyHost) -> str:
+    """'ComfyUI x, python y, torch z' as the running host reports them."""
+    system = host.get_json("/system_stats").get("system", {})
+    return (f"ComfyUI {system.get('comfyui_version', '?')}, python {system.get('python_version', '?').split()[0]}, "
+            f"torch {system.get('pytorch_version', '?')}")
+
+
+def print_end(started: float, busy_above: str) -> None:
+    """The run's total time and the load at its end (above `busy_above`, other processes competed)."""
+    print(f"total {time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.2f} at end "
+          f"(above {busy_above} means other processes competed for the CPUs)")
