@@ -9,6 +9,9 @@ WEB_DIRECTORY = "./js"
 
 if importlib.util.find_spec("folder_paths") is not None and importlib.util.find_spec("comfy") is not None:
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from .nodes.host.routes import register_routes
+
+    register_routes()
 else:
     NODE_CLASS_MAPPINGS: dict = {}
     NODE_DISPLAY_NAME_MAPPINGS: dict = {}

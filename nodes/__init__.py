@@ -1,5 +1,6 @@
-"""The host adapter: LoRA Lab's node classes, registered under permanent ids."""
-from .dataset_node import LoraLabDataset
+"""The host adapter: LoRA Lab's node classes, registered under permanent ids. Importing it has no side
+effects; the root __init__ registers the routes."""
+from .dataset import LoraLabDataset
 from .load_lora import LoraLabLoadLora
 from .preview_samples import LoraLabPreviewSamples
 from .stack_loras import LoraLabStackLoras
@@ -22,7 +23,3 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LoraLabTrainOptions": "Train LoRA Options (LoRA Lab)",
     "LoraLabPreviewSamples": "Preview Samples (LoRA Lab)",
 }
-
-from .routes import register_routes  # noqa: E402 - the routes serve the jobs of the nodes above
-
-register_routes()

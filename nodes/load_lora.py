@@ -1,25 +1,10 @@
 """Load LoRA node: one file from the loras folders, any format, applied through the host's own patches."""
 from __future__ import annotations
 
-from ..trainer.lora_formats import trigger_words
-from .lora_library import check_lora_name, lora_names, parsed_loras
-from .lora_patching import patch_model_and_clip
+from .host.lora_files import check_lora_name, lora_names
+from .host.patching import apply_named_lora
 
 STRENGTH = {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}
-
-
-def apply_named_lora(model, clip, name: str, strength_model: float, strength_clip: float):
-    """(MODEL, CLIP, trigger words): the named LoRA applied.
-
-    The inputs come back as they are when both strengths are 0 or nothing is connected (a stack that
-    only collects names and trigger words).
-    """
-    lora = parsed_loras.get(name)
-    words = trigger_words(lora.metadata)
-    if (strength_model == 0 and strength_clip == 0) or (model is None and clip is None):
-        return model, clip, words
-    new_model, new_clip, _ = patch_model_and_clip(model, clip, lora, strength_model, strength_clip)
-    return new_model, new_clip, words
 
 
 class LoraLabLoadLora:

@@ -9,10 +9,10 @@ import comfy.samplers
 import folder_paths
 
 from ..trainer.sample_grid import label_grid, parse_prompts, parse_strengths
-from .load_lora import apply_named_lora
-from .lora_library import lora_names
-from .run_files import RunFiles
-from .sampling import SampleSettings, render, to_image_tensor, to_pil
+from .host.patching import apply_named_lora
+from .host.lora_files import lora_names
+from .host.run_files import RunFiles
+from .host.sampling import SampleSettings, render, to_image_tensor, to_pil
 
 NO_LORA = "(none)"
 

@@ -1,9 +1,9 @@
 """Stack LoRAs node: unlimited rows with toggles and two strengths, LORA_STACK in and out, trigger words out."""
 from __future__ import annotations
 
-from ..trainer.lora_stack import StackRowsError, entries_from_lora_stack, join_trigger_words, parse_rows
-from .load_lora import apply_named_lora
-from .lora_library import check_lora_name
+from ..trainer.lora.stack import StackRowsError, entries_from_lora_stack, join_trigger_words, parse_rows
+from .host.patching import apply_named_lora
+from .host.lora_files import check_lora_name
 
 ROWS_HELP = ('The rows, as JSON: [{"lora": "file.safetensors", "on": true, "strength_model": 1.0, '
              '"strength_clip": 1.0}, ...]. The graph editor shows them as a table.')

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import torch
 
-from ..trainer.config import Checkpointing, LoraShape, Optimisation, TrainConfig, field_help
-from .dataset_node import DATASET_TYPE
+from ..trainer.training.config import Checkpointing, LoraShape, Optimisation, TrainConfig, field_help
+from .dataset import DATASET_TYPE
 import comfy.samplers
 
-from .run_files import RunFiles
-from .sampling import SampleSettings
-from .training_run import run_training
-from .training_samples import SamplePlan, default_prompts
+from .host.run_files import RunFiles
+from .host.sampling import SampleSettings
+from .host.training_run import run_training
+from .host.training_samples import SamplePlan, default_prompts
 
 OPTIONS_TYPE = "LORALAB_TRAIN_OPTIONS"
 LOSS_TYPE = "LORALAB_LOSS_HISTORY"

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from scripts.comfy_host import ComfyHost, ensure_tiny_checkpoint, prepare_base_dir  # noqa: E402
 from scripts.make_demo_dataset import make_demo_dataset  # noqa: E402
-from tests.graphs import Graph, checkpoint, out, render  # noqa: E402
+from tests.support.graphs import Graph, checkpoint, out, render  # noqa: E402
 
 log = logging.getLogger("demo")
 TRIGGER = "lrlring"

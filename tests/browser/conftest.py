@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from playwright import sync_api as playwright_sync
 from safetensors.numpy import save_file
 
 from tests.browser.editor import Editor
 from scripts.comfy_host import ComfyHost, ensure_tiny_checkpoint, prepare_base_dir
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

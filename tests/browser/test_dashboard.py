@@ -14,7 +14,6 @@ from scripts.make_demo_dataset import make_demo_dataset
 
 from tests.browser.editor import APP, Editor
 
-pytestmark = pytest.mark.browser
 
 DATASET = "dash_rings"
 STEPS = 400  # far more than the test waits for: the run must still be going when "Stop & save" is clicked

@@ -12,9 +12,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from playwright.sync_api import expect
 
-from tests.lora_fixtures import SD1_TARGETS, write_format
+from tests.support.lora_fixtures import SD1_TARGETS, write_format
 
-pytestmark = pytest.mark.browser
 
 # A subfolder, spaces, '#', '+', '%' and non-ASCII letters: each must reach the host's route intact.
 KOHYA = "styles/Ring LoRA #1 + 50% ünï 漢字.safetensors"
@@ -31,7 +30,7 @@ LINEAR_TARGETS = [t for t in SD1_TARGETS if t.kind != "conv3x3"]  # a 3x3 conv w
 
 @pytest.fixture(scope="module")
 def metadata_loras(host) -> Iterator[dict[str, Path]]:
-    """Files with the metadata kohya sd-scripts, LyCORIS and trainer/export.py write, and one with none.
+    """Files with the metadata kohya sd-scripts, LyCORIS and trainer/training/export.py write, and one with none.
 
     Written after the host starts and before any page opens: the editor reads the loras list on load.
     """

@@ -11,7 +11,6 @@ from scripts.comfy_host import TINY_CHECKPOINT_NAME
 
 from tests.browser.editor import PACK_URL
 
-pytestmark = pytest.mark.browser
 
 A, B, C = "loralab_a.safetensors", "loralab_b.safetensors", "loralab_c.safetensors"
 

@@ -15,7 +15,6 @@ from scripts.comfy_host import PACK_NAME, TINY_CHECKPOINT_NAME
 from scripts.make_demo_dataset import make_demo_dataset
 from tests.browser.editor import APP, Editor
 
-pytestmark = pytest.mark.browser
 
 WORKFLOWS_DIR = Path(__file__).resolve().parents[2] / "workflows"
 NAMES = ["train_lora_from_folder", "stack_loras_txt2img", "compare_lora_strengths", "resume_stopped_run"]

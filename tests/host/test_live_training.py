@@ -10,7 +10,7 @@ import uuid
 import aiohttp
 
 from tests.host.test_routes import assert_job_status, fetch_loss_history
-from tests.host.training_graphs import train_graph, wait_for_step
+from tests.support.training_graphs import train_graph, wait_for_step
 
 STEPS = 40
 

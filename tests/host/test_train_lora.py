@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from scripts.comfy_host import error_message
-from tests.graphs import Graph, checkpoint, out, render, saved_images
-from tests.host.training_graphs import TRIGGER, train_graph, wait_for_step
+from tests.support.graphs import Graph, checkpoint, out, render, saved_images
+from tests.support.training_graphs import TRIGGER, train_graph, wait_for_step
 from trainer.safetensors_io import read_safetensors
 
 

@@ -1,0 +1,48 @@
+"""LoRA Dataset node: a folder of captioned images -> a dataset value; re-runs when the folder's files change."""
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+from ..trainer.data.scan import fingerprint, scan_dataset
+
+DATASET_TYPE = "LORALAB_DATASET"
+
+
+def dataset_folder(folder: str) -> str:
+    """An absolute folder, or a folder name inside the host's input folder."""
+    folder = folder.strip()
+    if os.path.isabs(os.path.expanduser(folder)):
+        return os.path.expanduser(folder)
+    return os.path.join(folder_paths.get_input_directory(), folder)
+
+
+class LoraLabDataset:
+    """Images with same-name .txt captions (kohya `N_name` repeat folders too), bucketed by aspect ratio."""
+
+    DESCRIPTION = ("A folder of .png/.jpg/.webp images with same-name .txt captions. Sub-folders named like "
+                   "'10_name' repeat their images 10 times. Images are sorted into aspect-ratio buckets; nothing is stretched.")
+    CATEGORY = "LoRA Lab"
+    FUNCTION = "scan"
+    RETURN_TYPES = (DATASET_TYPE,)
+    RETURN_NAMES = ("dataset",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "folder": ("STRING", {"default": "lora_dataset", "tooltip": "An absolute path, or a folder inside ComfyUI's input folder."}),
+            "trigger_word": ("STRING", {"default": "", "tooltip": "Put first in every caption that lacks it; written to the LoRA's metadata."}),
+            "resolution": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 64, "tooltip": "Training side length; buckets keep about this many pixels."}),
+            "flip": ("BOOLEAN", {"default": False, "tooltip": "Randomly mirror images left-right (not for asymmetric subjects or text)."}),
+            "validation_share": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.5, "step": 0.05, "tooltip": "Share of images held out to measure validation loss."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Chooses the held-out images."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, folder, **settings):
+        return fingerprint(dataset_folder(folder)), tuple(sorted(settings.items()))
+
+    def scan(self, folder, trigger_word, resolution, flip, validation_share, seed):
+        spec = scan_dataset(dataset_folder(folder), trigger_word, resolution, flip, validation_share, seed)
+        return {"ui": {"text": [spec.summary(), *spec.warnings]}, "result": (spec,)}

@@ -1,0 +1,202 @@
+"""What the engine needs from the host's MODEL, CLIP and VAE: a denoiser, a noise schedule, kohya names."""
+from __future__ import annotations
+
+import psutil
+import torch
+
+import comfy.model_base
+import comfy.model_management
+import comfy.utils
+
+from ...trainer.data.latents import Condition, stack_contexts
+from ...trainer.training.objective import NoiseSchedule
+
+PREDICTION_TYPES = {comfy.model_base.ModelType.EPS: "epsilon", comfy.model_base.ModelType.V_PREDICTION: "v"}
+# Rectified-flow models (SD3 = FLOW, Flux = FLUX): x_t = (1 - s) x_0 + s noise, the model predicts noise - x_0.
+FLOW_MODEL_TYPES = {getattr(comfy.model_base.ModelType, name) for name in ("FLOW", "FLUX")
+                    if hasattr(comfy.model_base.ModelType, name)}
+LATENT_SCALE = 8  # image pixels per latent pixel (the VAEs of SD1/SD2/SDXL/SD3/Flux)
+FLUX_TRAINING_GUIDANCE = 1.0  # the guidance input of guidance-distilled Flux models while training (kohya's advice)
+# kohya's ss_base_model_version and the SAI model-spec architecture for the host's model classes.
+BASE_MODEL_VERSIONS = {"SD15": ("sd_v1", "stable-diffusion-v1/lora"),
+                       "SD20": ("sd_v2", "stable-diffusion-v2-512/lora"),
+                       "SDXL": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
+                       "SD3": ("sd3", "stable-diffusion-v3-medium/lora"),
+                       "Flux": ("flux1", "flux-1-dev/lora"), "FluxSchnell": ("flux1", "flux-1-schnell/lora")}
+# UNets whose kohya files use diffusers module names (kohya converts SD1/SD2 to diffusers layout).
+DIFFUSERS_NAMED_UNETS = {"SD15", "SD20"}
+# Text-encoder prefixes inside the host's CLIP -> kohya prefixes.
+CLIP_PREFIXES = {"SD15": {"clip_l.transformer.": "lora_te_"}, "SD20": {"clip_h.transformer.": "lora_te_"},
+                 "SDXL": {"clip_l.transformer.": "lora_te1_", "clip_g.transformer.": "lora_te2_"}}
+
+
+class UnsupportedModelError(ValueError):
+    """The connected model's family cannot be trained by this version of LoRA Lab."""
+
+
+def model_family(model) -> str:
+    return type(model.model.model_config).__name__
+
+
+def diffusion_module(model) -> torch.nn.Module:
+    return model.model.diffusion_model
+
+
+def text_encoder_module(clip) -> torch.nn.Module:
+    """The host CLIP's torch module (every text encoder of the model, e.g. clip_l and clip_g for SDXL)."""
+    return clip.cond_stage_model
+
+
+def adds_residuals_in_place(model) -> bool:
+    """Whether the host's denoiser adds to its residual stream in place (its DiT blocks for SD3/Flux), so that
+    training through it needs trainer.inplace_guard."""
+    return model.model.model_type in FLOW_MODEL_TYPES
+
+
+def caption_encoder_for(clip):
+    """encode(captions) -> {"context": [B, tokens, width], "pooled": [B, width] or None} through the host's
+    CLIP, with autograd (for a LoRA on the CLIP)."""
+    tokens: dict[str, object] = {}
+
+    def encode(captions: tuple[str, ...]) -> dict[str, torch.Tensor | None]:
+        for caption in captions:
+            if caption not in tokens:
+                tokens[caption] = clip.tokenize(caption)
+        encoded = [clip.encode_from_tokens(tokens[c], return_pooled=True) for c in captions]
+        pooled = [p for _, p in encoded]
+        return {"context": stack_contexts([c[0] for c, _ in encoded]),
+                "pooled": torch.cat(pooled) if all(p is not None for p in pooled) else None}
+    return encode
+
+
+def _takes_adm(model) -> bool:
+    """Whether the host's model class builds a `y` input from the pooled text (SDXL's ADM vector, SD3/Flux's pooled)."""
+    return type(model.model).encode_adm is not comfy.model_base.BaseModel.encode_adm
+
+
+def denoiser_for(model, encode_captions=None):
+    """denoiser(x_t, timesteps, condition) -> the model's raw prediction, in fp32, computed in the model's dtype.
+
+    The condition is the captions' context (a tensor, or {"context", "pooled"}), or the captions themselves,
+    encoded here by `encode_captions` (when the text encoder trains, its LoRA needs the encoding inside the
+    step's autograd graph). Whatever else the model takes comes from the host's own code: `y` from its
+    `encode_adm` (SDXL: pooled text + the image size, original = target = the bucket, no crop, as kohya
+    trains; SD3/Flux: the pooled text), the timestep input from its model_sampling (flow models take
+    their sigma, scaled), and Flux's guidance input.
+    """
+    unet = diffusion_module(model)
+    dtype = model.model.get_dtype()
+    sampling = model.get_model_object("model_sampling")
+    flow = model.model.model_type in FLOW_MODEL_TYPES
+    takes_adm = _takes_adm(model)
+    guidance = FLUX_TRAINING_GUIDANCE if getattr(getattr(unet, "params", None), "guidance_embed", False) else None
+
+    def denoise(x_t: torch.Tensor, timesteps: torch.Tensor, condition: Condition) -> torch.Tensor:
+        if isinstance(condition, torch.Tensor):
+            condition = {"context": condition, "pooled": None}
+        elif not isinstance(condition, dict):
+            condition = encode_captions(condition)
+        extra = {}
+        if takes_adm:
+            if condition["pooled"] is None:
+                raise UnsupportedModelError(f"this {model_family(model)} model needs the text encoder's pooled "
+                                            "output, which the connected CLIP does not give; connect the "
+                                            "checkpoint's own CLIP.")
+            height, width = x_t.shape[-2] * LATENT_SCALE, x_t.shape[-1] * LATENT_SCALE
+            y = model.model.encode_adm(pooled_output=condition["pooled"], width=width, height=height)
+            extra["y"] = y.to(x_t.device, dtype)
+        if guidance is not None:
+            extra["guidance"] = torch.full((x_t.shape[0],), guidance, device=x_t.device, dtype=dtype)
+        if flow:
+            sigmas = sampling.sigmas[timesteps.to(sampling.sigmas.device)]
+            timesteps = sampling.timestep(sigmas).to(x_t.device, dtype)
+        context = condition["context"].to(x_t.device, dtype)
+        return unet(x_t.to(dtype), timesteps, context=context, **extra).float()
+    return denoise
+
+
+def noise_schedule_for(model) -> NoiseSchedule:
+    """The model's own schedule: for DDPM models alphas_cumprod from its discrete sigmas, for flow models its
+    (shifted) sigma table, and the prediction type."""
+    sigmas = model.get_model_object("model_sampling").sigmas.detach().float().cpu()
+    if model.model.model_type in FLOW_MODEL_TYPES:
+        return NoiseSchedule.flow(sigmas=sigmas)
+    prediction = PREDICTION_TYPES.get(model.model.model_type)
+    if prediction is None:
+        raise UnsupportedModelError(f"{model_family(model)} models ({model.model.model_type.name} prediction) "
+                                    "cannot be trained yet; supported: epsilon, v-prediction and rectified-flow "
+                                    "models (SD1.x, SD2.x, SDXL, SD3, Flux). LoRAs for them still load with "
+                                    "Load LoRA and Stack LoRAs.")
+    return NoiseSchedule(alphas_cumprod=1.0 / (1.0 + sigmas ** 2), prediction_type=prediction)
+
+
+def unet_kohya_names(model, module_names: list[str]) -> dict[str, str]:
+    """Engine module name (the host's LDM name) -> kohya prefix; diffusers names for SD1/SD2 UNets."""
+    family = model_family(model)
+    if family in DIFFUSERS_NAMED_UNETS:
+        to_ldm = comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)
+        ldm_to_diffusers = {ldm.removesuffix(".weight"): d.removesuffix(".weight")
+                            for d, ldm in to_ldm.items() if ldm.endswith(".weight")}
+        return {n: "lora_unet_" + ldm_to_diffusers.get(n, n).replace(".", "_") for n in module_names}
+    return {n: "lora_unet_" + n.replace(".", "_") for n in module_names}
+
+
+def clip_kohya_names(model, module_names: list[str], key_prefix: str) -> dict[str, str]:
+    """Engine key (`key_prefix` + module name inside the host's CLIP) -> kohya prefix (lora_te_, lora_te1_, ...)."""
+    family = model_family(model)
+    prefixes = CLIP_PREFIXES.get(family)
+    if prefixes is None:
+        raise UnsupportedModelError(f"training the text encoder of a {family} model is not supported yet; "
+                                    "supported: SD1.x, SD2.x and SDXL. Turn train_text_encoder off.")
+    names = {}
+    for name in module_names:
+        head = next((h for h in prefixes if name.startswith(h)), None)
+        if head is None:
+            raise UnsupportedModelError(f"text-encoder layer '{name}' is not in a known {family} text encoder "
+                                        f"({', '.join(prefixes)}).")
+        names[key_prefix + name] = prefixes[head] + name[len(head):].replace(".", "_")
+    return names
+
+
+def base_model_version(model) -> tuple[str, str]:
+    """(ss_base_model_version, modelspec.architecture) for the connected model."""
+    family = model_family(model)
+    if family not in BASE_MODEL_VERSIONS:
+        return family.lower(), f"{family.lower()}/lora"
+    return BASE_MODEL_VERSIONS[family]
+
+
+def encode_pixels(vae, model, pixels: torch.Tensor) -> torch.Tensor:
+    """[B, H, W, 3] in 0..1 -> latents in the model's own latent space (scaled as the UNet expects).
+
+    Cloned outside inference mode: the host encodes in inference mode, and autograd cannot save such tensors.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        return model.model.process_latent_in(vae.encode(pixels)).float().cpu().clone()
+
+
+def encode_caption(clip, caption: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The cross-attention context [1, tokens, width] and pooled embedding [1, width] (None if the CLIP has
+    none) the host's CLIP gives a caption (normal tensors, as above)."""
+    with torch.inference_mode(False), torch.no_grad():
+        context, pooled = clip.encode_from_tokens(clip.tokenize(caption), return_pooled=True)
+        return context.float().cpu().clone(), None if pooled is None else pooled.float().cpu().clone()
+
+
+def load_for_training(model, clip=None) -> None:
+    """Loads the model (and the CLIP, when it trains too) with their patches onto the compute device, fully,
+    so that neither is offloaded while training."""
+    comfy.model_management.load_models_gpu([model] + ([clip.patcher] if clip is not None else []),
+                                           force_full_load=True)
+
+
+def memory_in_use() -> int:
+    """Accelerator memory allocated by torch, or this process's resident memory on the CPU."""
+    device = comfy.model_management.get_torch_device()
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    return int(psutil.Process().memory_info().rss)
+
+
+def free_memory_bytes() -> int:
+    return int(comfy.model_management.get_free_memory(comfy.model_management.get_torch_device()))

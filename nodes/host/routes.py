@@ -1,0 +1,241 @@
+"""The training dashboard's HTTP routes under /loralab/ (and /api/loralab/), and its websocket events.
+
+    GET  /loralab/jobs                              job summaries, newest first
+    GET  /loralab/jobs/{job_id}                     one job's snapshot
+    GET  /loralab/jobs/{job_id}/loss?since=N        loss points after step N (and validation points)
+    GET  /loralab/jobs/{job_id}/samples/{name}      a sample PNG the job registered, from its own folder
+    POST /loralab/jobs/{job_id}/stop | save | sample   control request (optional JSON object body) -> snapshot
+    GET  /loralab/loras/info?name=<name>            what a LoRA file holds (lora_info.summary, parsed once)
+
+No route takes a path: jobs are found by an opaque id, samples by a name the job itself registered, LoRA
+files by a name the host lists in its loras folders (400 for a malformed name, 404 for one not listed,
+422 with the reason for a file that is not a readable LoRA).
+Events: the registry's `loralab.*` snapshots are broadcast with the host's thread-safe `send_sync`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ...trainer.lora import info as lora_info
+from ...trainer.errors import LoraFileError
+from ...trainer.jobs import ACTIONS, JOBS, Job, JobError, is_job_id, is_sample_name
+from .lora_files import LoraNameError, check_lora_name, lora_names, parsed_loras
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_SINCE = 10_000_000
+MAX_BODY_BYTES = 4096
+MAX_LORA_NAME = 1024
+NO_STORE = {"Cache-Control": "no-store"}
+_registered = False
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, headers=NO_STORE)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+def _job_id_error(request: web.Request) -> web.Response | None:
+    """The 400 answer when the URL's job id is malformed, else None (checked before anything is looked up)."""
+    if is_job_id(request.match_info.get("job_id", "")):
+        return None
+    return _error(400, "A job id is 16 lowercase hexadecimal characters, as listed by GET /loralab/jobs.")
+
+
+def _job_or_error(request: web.Request) -> Job | web.Response:
+    """The job named by the URL, or the 400/404 answer to send instead."""
+    bad_id = _job_id_error(request)
+    if bad_id is not None:
+        return bad_id
+    job_id = request.match_info["job_id"]
+    job = JOBS.get(job_id)
+    if job is None:
+        return _error(404, f"No training job {job_id} in this session (only the last 50 jobs are kept).")
+    return job
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """GET /loralab/jobs: summaries of this session's jobs, newest first."""
+    return _json(JOBS.list())
+
+
+async def job_status(request: web.Request) -> web.Response:
+    """GET /loralab/jobs/{job_id}: the job's full snapshot."""
+    job = _job_or_error(request)
+    return job if isinstance(job, web.Response) else _json(job.snapshot())
+
+
+async def job_loss(request: web.Request) -> web.Response:
+    """GET /loralab/jobs/{job_id}/loss?since=N: [[step, loss, smoothed], ...] for steps after N (default 0)."""
+    # The request's form is checked before the job is looked up: a malformed request is a 400 either way.
+    bad = _job_id_error(request)
+    if bad is not None:
+        return bad
+    values = request.query.getall("since", [])
+    raw = values[0] if len(values) == 1 else ("" if values else "0")
+    # isdigit alone would accept '²' and other Unicode digits; the length cap refuses huge numbers unparsed.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 8 and int(raw) <= MAX_SINCE):
+        return _error(400, f"'since' must be one whole number of steps from 0 to {MAX_SINCE}; got {raw[:40]!r}.")
+    job = _job_or_error(request)
+    if isinstance(job, web.Response):
+        return job
+    since = int(raw)
+    return _json({"id": job.id, "since": since, "points": job.loss_history(since),
+                  "validation": job.validation_history(since)})
+
+
+async def job_sample(request: web.Request) -> web.StreamResponse:
+    """GET /loralab/jobs/{job_id}/samples/{name}: one of the job's sample images (image/png)."""
+    bad = _job_id_error(request)
+    if bad is not None:
+        return bad
+    name = request.match_info.get("name", "")
+    if not is_sample_name(name):
+        return _error(400, "A sample name is a bare file name of letters, digits, '_', '.' or '-' ending in .png.")
+    job = _job_or_error(request)
+    if isinstance(job, web.Response):
+        return job
+    path = job.sample_path(name)
+    if path is None:
+        return _error(404, f"Job {job.id} has no sample named {name!r}.")
+    # no-cache, not no-store: the browser may keep the image and revalidate it (Last-Modified -> 304).
+    return web.FileResponse(path, headers={"Content-Type": "image/png", "Cache-Control": "no-cache",
+                                           "X-Content-Type-Options": "nosniff"})
+
+
+def _lora_summary(name: str) -> dict[str, Any] | None:
+    """A listed LoRA file's summary, parsed through Load LoRA's cache; None when the host does not list it.
+
+    Blocking (lists the folders, reads the file): run it in an executor. Raises LoraFileError.
+    """
+    if name not in lora_names():
+        return None
+    info = lora_info.summary(parsed_loras.get(name))
+    hint = info["base_model_hint"]
+    return {**info, "base_model_hint_label": lora_info.base_model_label(hint) if hint else None}
+
+
+async def lora_file_info(request: web.Request) -> web.Response:
+    """GET /loralab/loras/info?name=<name>: formats, ranks, alphas, base model, trigger words of one LoRA file."""
+    values = request.query.getall("name", [])
+    if len(values) != 1:
+        return _error(400, "Give exactly one 'name': a LoRA file name as the loras list shows it.")
+    name = values[0]
+    too_long = len(name) > MAX_LORA_NAME
+    problem = f"a LoRA name has at most {MAX_LORA_NAME} characters" if too_long else check_lora_name(name)
+    if problem:
+        return _error(400, f"{problem[:1].upper()}{problem[1:]}.")
+    not_listed = _error(404, f"No LoRA file {name!r} in the loras folders.")
+    try:
+        info = await asyncio.get_running_loop().run_in_executor(None, _lora_summary, name)
+    except LoraNameError:  # removed since it was listed
+        return not_listed
+    except LoraFileError as e:
+        # The reader names the file by its full path; the answer names it as the user chose it.
+        return _error(422, str(e).replace(e.path, name) if e.path else str(e))
+    except OSError as e:
+        return _error(422, f"Cannot read LoRA file {name!r}: {e.strerror or type(e).__name__}.")
+    return not_listed if info is None else _json(info)
+
+
+async def _read_optional_json_object(request: web.Request) -> dict[str, Any] | web.Response:
+    """The request's JSON object body ({} when there is none), or the 400/413 answer to send instead."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return _error(413, f"The request body is larger than {MAX_BODY_BYTES} bytes; send {{}} or nothing.")
+    body = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES:
+        return _error(413, f"The request body is larger than {MAX_BODY_BYTES} bytes; send {{}} or nothing.")
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return _error(400, "The request body is not JSON; send {} or nothing.")
+    if not isinstance(data, dict):
+        return _error(400, "The request body must be a JSON object; send {} or nothing.")
+    return data
+
+
+def _control(action: str) -> Handler:
+    """POST /loralab/jobs/{job_id}/<action>: queues the request for the trainer and returns the snapshot."""
+    async def handler(request: web.Request) -> web.Response:
+        bad = _job_id_error(request)
+        if bad is not None:
+            return bad
+        body = await _read_optional_json_object(request)
+        if isinstance(body, web.Response):
+            return body
+        job = _job_or_error(request)
+        if isinstance(job, web.Response):
+            return job
+        try:
+            job.request(action)
+        except JobError as e:
+            return _error(409, str(e))
+        return _json(job.snapshot())
+
+    handler.__name__ = f"job_{action}"
+    handler.__doc__ = f"POST /loralab/jobs/{{job_id}}/{action}: queues '{action}'; returns the snapshot."
+    return handler
+
+
+def _broadcast(server: Any) -> Callable[[str, dict[str, Any]], None]:
+    """A publisher for the job registry: every event to every connected client (send_sync is thread-safe)."""
+    def publish(event: str, data: dict[str, Any]) -> None:
+        server.send_sync(event, data)
+    return publish
+
+
+def _method_not_allowed(allowed: str) -> Handler:
+    """A catch-all for the other methods of a path, so they get 405, not the host's static-file 404."""
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"error": f"{request.method} is not supported here; use {allowed}."},
+                                 status=405, headers={**NO_STORE, "Allow": allowed})
+    return handler
+
+
+def register_routes() -> bool:
+    """Adds the routes to the running host's server and wires job events to its websocket.
+
+    Call at import of the node package: the host copies its route table (adding /api/ twins) after
+    custom nodes load. Returns False, doing nothing, when no server is running (tests, a CLI).
+    """
+    global _registered
+    if _registered:
+        return True
+    try:
+        from server import PromptServer
+    except ImportError:
+        return False
+    server = getattr(PromptServer, "instance", None)
+    if server is None:
+        return False
+    routes = server.routes
+    # Each path's "*" route must follow its own route directly: aiohttp then puts both on one resource,
+    # and any other method lands on the catch-all instead of falling through to the host's static files.
+    for path, handler in (("/loralab/jobs", list_jobs), ("/loralab/jobs/{job_id}", job_status),
+                          ("/loralab/jobs/{job_id}/loss", job_loss),
+                          ("/loralab/jobs/{job_id}/samples/{name}", job_sample),
+                          ("/loralab/loras/info", lora_file_info)):
+        routes.get(path)(handler)
+        routes.route("*", path)(_method_not_allowed("GET"))
+    for action in sorted(ACTIONS):
+        path = f"/loralab/jobs/{{job_id}}/{action}"
+        routes.post(path)(_control(action))
+        routes.route("*", path)(_method_not_allowed("POST"))
+    JOBS.set_publisher(_broadcast(server))
+    _registered = True
+    logger.debug("LoRA Lab routes registered under /loralab/")
+    return True

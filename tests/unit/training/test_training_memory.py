@@ -1,0 +1,69 @@
+"""Memory estimate: monotonic in what costs memory, and suggestions that really fit."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer.training.memory import GIB, estimate_training_memory, fits
+
+SD15 = 860_000_000 * 2
+
+
+def _total(**kwargs: object) -> int:
+    args: dict = {"model_params_bytes": SD15, "trainable_params": 3_000_000, "batch_size": 2, "resolution": 512}
+    args.update(kwargs)
+    return estimate_training_memory(**args).total_bytes
+
+
+def test_monotonic() -> None:
+    assert _total(batch_size=1) < _total(batch_size=2) < _total(batch_size=4)
+    assert _total(resolution=512) < _total(resolution=768) < _total(resolution=(1024, 1024))
+    assert _total(trainable_params=1_000_000) < _total(trainable_params=10_000_000)
+    assert _total(model_params_bytes=SD15) < _total(model_params_bytes=3 * SD15)
+    assert _total(gradient_checkpointing=True) < _total(gradient_checkpointing=False)
+    assert _total(optimizer="adamw8bit") < _total(optimizer="adamw")
+    assert _total(mixed_precision="bf16") < _total(mixed_precision="no")
+
+
+def test_plausible_for_sd15() -> None:
+    # SD1.5, 512 px, batch 1, fp16, no checkpointing: public reports put this at roughly 6-8 GiB.
+    assert 4 * GIB < _total(batch_size=1) < 10 * GIB
+
+
+def test_components_add_up() -> None:
+    e = estimate_training_memory(SD15, 1_000_000, 1, 512)
+    assert e.weights_bytes == SD15 and e.lora_bytes == 4_000_000 and e.gradient_bytes == 4_000_000
+    assert e.optimizer_bytes == 8_000_000
+    assert e.total_bytes == sum((e.weights_bytes, e.lora_bytes, e.gradient_bytes, e.optimizer_bytes,
+                                 e.activation_bytes, e.overhead_bytes))
+
+
+def test_fits_gives_no_suggestions_when_it_fits() -> None:
+    e = estimate_training_memory(SD15, 3_000_000, 2, 512)
+    assert fits(e, e.total_bytes) == (True, [])
+
+
+def test_suggestions_fit_and_start_with_checkpointing() -> None:
+    e = estimate_training_memory(SD15, 3_000_000, 4, 768, rank=16)
+    budget = _total(batch_size=1, resolution=768) + 1  # also fits checkpointing at batch 4
+    ok, suggestions = fits(e, budget)
+    assert not ok and suggestions[0].startswith("turn on gradient checkpointing")
+    assert any(s.startswith("batch_size 1 with grad_accumulation 4") for s in suggestions)
+    assert all("GiB" in s for s in suggestions)
+
+
+def test_combined_or_impossible() -> None:
+    e = estimate_training_memory(SD15, 3_000_000, 2, 512)
+    combined = estimate_training_memory(SD15, 3_000_000, 1, 512, gradient_checkpointing=True,
+                                        optimizer="adamw8bit").total_bytes
+    ok, suggestions = fits(e, combined)
+    assert not ok and len(suggestions) >= 1
+    ok, suggestions = fits(e, SD15 // 2)
+    assert not ok and "for the model weights" in suggestions[0]
+
+
+def test_invalid_inputs() -> None:
+    with pytest.raises(ValueError, match="trainable_params = -1"):
+        estimate_training_memory(SD15, -1, 1, 512)
+    with pytest.raises(ValueError, match="batch_size = 0"):
+        estimate_training_memory(SD15, 1, 0, 512)

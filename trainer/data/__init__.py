@@ -1,0 +1,1 @@
+"""The dataset: scan a folder of captioned images, bucket them by aspect ratio, load pixels, batch latents."""

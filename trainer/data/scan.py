@@ -1,0 +1,208 @@
+"""Dataset folder to DatasetSpec: find images and captions (kohya repeat folders), bucket them, split off validation.
+
+Layout: images directly in the folder are seen once per epoch; a sub-folder named `N_name` (kohya)
+repeats its images N times; other sub-folders are seen once. Deeper folders and hidden entries are
+ignored. Each image `x.png` takes its caption from `x.txt` next to it (UTF-8, a BOM allowed; lines
+joined with a space). An image without a caption (no file, or an empty one) is trained with the
+trigger word alone and listed in `spec.warnings`; without a trigger word that is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import random
+import re
+from collections.abc import Iterator
+
+from .buckets import make_buckets, nearest_bucket, validate_resolution
+from .images import IMAGE_EXTENSIONS, probe_image
+from .spec import DatasetError, DatasetItem, DatasetSpec
+
+logger = logging.getLogger(__name__)
+
+CAPTION_EXTENSION = ".txt"
+MAX_VALIDATION_SHARE = 0.5
+_REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
+_HOW_TO = ("put .png/.jpg/.webp images with same-name .txt captions in it "
+           "(a sub-folder named like '10_name' repeats its images 10 times)")
+
+
+def _walk(root: str) -> Iterator[tuple[str, str | None, list[str]]]:
+    """(directory, sub-folder name or None for the root, sorted file names) for the root and each sub-folder."""
+    def listing(directory: str) -> tuple[list[str], list[str]]:
+        files, dirs = [], []
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as e:
+            raise DatasetError(f"cannot list dataset folder '{directory}' ({e}); check that it is readable.") from e
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # .ipynb_checkpoints, .DS_Store, editor swap files
+            (dirs if entry.is_dir() else files).append(entry.name)
+        return files, dirs
+
+    files, dirs = listing(root)
+    yield root, None, files
+    for name in dirs:
+        sub = os.path.join(root, name)
+        sub_files, nested = listing(sub)
+        for deeper in nested:
+            logger.info("dataset: ignoring '%s/%s/': only one level of sub-folders is scanned", name, deeper)
+        yield sub, name, sub_files
+
+
+def _repeats_of(folder_name: str | None) -> int:
+    match = _REPEAT_FOLDER.match(folder_name or "")
+    if match is None:
+        return 1
+    repeats = int(match.group(1))
+    if repeats < 1:
+        raise DatasetError(f"sub-folder '{folder_name}' asks for {repeats} repeats; rename it to start with "
+                           f"1 or more (e.g. '1_{match.group(2)}'), or move it out of the dataset folder.")
+    return repeats
+
+
+def _is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _caption_name(image_name: str, file_names: list[str]) -> str | None:
+    """`stem.txt` next to the image; an exact match first, then one differing only in case."""
+    wanted = os.path.splitext(image_name)[0] + CAPTION_EXTENSION
+    if wanted in file_names:
+        return wanted
+    lowered = wanted.lower()
+    return next((name for name in file_names if name.lower() == lowered), None)
+
+
+def read_caption(path: str, name: str) -> str:
+    """The caption in `path` (UTF-8, BOM tolerated), stripped, its lines joined with one space."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"caption '{name}' is not UTF-8 text ({e}); re-save it as UTF-8.") from e
+    except OSError as e:
+        raise DatasetError(f"caption '{name}' cannot be read ({e}); check that the file is readable.") from e
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def with_trigger(caption: str, trigger_word: str) -> str:
+    """Put the trigger word first ("trigger, caption") unless the caption already contains it (any case)."""
+    if not trigger_word or trigger_word.lower() in caption.lower():
+        return caption
+    return f"{trigger_word}, {caption}" if caption else trigger_word
+
+
+def split_validation(count: int, share: float, seed: int) -> set[int]:
+    """Indices of the held-out images: round(count * share), at least 1 when share > 0, always leaving one
+    to train on; none when share is 0 or there are fewer than 2 images. Same seed, same choice."""
+    if share <= 0 or count < 2:
+        return set()
+    held_out = min(count - 1, max(1, math.floor(count * share + 0.5)))
+    return set(random.Random(seed).sample(range(count), held_out))
+
+
+def _check_settings(trigger_word: object, flip: object, validation_share: object, seed: object) -> None:
+    if not isinstance(trigger_word, str):
+        raise DatasetError(f"trigger_word = {trigger_word!r} is not allowed; expected text (may be empty).")
+    if not isinstance(flip, bool):
+        raise DatasetError(f"flip = {flip!r} is not allowed; expected True or False.")
+    share_ok = (isinstance(validation_share, (int, float)) and not isinstance(validation_share, bool)
+                and math.isfinite(validation_share) and 0 <= validation_share <= MAX_VALIDATION_SHARE)
+    if not share_ok:
+        raise DatasetError(f"validation_share = {validation_share!r} is not allowed; expected a number "
+                           f"from 0 (no validation images) to {MAX_VALIDATION_SHARE}.")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise DatasetError(f"seed = {seed!r} is not allowed; expected an integer of at least 0.")
+
+
+def _missing_caption_error(names: list[str]) -> DatasetError:
+    shown = ", ".join(f"'{n}'" for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return DatasetError(f"{shown} {'has' if len(names) == 1 else 'have'} no caption (no same-name .txt file, "
+                        f"or an empty one) and no trigger word is set; add the caption file(s), or set a "
+                        f"trigger word to be used as the caption.")
+
+
+def scan_dataset(folder: str | os.PathLike[str], trigger_word: str = "", resolution: int = 512,
+                 flip: bool = False, validation_share: float = 0.0, seed: int = 0) -> DatasetSpec:
+    """Scan `folder` into a DatasetSpec; raise DatasetError for anything the user must fix first.
+
+    Every image is opened and checked here (unreadable, smaller than 8x8 px, too large), so training
+    never stops half-way on a bad file.
+    """
+    resolution = validate_resolution(resolution)
+    _check_settings(trigger_word, flip, validation_share, seed)
+    trigger_word = trigger_word.strip()
+    root = os.path.abspath(os.path.expanduser(os.fspath(folder)))
+    if not os.path.isdir(root):
+        what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
+        raise DatasetError(f"dataset folder '{root}' {what}; create the folder and {_HOW_TO}.")
+
+    buckets = make_buckets(resolution)
+    root_name = os.path.basename(root)
+    items: list[DatasetItem] = []
+    warnings: list[str] = []
+    uncaptioned: list[str] = []
+    for directory, sub_name, file_names in _walk(root):
+        repeats = _repeats_of(sub_name)
+        for image_name in filter(_is_image, file_names):
+            path = os.path.join(directory, image_name)
+            relative = image_name if sub_name is None else f"{sub_name}/{image_name}"
+            size = probe_image(path, relative)
+            caption_name = _caption_name(image_name, file_names)
+            caption_path = os.path.join(directory, caption_name) if caption_name else None
+            caption = ""
+            if caption_name is not None:
+                caption = read_caption(os.path.join(directory, caption_name),
+                                       caption_name if sub_name is None else f"{sub_name}/{caption_name}")
+            if not caption:
+                if not trigger_word:
+                    uncaptioned.append(relative)
+                    continue
+                warnings.append(f"'{relative}' has no caption; it is trained with the trigger word "
+                                f"'{trigger_word}' alone.")
+            items.append(DatasetItem(
+                path=path, relative_path=relative, caption=with_trigger(caption, trigger_word),
+                caption_path=caption_path, caption_missing=not caption, group=sub_name or root_name,
+                repeats=repeats, size=size, bucket=nearest_bucket(size[0], size[1], buckets)))
+    if uncaptioned:
+        raise _missing_caption_error(uncaptioned)
+    if not items:
+        raise DatasetError(f"no images found in dataset folder '{root}' or its sub-folders; {_HOW_TO}.")
+
+    held_out = split_validation(len(items), float(validation_share), seed)
+    spec = DatasetSpec(
+        folder=root, trigger_word=trigger_word, resolution=resolution, flip=flip,
+        validation_share=float(validation_share), seed=seed, buckets=buckets,
+        items=tuple(item for i, item in enumerate(items) if i not in held_out),
+        validation_items=tuple(item for i, item in enumerate(items) if i in held_out),
+        warnings=tuple(warnings))
+    for warning in warnings:
+        logger.warning("dataset: %s", warning)
+    logger.info("dataset '%s': %s", root, spec.summary())
+    return spec
+
+
+def fingerprint(folder: str | os.PathLike[str]) -> str:
+    """A cheap hash of (relative path, size, mtime_ns) of every image and caption file scan_dataset reads.
+
+    Changes when a file is added, removed, renamed or edited; no file is opened. A missing folder has a
+    fingerprint too (scan_dataset then reports it), so a node can always compare.
+    """
+    root = os.path.abspath(os.path.expanduser(os.fspath(folder)))
+    digest = hashlib.sha256()
+    if not os.path.isdir(root):
+        digest.update(f"missing:{root}".encode())
+        return digest.hexdigest()
+    for directory, sub_name, file_names in _walk(root):
+        for name in file_names:
+            if not (_is_image(name) or name.lower().endswith(CAPTION_EXTENSION)):
+                continue
+            stat = os.stat(os.path.join(directory, name))
+            relative = name if sub_name is None else f"{sub_name}/{name}"
+            digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""Training a LoRA: config, loop, objective, schedules, trainable adapters, resume state, export, memory."""

@@ -1,0 +1,189 @@
+"""Export a trained LoRA as a kohya-format file: kohya keys, chosen dtype, ss_* / modelspec.* metadata, hashes."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import safetensors.torch
+import torch
+
+from .config import TrainConfig
+from ..errors import LoraLabError, LoraValueError
+from .trainable_lora import LoraAdapterSet
+from ..safetensors_io import write_safetensors_atomic
+
+SAVE_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+# ss_base_model_version -> (modelspec architecture, modelspec implementation), from kohya's sai_model_spec.py.
+_ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "sd_v1": ("stable-diffusion-v1", "diffusers"),
+    "sd_v2": ("stable-diffusion-v2-512", "diffusers"),
+    "sd_v2_v": ("stable-diffusion-v2-768-v", "diffusers"),
+    "sdxl_base_v1-0": ("stable-diffusion-xl-v1-base", "https://github.com/Stability-AI/generative-models"),
+    "sd3": ("stable-diffusion-v3-medium", "https://github.com/Stability-AI/sd3.5"),
+    "flux1": ("flux-1-dev", "https://github.com/black-forest-labs/flux"),
+}
+
+
+class LoraExportError(LoraLabError, ValueError):
+    """The LoRA cannot be exported as asked (a layer without a kohya name, duplicate names)."""
+
+
+def export_lora(adapters: LoraAdapterSet, name_map: dict[str, str],
+                dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """kohya tensors `{prefix}.lora_down.weight`, `.lora_up.weight` (in `dtype`) and `.alpha` (fp32 0-dim).
+
+    `name_map` maps each adapter key (engine module name) to its kohya prefix, e.g.
+    `input_blocks.1.1.transformer_blocks.0.attn1.to_q`
+    -> `lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q`.
+    Conv LoRAs keep kohya's 4-D shapes. Values are checked finite in fp32 and again after the cast,
+    since fp16 turns values above 65504 into inf.
+    """
+    missing = [k for k in adapters.keys() if k not in name_map]
+    if missing:
+        raise LoraExportError(f"{len(missing)} trained layers have no kohya name, e.g. '{missing[0]}'; "
+                              "the name map does not cover this model's layers.")
+    prefixes = [name_map[k] for k in adapters.keys()]
+    if len(set(prefixes)) != len(prefixes):
+        duplicate = next(p for p in prefixes if prefixes.count(p) > 1)
+        raise LoraExportError(f"two trained layers map to the same kohya name '{duplicate}'.")
+    state = adapters.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for key in adapters.keys():
+        prefix = name_map[key]
+        for suffix in ("lora_down.weight", "lora_up.weight"):
+            value = state[f"{key}.{suffix}"]
+            if not bool(torch.isfinite(value).all()):
+                raise LoraValueError(f"layer '{key}' holds NaN/Inf values ({suffix}); the training diverged. "
+                                     "Use an earlier checkpoint or a lower learning rate.", key=f"{prefix}.{suffix}")
+            converted = value.to(dtype).contiguous()
+            if not bool(torch.isfinite(converted).all()):
+                raise LoraValueError(f"layer '{key}' has values too large for {dtype} ({suffix}, max "
+                                     f"{value.abs().max().item():.3g}); save as bf16 or fp32.",
+                                     key=f"{prefix}.{suffix}")
+            out[f"{prefix}.{suffix}"] = converted
+        # alpha stays fp32: loaders read it with .item(), and fp16 would round alphas such as 0.3.
+        out[f"{prefix}.alpha"] = state[f"{key}.alpha"].float().reshape(())
+    return out
+
+
+def model_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str, str]:
+    """(sshs_model_hash, sshs_legacy_hash) as kohya's train_util.precalculate_safetensors_hashes computes them.
+
+    The model hash is the sha256 of the data section (after the header) of a serialisation with only the
+    ss_* metadata; the data section does not depend on the metadata, so it equals A1111's addnet hash of
+    the saved file. The legacy hash reads 0x10000 bytes at offset 0x100000 of that serialisation.
+    """
+    ss_only = {k: v for k, v in metadata.items() if k.startswith("ss_")}
+    blob = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, ss_only)
+    header_len = int.from_bytes(blob[:8], "little")
+    model_hash = hashlib.sha256(blob[8 + header_len:]).hexdigest()
+    legacy_hash = hashlib.sha256(blob[0x100000:0x110000]).hexdigest()[:8]
+    return model_hash, legacy_hash
+
+
+def save_lora(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor],
+              metadata: dict[str, str]) -> dict[str, str]:
+    """Write the LoRA atomically with `metadata` plus sshs_* hashes; returns the metadata written."""
+    model_hash, legacy_hash = model_hashes(tensors, metadata)
+    written = {**metadata, "sshs_model_hash": model_hash, "sshs_legacy_hash": legacy_hash}
+    write_safetensors_atomic(path, tensors, written)
+    return written
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """Facts about the run and its data that the metadata records (the config holds the rest)."""
+
+    output_name: str
+    num_train_images: int
+    resolution: tuple[int, int]  # (width, height)
+    steps_completed: int
+    tag_frequency: dict[str, dict[str, int]] = field(default_factory=dict)  # {image dir: {tag: count}}
+    dataset_dirs: dict[str, dict[str, int]] = field(default_factory=dict)  # {image dir: {n_repeats, img_count}}
+    trigger_phrase: str = ""
+    comment: str = ""
+    base_model_name: str = ""
+    started_at: float | None = None  # epoch seconds
+    finished_at: float | None = None
+    title: str | None = None
+
+
+def _network_args(config: TrainConfig) -> dict[str, str]:
+    # kohya records LoCon ranks as conv_dim/conv_alpha; our conv layers share the linear rank and alpha.
+    if config.lora.targets == "attention_ff_conv":
+        return {"conv_dim": str(config.lora.rank), "conv_alpha": str(config.lora.alpha)}
+    return {}
+
+
+def kohya_metadata(config: TrainConfig, summary: TrainingSummary, base_model_version: str,
+                   prediction_type: str = "epsilon", optimizer_name: str = "adamw",
+                   now: datetime.datetime | None = None) -> dict[str, str]:
+    """`ss_*` (kohya train_network.py) and `modelspec.*` (SAI model spec) metadata, plus the loralab.* config.
+
+    `base_model_version` uses kohya's values: sd_v1, sd_v2, sd_v2_v, sdxl_base_v1-0, flux1, ...
+    """
+    lora, opt = config.lora, config.optimisation
+    width, height = summary.resolution
+    now = now or datetime.datetime.now()
+    optimizer_class = ("bitsandbytes.optim.adamw.AdamW8bit" if optimizer_name == "adamw8bit"
+                       else "torch.optim.adamw.AdamW")
+    metadata = {
+        "ss_output_name": summary.output_name,
+        "ss_training_comment": summary.comment,
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(lora.rank),
+        "ss_network_alpha": str(float(lora.alpha)),
+        "ss_network_dropout": str(lora.dropout),
+        "ss_network_args": json.dumps(_network_args(config)),
+        "ss_base_model_version": base_model_version,
+        "ss_v2": str(base_model_version.startswith("sd_v2")),
+        "ss_sd_model_name": summary.base_model_name,
+        "ss_learning_rate": str(opt.learning_rate),
+        "ss_unet_lr": str(opt.learning_rate),
+        "ss_text_encoder_lr": str(lora.text_encoder_lr or opt.learning_rate) if lora.train_text_encoder else "None",
+        "ss_network_train_unet_only": str(not lora.train_text_encoder),
+        "ss_steps": str(summary.steps_completed),
+        "ss_max_train_steps": str(opt.steps),
+        "ss_lr_scheduler": opt.schedule,
+        "ss_lr_warmup_steps": str(opt.warmup_steps),
+        "ss_optimizer": f"{optimizer_class}(weight_decay={opt.weight_decay})",
+        "ss_max_grad_norm": str(opt.max_grad_norm),
+        "ss_batch_size_per_device": str(opt.batch_size),
+        "ss_gradient_accumulation_steps": str(opt.grad_accumulation),
+        "ss_gradient_checkpointing": str(opt.gradient_checkpointing),
+        "ss_mixed_precision": opt.mixed_precision,
+        "ss_full_fp16": "False",
+        "ss_seed": str(opt.seed),
+        "ss_noise_offset": str(opt.noise_offset) if opt.noise_offset > 0 else "None",
+        "ss_min_snr_gamma": str(opt.min_snr_gamma),
+        "ss_loss_type": "l2",
+        "ss_cache_latents": "True",
+        "ss_num_train_images": str(summary.num_train_images),
+        "ss_num_reg_images": "0",
+        "ss_resolution": str((width, height)),
+        "ss_tag_frequency": json.dumps(summary.tag_frequency),
+        "ss_dataset_dirs": json.dumps(summary.dataset_dirs),
+        # Lora-Manager and civitai read the trigger word from the first subset's class_tokens.
+        "ss_datasets": json.dumps([{"num_train_images": summary.num_train_images, "resolution": [width, height],
+                                    "subsets": [{"class_tokens": summary.trigger_phrase or None}]}]),
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": _ARCHITECTURES.get(base_model_version, (base_model_version, ""))[0] + "/lora",
+        "modelspec.implementation": _ARCHITECTURES.get(base_model_version, ("", "diffusers"))[1],
+        "modelspec.title": summary.title or summary.output_name,
+        "modelspec.resolution": f"{width}x{height}",
+        "modelspec.date": now.replace(microsecond=0).isoformat(),
+        "modelspec.prediction_type": prediction_type,
+    }
+    if summary.trigger_phrase:
+        metadata["modelspec.trigger_phrase"] = summary.trigger_phrase
+    if summary.started_at is not None:
+        metadata["ss_training_started_at"] = str(summary.started_at)
+    if summary.finished_at is not None:
+        metadata["ss_training_finished_at"] = str(summary.finished_at)
+    metadata.update(config.to_metadata())
+    return metadata

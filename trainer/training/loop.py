@@ -1,0 +1,336 @@
+"""The training loop: knows nothing about the model; it calls a denoiser, steps AdamW, reports by callback.
+
+Call it inside `torch.inference_mode(False)` (hosts such as ComfyUI run nodes in inference mode): the loop
+re-enters inference_mode(False) and enable_grad itself, but tensors the caller creates (weights, latents)
+must not be inference tensors where autograd has to save them (see trainable_lora.release_inference_tensors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .resume_state import TrainState, check_resumable, optimizer_state_for
+from .config import Optimisation, TrainConfig
+from ..errors import LoraLabError
+from .trainable_lora import LoraAdapterSet
+from .objective import NoiseSchedule, diffusion_loss, sample_noise, sample_timesteps
+from .schedules import lr_multiplier_at
+
+logger = logging.getLogger(__name__)
+
+# denoiser(x_t, timesteps [B] int64, cond) -> prediction shaped like x_t (epsilon / v / flow per schedule).
+Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+# batches(micro_batch_index, generator) -> (latents [B, C, H, W], cond). Draw any randomness (data order,
+# flips) from `generator` only: then a resumed run sees exactly the batches an uninterrupted one would.
+BatchFn = Callable[[int, torch.Generator], tuple[torch.Tensor, Any]]
+SMOOTHING = 0.9  # EMA factor of the smoothed loss shown to the user
+
+
+class NonFiniteLossError(LoraLabError, FloatingPointError):
+    """The loss (or gradient) became NaN/Inf at `step`; that update was not applied."""
+
+    def __init__(self, step: int, value: float, what: str = "loss") -> None:
+        super().__init__(
+            f"Training stopped at step {step}: the {what} became {value} (not a finite number). That update "
+            "was not applied, so the LoRA and the last checkpoint are intact. Lower the learning rate, or use "
+            "mixed precision bf16 or no instead of fp16.")
+        self.step = step
+        self.value = value
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one finished update reports; `step` counts finished updates (1..total)."""
+
+    step: int
+    total: int
+    loss: float
+    smoothed_loss: float
+    lr: float
+    seconds_per_step: float
+    grad_norm: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a run ended; `state` can be saved with resume_state.save_state to resume it."""
+
+    steps_completed: int
+    total_steps: int
+    loss_history: tuple[float, ...]
+    smoothed_loss: float | None
+    stopped_early: str | None
+    optimizer_name: str
+    seconds: float
+    state: TrainState
+
+
+def build_optimizer(adapters: LoraAdapterSet,
+                    config: TrainConfig) -> tuple[torch.optim.Optimizer, str, list[list[str]]]:
+    """AdamW (or bitsandbytes AdamW8bit on CUDA) with one param group per adapter group.
+
+    Returns the optimizer, the name of the one actually used, and each group's parameter names.
+    """
+    opt = config.optimisation
+    base_lrs = {"unet": opt.learning_rate, "text_encoder": config.lora.text_encoder_lr or opt.learning_rate}
+    names_by_group: dict[str, list[str]] = {}
+    params_by_group: dict[str, list[nn.Parameter]] = {}
+    for name, param in adapters.named_parameters():
+        group = adapters.group_of(name.rsplit(".", 2)[0])
+        names_by_group.setdefault(group, []).append(name)
+        params_by_group.setdefault(group, []).append(param)
+    groups = [{"params": params_by_group[g], "lr": base_lrs.get(g, opt.learning_rate),
+               "base_lr": base_lrs.get(g, opt.learning_rate), "group_name": g} for g in sorted(params_by_group)]
+    group_names = [names_by_group[g] for g in sorted(names_by_group)]
+    if opt.optimizer == "adamw8bit":
+        if adapters.device.type == "cuda" and importlib.util.find_spec("bitsandbytes") is not None:
+            try:
+                import bitsandbytes as bnb
+                return bnb.optim.AdamW8bit(groups, weight_decay=opt.weight_decay), "adamw8bit", group_names
+            except (ImportError, RuntimeError) as e:  # a broken CUDA setup makes bitsandbytes raise at import
+                logger.warning("bitsandbytes could not be loaded (%s); using AdamW instead of AdamW8bit", e)
+        else:
+            logger.warning("AdamW8bit needs bitsandbytes and a CUDA GPU; using AdamW instead")
+    return torch.optim.AdamW(groups, weight_decay=opt.weight_decay), "adamw", group_names
+
+
+@contextlib.contextmanager
+def gradient_checkpointing(modules: Sequence[nn.Module] | None) -> Iterator[None]:
+    """Run each module's forward under torch.utils.checkpoint while inside; restore the forwards on exit.
+
+    The engine cannot know a host model's blocks, so the caller names them (e.g. the UNet's top-level
+    blocks). Non-reentrant checkpointing replays the global RNG, so LoRA dropout masks match on recompute.
+    """
+    patched: list[tuple[nn.Module, Any]] = []
+    try:
+        for module in modules or ():
+            own_forward = module.__dict__.get("forward")  # an instance-level forward the host may have set
+            original = module.forward
+
+            def checkpointed(*args: Any, _forward: Callable[..., Any] = original, **kwargs: Any) -> Any:
+                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+            module.forward = checkpointed  # type: ignore[method-assign]
+            patched.append((module, own_forward))
+        yield
+    finally:
+        for module, own_forward in reversed(patched):
+            if own_forward is None:
+                del module.forward
+            else:
+                module.forward = own_forward  # type: ignore[method-assign]
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
+
+
+def _cpu_copy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cpu_copy(v) for v in value]
+    return value
+
+
+def _autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractContextManager[Any]:
+    # Autocast only on CUDA: CPU half-precision autocast is slow and the tests need exact fp32.
+    if device.type != "cuda" or mixed_precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if mixed_precision == "fp16" else torch.bfloat16)
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _fork_rng(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    return torch.random.fork_rng(devices=[_cuda_index(device)] if device.type == "cuda" else [])
+
+
+def _seed_global_rng(seed: int, device: torch.device) -> None:
+    # Only the CPU generator and the training device's: torch.manual_seed would reseed every GPU.
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.default_generators[_cuda_index(device)].manual_seed(seed)
+
+
+def _batch_loss(denoiser: Denoiser, latents: torch.Tensor, cond: Any, schedule: NoiseSchedule,
+                generator: torch.Generator, device: torch.device, mixed_precision: str,
+                noise_offset: float, min_snr_gamma: float | None) -> torch.Tensor:
+    latents = latents.to(device=device, dtype=torch.float32)
+    if latents.is_inference():
+        latents = latents.clone()
+    # Noise and timesteps come from the CPU generator (small tensors) so its state alone fixes them.
+    noise = sample_noise(tuple(latents.shape), generator, noise_offset).to(device)
+    timesteps = sample_timesteps(latents.shape[0], schedule, generator)
+    x_t = schedule.add_noise(latents, noise, timesteps)
+    target = schedule.training_target(latents, noise, timesteps)
+    with _autocast(device, mixed_precision):
+        prediction = denoiser(x_t, timesteps.to(device), _to_device(cond, device))
+    weights = schedule.min_snr_weights(timesteps, min_snr_gamma) if min_snr_gamma else None
+    return diffusion_loss(prediction, target, weights)
+
+
+def _accumulate_gradients(denoiser: Denoiser, batches: BatchFn, schedule: NoiseSchedule, opt: Optimisation,
+                          generator: torch.Generator, device: torch.device, scaler: torch.amp.GradScaler,
+                          step: int) -> float:
+    """Forward and backward over the step's micro-batches; returns the step's loss (mean over them)."""
+    # One seed per step from the run's generator drives LoRA dropout through the global RNG, inside
+    # fork_rng so the host's RNG is untouched; checkpoint recompute replays that same RNG.
+    step_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    loss_value = 0.0
+    with _fork_rng(device):
+        _seed_global_rng(step_seed, device)
+        for micro in range(opt.grad_accumulation):
+            latents, cond = batches(step * opt.grad_accumulation + micro, generator)
+            # Divided so the summed gradients equal those of one batch grad_accumulation times larger.
+            loss = _batch_loss(denoiser, latents, cond, schedule, generator, device, opt.mixed_precision,
+                               opt.noise_offset, opt.min_snr_gamma) / opt.grad_accumulation
+            micro_loss = loss.item()
+            if not math.isfinite(micro_loss):
+                raise NonFiniteLossError(step + 1, micro_loss * opt.grad_accumulation)
+            scaler.scale(loss).backward()
+            loss_value += micro_loss
+    return loss_value
+
+
+def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedule: NoiseSchedule,
+          config: TrainConfig, on_step: Callable[[StepRecord], None],
+          should_stop: Callable[[], str | None] | None = None, start_state: TrainState | None = None,
+          on_checkpoint: Callable[[TrainState], None] | None = None,
+          checkpoint_modules: Sequence[nn.Module] | None = None,
+          interruptions: tuple[type[BaseException], ...] = ()) -> TrainResult:
+    """Train `adapters` for config.optimisation.steps updates (continuing from start_state if given).
+
+    should_stop() is polled before every update; a non-empty reason ends the run gracefully. An exception
+    of a type in `interruptions` raised inside an update (a host whose layers raise on Cancel) also ends
+    it gracefully: that update is discarded and the result holds the state after the last whole one.
+    on_checkpoint(state) is called every checkpointing.every_n_steps updates (not after the last one:
+    the result carries the final state). Raises NonFiniteLossError without applying the bad update.
+    """
+    opt = config.optimisation
+    device = adapters.device
+    generator = torch.Generator("cpu").manual_seed(opt.seed)
+    optimizer, optimizer_name, group_names = build_optimizer(adapters, config)
+    params = adapters.parameters()
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and opt.mixed_precision == "fp16")
+    step, history, smoothed = 0, [], None
+    if start_state is not None:
+        check_resumable(start_state.config, config, start_state.step)
+        adapters.load_state_dict(start_state.lora)
+        optimizer.load_state_dict(optimizer_state_for(start_state, group_names))
+        for group in optimizer.param_groups:  # the current config's lr wins over the saved one
+            group["base_lr"] = (config.lora.text_encoder_lr or opt.learning_rate) \
+                if group["group_name"] == "text_encoder" else opt.learning_rate
+        generator.set_state(start_state.generator_state)
+        if scaler.is_enabled() and start_state.scaler_state:
+            scaler.load_state_dict(start_state.scaler_state)
+        step, history, smoothed = start_state.step, list(start_state.loss_history), start_state.smoothed_loss
+        logger.info("resuming at step %d of %d", step, opt.steps)
+
+    def snapshot() -> TrainState:
+        return TrainState(step=step, config=config, lora=adapters.state_dict(),
+                          optimizer_state=_cpu_copy(optimizer.state_dict()),
+                          param_names=[n for names in group_names for n in names],
+                          generator_state=generator.get_state(), loss_history=list(history),
+                          smoothed_loss=smoothed, optimizer_name=optimizer_name,
+                          scaler_state=scaler.state_dict() if scaler.is_enabled() else {})
+
+    logger.info("training %d LoRA layers with %s, %s precision, %d steps", len(adapters), optimizer_name,
+                opt.mixed_precision if device.type == "cuda" else "fp32 (CPU)", opt.steps)
+    stopped_early: str | None = None
+    started = time.perf_counter()
+    adapters.train(True)
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), gradient_checkpointing(checkpoint_modules):
+            while step < opt.steps:
+                reason = should_stop() if should_stop is not None else None
+                if reason:
+                    stopped_early = reason
+                    logger.info("stopping at step %d: %s", step, reason)
+                    break
+                step_started = time.perf_counter()
+                # lr is a pure function of the step: nothing to save, nothing to drift on resume.
+                multiplier = lr_multiplier_at(step, opt)
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * multiplier
+                generator_before = generator.get_state()
+                try:
+                    loss_value = _accumulate_gradients(denoiser, batches, schedule, opt, generator, device,
+                                                       scaler, step)
+                except interruptions as e:
+                    # Nothing was applied yet: rewind the randomness so a resumed run redoes this update.
+                    generator.set_state(generator_before)
+                    optimizer.zero_grad(set_to_none=True)
+                    stopped_early = "interrupted"
+                    logger.info("interrupted during step %d (%s); keeping the state of step %d",
+                                step + 1, type(e).__name__, step)
+                    break
+                scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+                max_norm = opt.max_grad_norm if opt.max_grad_norm > 0 else math.inf
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+                if not math.isfinite(grad_norm) and not scaler.is_enabled():
+                    raise NonFiniteLossError(step + 1, grad_norm, "gradient norm")
+                scaler.step(optimizer)  # with fp16 an overflowing step is skipped and the scale lowered
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                history.append(loss_value)
+                smoothed = loss_value if smoothed is None else SMOOTHING * smoothed + (1 - SMOOTHING) * loss_value
+                on_step(StepRecord(step=step, total=opt.steps, loss=loss_value, smoothed_loss=smoothed,
+                                   lr=opt.learning_rate * multiplier, grad_norm=grad_norm,
+                                   seconds_per_step=time.perf_counter() - step_started))
+                every = config.checkpointing.every_n_steps
+                if on_checkpoint is not None and every > 0 and step % every == 0 and step < opt.steps:
+                    on_checkpoint(snapshot())
+    except NonFiniteLossError:
+        optimizer.zero_grad(set_to_none=True)  # drop the bad gradients; no parameter was touched
+        raise
+    finally:
+        adapters.train(False)  # dropout off for whatever runs the model next
+    return TrainResult(steps_completed=step, total_steps=opt.steps, loss_history=tuple(history),
+                       smoothed_loss=smoothed, stopped_early=stopped_early, optimizer_name=optimizer_name,
+                       seconds=time.perf_counter() - started, state=snapshot())
+
+
+def evaluate(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedule: NoiseSchedule,
+             fixed_seed: int, num_batches: int = 1, mixed_precision: str = "no") -> float:
+    """Mean unweighted loss over `num_batches` at noise and timesteps fixed by `fixed_seed` (no dropout).
+
+    The same seed gives the same inputs every call, so values from different steps are comparable:
+    on training batches it shows memorisation, on held-out batches validation loss.
+    """
+    generator = torch.Generator("cpu").manual_seed(fixed_seed)
+    device = adapters.device
+    was_training = any(adapters[k].training for k in adapters.keys())
+    adapters.train(False)
+    total = 0.0
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            for index in range(num_batches):
+                latents, cond = batches(index, generator)
+                total += _batch_loss(denoiser, latents, cond, schedule, generator, device, mixed_precision,
+                                     0.0, None).item()
+    finally:
+        adapters.train(was_training)
+    return total / num_batches
