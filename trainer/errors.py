@@ -1,4 +1,10 @@
-"""The engine's exception types: one base class, one subclass per kind of failure a user can fix."""
+"""Every exception the engine raises on purpose: one base class, one subclass per kind of failure a user can fix.
+
+All of them derive from `LoraLabError`, so a boundary (a node, an HTTP route) that catches `LoraLabError`
+catches everything we raise on purpose, and nothing else. Messages are written for the user: the file or
+field, the value, what is expected and what to do. `tests/unit/test_errors.py` checks that no module of
+`trainer/` defines an exception class anywhere but here.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,17 @@ from __future__ import annotations
 class LoraLabError(Exception):
     """Base class of every error the engine raises on purpose (message written for the user)."""
 
+
+# --- Configuration (trainer/training/config.py) -------------------------------------------------------
+
+class ConfigError(LoraLabError, ValueError):
+    """A training setting has a value that is not allowed (the message names the field and what is allowed).
+
+    Also a ValueError, so code written against the former plain ValueError keeps working.
+    """
+
+
+# --- LoRA files: reading and writing (trainer/safetensors_io.py, trainer/lora/*) --------------------------
 
 class LoraFileError(LoraLabError):
     """A LoRA file cannot be read, or what it holds is not a usable LoRA.
@@ -37,3 +54,60 @@ class LoraWriteError(LoraLabError):
     def __init__(self, message: str, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+# --- LoRA stacks (trainer/lora/stack.py) ------------------------------------------------------------------
+
+class StackRowsError(LoraLabError):
+    """The rows of a LoRA stack are not in the documented format."""
+
+
+# --- Datasets (trainer/data/*) ----------------------------------------------------------------------------
+
+class DatasetError(LoraLabError, ValueError):
+    """The dataset folder, one of its files, or a dataset setting cannot be used (message says how to fix it)."""
+
+
+# --- Training (trainer/training/*) ------------------------------------------------------------------------
+
+class LoraTargetError(LoraLabError, ValueError):
+    """A layer cannot carry a LoRA of the requested shape, or a named layer does not exist."""
+
+
+class NonFiniteLossError(LoraLabError, FloatingPointError):
+    """The loss (or gradient) became NaN/Inf at `step`; that update was not applied."""
+
+    def __init__(self, step: int, value: float, what: str = "loss") -> None:
+        super().__init__(
+            f"Training stopped at step {step}: the {what} became {value} (not a finite number). That update "
+            "was not applied, so the LoRA and the last checkpoint are intact. Lower the learning rate, or use "
+            "mixed precision bf16 or no instead of fp16.")
+        self.step = step
+        self.value = value
+
+
+class LoraExportError(LoraLabError, ValueError):
+    """The LoRA cannot be exported as asked (a layer without a kohya name, duplicate names)."""
+
+
+# --- Resume state (trainer/training/resume_state.py) ------------------------------------------------------
+
+class ResumeStateError(LoraLabError, ValueError):
+    """A resume-state file cannot continue this run: damaged, not a state file, or saved with other settings.
+
+    `path` is the resume-state file, when known.
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class ResumeStateWriteError(LoraWriteError):
+    """The resume state could not be written; the previous state file at that path, if any, is unchanged."""
+
+
+# --- Training jobs (trainer/jobs.py) ----------------------------------------------------------------------
+
+class JobError(LoraLabError, ValueError):
+    """A job was asked for something it cannot do: a bad sample name, an unknown action, a finished job."""

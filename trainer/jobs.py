@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .errors import LoraLabError
+from .errors import JobError
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +40,6 @@ EVENT_PROGRESS = "loralab.progress"
 EVENT_SAMPLE = "loralab.sample"
 EVENT_CHECKPOINT = "loralab.checkpoint"
 EVENT_FINISHED = "loralab.finished"
-
-
-class JobError(LoraLabError, ValueError):
-    """A job was asked for something it cannot do: a bad sample name, an unknown action, a finished job."""
 
 
 def is_job_id(value: object) -> bool:

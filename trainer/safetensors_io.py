@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -210,9 +211,33 @@ def _fsync_folder(folder: str) -> None:
         logger.debug("could not fsync folder %s: %s", folder, e)
 
 
+_DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG})
+_NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def _write_failure(path: str, folder: str, error: Exception) -> LoraWriteError:
+    """The user's view of a failed write: what happened, that the old file is untouched, what to do."""
+    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    code = getattr(error, "errno", None)
+    if code in _DISK_FULL:
+        problem, fix = f"the disk is full ({reason})", f"Free space on the disk that holds '{folder}', then try again."
+    elif code in _NOT_WRITABLE:
+        problem, fix = (f"the folder '{folder}' is not writable ({reason})",
+                        "Choose a folder you may write to, or fix its permissions, then try again.")
+    else:
+        problem, fix = reason, "Check free disk space and write permission for the folder, then try again."
+    kept = ("The previous file at that path is unchanged." if os.path.exists(path)
+            else "No file was created at that path.")
+    return LoraWriteError(f"Could not write '{path}': {problem}. {kept} {fix}", path=path)
+
+
 def write_safetensors_atomic(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor],
                              metadata: dict[str, str] | None = None) -> None:
-    """Write tensors and metadata to `path` via a temp file, fsync and rename; all or nothing."""
+    """Write tensors and metadata to `path` via a temp file, fsync and rename; all or nothing.
+
+    On any failure (full disk, unwritable folder, I/O error) raises LoraWriteError naming the file; the
+    previous file at `path`, if any, is byte-identical to before and no temp file is left behind.
+    """
     path = os.fspath(path)
     _check_for_write(path, tensors, metadata)
     folder = os.path.dirname(os.path.abspath(path))
@@ -222,17 +247,19 @@ def write_safetensors_atomic(path: str | os.PathLike[str], tensors: dict[str, to
     try:
         data = _serialise(_cpu_contiguous(tensors), metadata)
         fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "wb") as f:
+        try:
+            f = os.fdopen(fd, "wb")
+        except (OSError, ValueError):
+            os.close(fd)  # fdopen failed, so nothing else owns the descriptor
+            raise
+        with f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
         tmp_path = None
     except (OSError, SafetensorError, RuntimeError, ValueError) as e:
-        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
-        raise LoraWriteError(
-            f"Could not write '{path}': {reason}. Any previous file at that path is unchanged. "
-            "Check free disk space and write permission for the folder, then try again.", path=path) from e
+        raise _write_failure(path, folder, e) from e
     finally:
         if tmp_path is not None:
             _remove_quietly(tmp_path)

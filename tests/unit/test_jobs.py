@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from trainer.jobs import (EVENT_CHECKPOINT, EVENT_FINISHED, EVENT_PROGRESS, EVENT_SAMPLE, EVENT_STARTED,
-                          MAX_HISTORY_POINTS, Job, JobError, JobRegistry, is_job_id)
+                          MAX_HISTORY_POINTS, Job, JobRegistry, is_job_id)
+from trainer.errors import JobError
 
 
 class FakeClock:

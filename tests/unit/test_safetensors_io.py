@@ -229,3 +229,79 @@ def test_write_rejects_non_text_metadata_and_missing_folder(tmp_path: Path) -> N
     with pytest.raises(LoraWriteError, match="does not exist"):
         write_safetensors_atomic(tmp_path / "no" / "m.safetensors", {"w": torch.ones(1)}, None)
     assert os.listdir(tmp_path) == []
+
+
+class _FullDiskFile:
+    """A real file object whose write stores half the bytes and then fails as a full disk does (ENOSPC)."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+
+    def write(self, data: bytes) -> int:
+        self._real.write(data[:len(data) // 2])
+        self._real.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name: str):
+        return getattr(self._real, name)
+
+    def __enter__(self) -> _FullDiskFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._real.close()
+
+
+def test_full_disk_during_write_keeps_old_file_byte_identical(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "lora.safetensors"
+    old = _write_old(path)
+    before = path.read_bytes()
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(sio.os, "fdopen", lambda fd, mode: _FullDiskFile(real_fdopen(fd, mode)))
+    with pytest.raises(LoraWriteError, match=r"Could not write '.*lora.safetensors': the disk is full "
+                                             r"\(No space left on device\)\. The previous file at that path is "
+                                             r"unchanged\. Free space on the disk") as info:
+        write_safetensors_atomic(path, {"new": torch.ones(1000)}, {"version": "new"})
+    monkeypatch.undo()
+    assert info.value.path == str(path) and isinstance(info.value.__cause__, OSError)
+    assert path.read_bytes() == before
+    _assert_old_intact(path, old)
+
+
+def test_full_disk_on_a_new_file_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(sio.os, "fdopen", lambda fd, mode: _FullDiskFile(real_fdopen(fd, mode)))
+    with pytest.raises(LoraWriteError, match="disk is full.*No file was created at that path"):
+        write_safetensors_atomic(tmp_path / "new.safetensors", {"new": torch.ones(10)}, None)
+    assert os.listdir(tmp_path) == []
+
+
+def test_unwritable_folder_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests run as root, where chmod does not stop writes: the refusal is simulated where the OS gives it.
+    path = tmp_path / "lora.safetensors"
+    old = _write_old(path)
+    before = path.read_bytes()
+
+    def refused(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".lora.safetensors.x.tmp"))
+
+    monkeypatch.setattr(sio.tempfile, "mkstemp", refused)
+    with pytest.raises(LoraWriteError, match=rf"Could not write '.*lora.safetensors': the folder '{tmp_path}' is "
+                                             r"not writable \(Permission denied\)\. The previous file at that "
+                                             r"path is unchanged\. Choose a folder you may write to"):
+        write_safetensors_atomic(path, {"new": torch.ones(3)}, None)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    _assert_old_intact(path, old)
+
+
+def test_read_only_file_system_is_reported_as_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def read_only(src: str, dst: str) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(sio.os, "replace", read_only)
+    with pytest.raises(LoraWriteError, match=r"is not writable \(Read-only file system\)"):
+        write_safetensors_atomic(tmp_path / "x.safetensors", {"w": torch.ones(1)}, None)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []

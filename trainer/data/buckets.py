@@ -8,7 +8,7 @@ from typing import Protocol
 
 import torch
 
-from .spec import DatasetError
+from ..errors import DatasetError
 
 Bucket = tuple[int, int]  # (width, height) in pixels
 

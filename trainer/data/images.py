@@ -12,7 +12,8 @@ import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .buckets import Bucket, centre_crop_box, cover_size
-from .spec import DatasetError, DatasetItem
+from ..errors import DatasetError
+from .spec import DatasetItem
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp")
 MIN_SIDE = 8

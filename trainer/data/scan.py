@@ -19,7 +19,8 @@ from collections.abc import Iterator
 
 from .buckets import make_buckets, nearest_bucket, validate_resolution
 from .images import IMAGE_EXTENSIONS, probe_image
-from .spec import DatasetError, DatasetItem, DatasetSpec
+from ..errors import DatasetError
+from .spec import DatasetItem, DatasetSpec
 
 logger = logging.getLogger(__name__)
 

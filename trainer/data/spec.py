@@ -1,15 +1,9 @@
-"""The scanned dataset as values: DatasetItem per image, DatasetSpec for the folder, and DatasetError."""
+"""The scanned dataset as values: DatasetItem per image, DatasetSpec for the folder."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-
-from ..errors import LoraLabError
-
-
-class DatasetError(LoraLabError, ValueError):
-    """The dataset folder, one of its files, or a dataset setting cannot be used (message says how to fix it)."""
 
 
 @dataclass(frozen=True)

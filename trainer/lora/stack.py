@@ -5,13 +5,9 @@ import json
 import math
 from dataclasses import dataclass
 
-from ..errors import LoraLabError
+from ..errors import StackRowsError
 
 ROW_KEYS = {"lora", "on", "strength_model", "strength_clip", "strength"}
-
-
-class StackRowsError(LoraLabError):
-    """The rows of a LoRA stack are not in the documented format."""
 
 
 @dataclass(frozen=True)

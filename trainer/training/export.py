@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 
 from .config import TrainConfig
-from ..errors import LoraLabError, LoraValueError
+from ..errors import LoraExportError, LoraValueError
 from .trainable_lora import LoraAdapterSet
 from ..safetensors_io import write_safetensors_atomic
 
@@ -27,10 +27,6 @@ _ARCHITECTURES: dict[str, tuple[str, str]] = {
     "sd3": ("stable-diffusion-v3-medium", "https://github.com/Stability-AI/sd3.5"),
     "flux1": ("flux-1-dev", "https://github.com/black-forest-labs/flux"),
 }
-
-
-class LoraExportError(LoraLabError, ValueError):
-    """The LoRA cannot be exported as asked (a layer without a kohya name, duplicate names)."""
 
 
 def export_lora(adapters: LoraAdapterSet, name_map: dict[str, str],

@@ -20,12 +20,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .resume_state import TrainState, check_resumable, optimizer_state_for
+from ..errors import NonFiniteLossError
 from .config import Optimisation, TrainConfig
-from ..errors import LoraLabError
-from .trainable_lora import LoraAdapterSet
 from .objective import NoiseSchedule, diffusion_loss, sample_noise, sample_timesteps
+from .resume_state import TrainState, check_layers, check_optimizer, check_resumable, optimizer_state_for
 from .schedules import lr_multiplier_at
+from .trainable_lora import LoraAdapterSet
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +35,6 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 # flips) from `generator` only: then a resumed run sees exactly the batches an uninterrupted one would.
 BatchFn = Callable[[int, torch.Generator], tuple[torch.Tensor, Any]]
 SMOOTHING = 0.9  # EMA factor of the smoothed loss shown to the user
-
-
-class NonFiniteLossError(LoraLabError, FloatingPointError):
-    """The loss (or gradient) became NaN/Inf at `step`; that update was not applied."""
-
-    def __init__(self, step: int, value: float, what: str = "loss") -> None:
-        super().__init__(
-            f"Training stopped at step {step}: the {what} became {value} (not a finite number). That update "
-            "was not applied, so the LoRA and the last checkpoint are intact. Lower the learning rate, or use "
-            "mixed precision bf16 or no instead of fp16.")
-        self.step = step
-        self.value = value
 
 
 @dataclass(frozen=True)
@@ -76,6 +64,13 @@ class TrainResult:
     state: TrainState
 
 
+def _base_lr(group_name: str, config: TrainConfig) -> float:
+    """The peak learning rate of one param group (the schedule multiplies it by lr_multiplier_at(step))."""
+    if group_name == "text_encoder":
+        return config.lora.text_encoder_lr or config.optimisation.learning_rate
+    return config.optimisation.learning_rate
+
+
 def build_optimizer(adapters: LoraAdapterSet,
                     config: TrainConfig) -> tuple[torch.optim.Optimizer, str, list[list[str]]]:
     """AdamW (or bitsandbytes AdamW8bit on CUDA) with one param group per adapter group.
@@ -83,15 +78,14 @@ def build_optimizer(adapters: LoraAdapterSet,
     Returns the optimizer, the name of the one actually used, and each group's parameter names.
     """
     opt = config.optimisation
-    base_lrs = {"unet": opt.learning_rate, "text_encoder": config.lora.text_encoder_lr or opt.learning_rate}
     names_by_group: dict[str, list[str]] = {}
     params_by_group: dict[str, list[nn.Parameter]] = {}
     for name, param in adapters.named_parameters():
         group = adapters.group_of(name.rsplit(".", 2)[0])
         names_by_group.setdefault(group, []).append(name)
         params_by_group.setdefault(group, []).append(param)
-    groups = [{"params": params_by_group[g], "lr": base_lrs.get(g, opt.learning_rate),
-               "base_lr": base_lrs.get(g, opt.learning_rate), "group_name": g} for g in sorted(params_by_group)]
+    groups = [{"params": params_by_group[g], "lr": _base_lr(g, config), "base_lr": _base_lr(g, config),
+               "group_name": g} for g in sorted(params_by_group)]
     group_names = [names_by_group[g] for g in sorted(names_by_group)]
     if opt.optimizer == "adamw8bit":
         if adapters.device.type == "cuda" and importlib.util.find_spec("bitsandbytes") is not None:
@@ -132,23 +126,16 @@ def gradient_checkpointing(modules: Sequence[nn.Module] | None) -> Iterator[None
                 module.forward = own_forward  # type: ignore[method-assign]
 
 
-def _to_device(value: Any, device: torch.device) -> Any:
+def _map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:
+    """`value` with fn applied to every tensor inside nested dicts, lists and tuples (named tuples kept)."""
     if isinstance(value, torch.Tensor):
-        return value.to(device)
+        return fn(value)
     if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
+        return {k: _map_tensors(fn, v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_map_tensors(fn, v) for v in value))
     if isinstance(value, (list, tuple)):
-        return type(value)(_to_device(v, device) for v in value)
-    return value
-
-
-def _cpu_copy(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: _cpu_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_cpu_copy(v) for v in value]
+        return type(value)(_map_tensors(fn, v) for v in value)
     return value
 
 
@@ -186,7 +173,7 @@ def _batch_loss(denoiser: Denoiser, latents: torch.Tensor, cond: Any, schedule: 
     x_t = schedule.add_noise(latents, noise, timesteps)
     target = schedule.training_target(latents, noise, timesteps)
     with _autocast(device, mixed_precision):
-        prediction = denoiser(x_t, timesteps.to(device), _to_device(cond, device))
+        prediction = denoiser(x_t, timesteps.to(device), _map_tensors(lambda t: t.to(device), cond))
     weights = schedule.min_snr_weights(timesteps, min_snr_gamma) if min_snr_gamma else None
     return diffusion_loss(prediction, target, weights)
 
@@ -214,6 +201,42 @@ def _accumulate_gradients(denoiser: Denoiser, batches: BatchFn, schedule: NoiseS
     return loss_value
 
 
+def _restore(start_state: TrainState, config: TrainConfig, adapters: LoraAdapterSet,
+             optimizer: torch.optim.Optimizer, optimizer_name: str, group_names: list[list[str]],
+             generator: torch.Generator, scaler: torch.amp.GradScaler) -> tuple[int, list[float], float | None]:
+    """Load a saved state into the run's objects; returns (step, loss history, smoothed loss) to continue from.
+
+    Every check runs before anything is changed, so a refused state leaves the adapters as they were.
+    """
+    check_resumable(start_state.config, config, start_state.step, start_state.source)
+    check_layers(start_state, adapters)
+    check_optimizer(start_state, optimizer_name)
+    optimizer_state = optimizer_state_for(start_state, group_names)
+    adapters.load_state_dict(start_state.lora)
+    optimizer.load_state_dict(optimizer_state)
+    for group in optimizer.param_groups:  # the current config's lr wins over the saved one
+        group["base_lr"] = _base_lr(group["group_name"], config)
+    generator.set_state(start_state.generator_state)
+    if scaler.is_enabled() and start_state.scaler_state:
+        scaler.load_state_dict(start_state.scaler_state)
+    logger.info("resuming at step %d of %d", start_state.step, config.optimisation.steps)
+    return start_state.step, list(start_state.loss_history), start_state.smoothed_loss
+
+
+def _apply_update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params: list[nn.Parameter],
+                  opt: Optimisation, step: int) -> float:
+    """Clip, step and clear the accumulated gradients; returns the gradient norm before clipping."""
+    scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+    max_norm = opt.max_grad_norm if opt.max_grad_norm > 0 else math.inf
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    if not math.isfinite(grad_norm) and not scaler.is_enabled():
+        raise NonFiniteLossError(step + 1, grad_norm, "gradient norm")
+    scaler.step(optimizer)  # with fp16 an overflowing step is skipped and the scale lowered
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedule: NoiseSchedule,
           config: TrainConfig, on_step: Callable[[StepRecord], None],
           should_stop: Callable[[], str | None] | None = None, start_state: TrainState | None = None,
@@ -226,7 +249,8 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
     of a type in `interruptions` raised inside an update (a host whose layers raise on Cancel) also ends
     it gracefully: that update is discarded and the result holds the state after the last whole one.
     on_checkpoint(state) is called every checkpointing.every_n_steps updates (not after the last one:
-    the result carries the final state). Raises NonFiniteLossError without applying the bad update.
+    the result carries the final state). Raises NonFiniteLossError without applying the bad update, and
+    ResumeStateError (before any work) if start_state cannot continue this run.
     """
     opt = config.optimisation
     device = adapters.device
@@ -236,21 +260,13 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and opt.mixed_precision == "fp16")
     step, history, smoothed = 0, [], None
     if start_state is not None:
-        check_resumable(start_state.config, config, start_state.step)
-        adapters.load_state_dict(start_state.lora)
-        optimizer.load_state_dict(optimizer_state_for(start_state, group_names))
-        for group in optimizer.param_groups:  # the current config's lr wins over the saved one
-            group["base_lr"] = (config.lora.text_encoder_lr or opt.learning_rate) \
-                if group["group_name"] == "text_encoder" else opt.learning_rate
-        generator.set_state(start_state.generator_state)
-        if scaler.is_enabled() and start_state.scaler_state:
-            scaler.load_state_dict(start_state.scaler_state)
-        step, history, smoothed = start_state.step, list(start_state.loss_history), start_state.smoothed_loss
-        logger.info("resuming at step %d of %d", step, opt.steps)
+        step, history, smoothed = _restore(start_state, config, adapters, optimizer, optimizer_name, group_names,
+                                           generator, scaler)
 
     def snapshot() -> TrainState:
         return TrainState(step=step, config=config, lora=adapters.state_dict(),
-                          optimizer_state=_cpu_copy(optimizer.state_dict()),
+                          optimizer_state=_map_tensors(lambda t: t.detach().to("cpu", copy=True),
+                                                       optimizer.state_dict()),
                           param_names=[n for names in group_names for n in names],
                           generator_state=generator.get_state(), loss_history=list(history),
                           smoothed_loss=smoothed, optimizer_name=optimizer_name,
@@ -286,14 +302,7 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
                     logger.info("interrupted during step %d (%s); keeping the state of step %d",
                                 step + 1, type(e).__name__, step)
                     break
-                scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-                max_norm = opt.max_grad_norm if opt.max_grad_norm > 0 else math.inf
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-                if not math.isfinite(grad_norm) and not scaler.is_enabled():
-                    raise NonFiniteLossError(step + 1, grad_norm, "gradient norm")
-                scaler.step(optimizer)  # with fp16 an overflowing step is skipped and the scale lowered
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                grad_norm = _apply_update(optimizer, scaler, params, opt, step)
                 step += 1
                 history.append(loss_value)
                 smoothed = loss_value if smoothed is None else SMOOTHING * smoothed + (1 - SMOOTHING) * loss_value

@@ -2,35 +2,43 @@
 
 Layout: `lora::<key>` LoRA tensors, `optim::<param name>::<stat>` optimizer tensors (AdamW exp_avg,
 exp_avg_sq, step), `rng::generator` the torch.Generator state (uint8), `history::loss` (float64);
-header metadata holds the step, smoothed loss, optimizer scalars/param groups, GradScaler state and
-the TrainConfig (`TrainConfig.to_metadata`). Keys use `::` so no LoRA loader mistakes the file for a LoRA.
+header metadata holds the step, smoothed loss, optimizer scalars/param groups, GradScaler state, the
+base model when the caller names it, and the TrainConfig (`TrainConfig.to_metadata`). Keys use `::` so
+no LoRA loader mistakes the file for a LoRA.
+
+Reading trusts nothing: a damaged, partial or foreign file, or one saved by a run with other settings,
+raises ResumeStateError naming the file and the problem, never a raw KeyError or JSONDecodeError.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .config import TrainConfig
-from ..errors import LoraLabError
-from ..safetensors_io import read_safetensors, write_safetensors_atomic
+from ..errors import LoraFileError, LoraWriteError, ResumeStateError, ResumeStateWriteError
+from ..safetensors_io import read_metadata, read_safetensors, write_safetensors_atomic
+from .config import LoraShape, TrainConfig
+from .trainable_lora import LoraAdapterSet
 
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = "loralab.resume_state"
 STATE_VERSION = 1
 _META = "loralab.state."
-# Fields that decide the LoRA's tensors: a state trained with other values cannot continue.
-_SHAPE_FIELDS = ("rank", "alpha", "targets", "train_text_encoder")
-
-
-class ResumeStateError(LoraLabError, ValueError):
-    """A resume-state file cannot continue this run (different LoRA shape, or not a state file)."""
+# LoraShape fields a run may change on resume; every other one (rank, alpha, targets, text encoder, and
+# any field added later) decides the LoRA's tensors, so a state trained with another value cannot continue.
+_FREE_LORA_FIELDS = frozenset({"dropout", "text_encoder_lr"})
+# Optimizer statistics shaped like their parameter (AdamW); others (step, 8-bit blocks) are not checked.
+_PARAM_SHAPED_STATS = ("exp_avg", "exp_avg_sq")
+_OPTIMIZERS = ("adamw", "adamw8bit")
+_NEW_RUN = "The run's LoRA checkpoints are not affected; turn resume off to start a new run."
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,14 @@ class TrainState:
     smoothed_loss: float | None
     optimizer_name: str
     scaler_state: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None  # the file it was loaded from (for messages); None for a live snapshot
 
+
+def _where(state: TrainState) -> str:
+    return f"The resume state '{state.source}'" if state.source else "The resume state"
+
+
+# --- writing -----------------------------------------------------------------------------------------------
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
@@ -75,8 +90,28 @@ def _optimizer_to_file(state: TrainState) -> tuple[dict[str, torch.Tensor], dict
     return tensors, {"scalars": scalars, "param_groups": groups}
 
 
-def save_state(path: str | os.PathLike[str], state: TrainState) -> None:
-    """Write `state` atomically (temp file + rename) to `path` (a .safetensors file)."""
+def _previous_state_note(path: str) -> str:
+    """What the user still has at `path` after a failed save (the write left it unchanged)."""
+    if not os.path.exists(path):
+        return "There is no earlier resume state, so this run cannot be resumed until a save succeeds."
+    try:
+        previous_step = read_metadata(path).get(f"{_META}step")
+    except LoraFileError:
+        previous_step = None
+    if previous_step is None:
+        return f"'{path}' still holds the earlier file, unchanged."
+    return (f"'{path}' still holds the resume state of step {previous_step}, unchanged: resuming continues "
+            f"from step {previous_step}.")
+
+
+def save_state(path: str | os.PathLike[str], state: TrainState, base_model: str | None = None) -> None:
+    """Write `state` atomically (temp file + rename) to `path` (a .safetensors file).
+
+    `base_model` (e.g. kohya's ss_base_model_version, "sdxl_base_v1-0") is recorded so that load_state can
+    refuse to continue the run on another model family. Raises ResumeStateWriteError (a LoraWriteError)
+    when the file cannot be written; the previous file at `path` is then left as it was.
+    """
+    path = os.fspath(path)
     tensors = {f"lora::{k}": v for k, v in state.lora.items()}
     optim_tensors, optim_json = _optimizer_to_file(state)
     tensors.update(optim_tensors)
@@ -93,40 +128,224 @@ def save_state(path: str | os.PathLike[str], state: TrainState) -> None:
         f"{_META}optimizer": json.dumps(optim_json),
         f"{_META}scaler": json.dumps(state.scaler_state),
     })
-    write_safetensors_atomic(path, tensors, metadata)
+    if base_model:
+        metadata[f"{_META}base_model"] = base_model
+    try:
+        write_safetensors_atomic(path, tensors, metadata)
+    except LoraWriteError as e:
+        raise ResumeStateWriteError(
+            f"{e} The resume state of step {state.step} was not saved. {_previous_state_note(path)} "
+            "LoRA files saved before this point are complete and load on their own; only resuming is affected.",
+            path=path) from e
     logger.info("saved resume state at step %d to %s", state.step, path)
 
 
-def _optimizer_from_file(tensors: dict[str, torch.Tensor], optim_json: dict[str, Any],
+# --- reading: every field checked, every failure in the user's terms -------------------------------------
+
+def _damaged(path: str, what: str) -> ResumeStateError:
+    return ResumeStateError(f"Cannot resume from '{path}': the file is damaged ({what}). {_NEW_RUN}", path=path)
+
+
+def _meta(metadata: dict[str, str], key: str, path: str) -> str:
+    """The raw `loralab.state.<key>` header value; a missing one means a damaged or partial file."""
+    full_key = f"{_META}{key}"
+    if full_key not in metadata:
+        raise _damaged(path, f"it lacks the header entry {full_key}")
+    return metadata[full_key]
+
+
+def _meta_json(metadata: dict[str, str], key: str, path: str, kind: type | tuple[type, ...], described: str) -> Any:
+    """The header value parsed as JSON and checked to be an instance of `kind` (bool never counts as a number)."""
+    raw = _meta(metadata, key, path)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise _damaged(path, f"{_META}{key} is not valid JSON: {raw[:60]!r}") from e
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise _damaged(path, f"{_META}{key} should be {described}, it is {raw[:60]!r}")
+    return value
+
+
+def _meta_int(metadata: dict[str, str], key: str, path: str) -> int:
+    raw = _meta(metadata, key, path)
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise _damaged(path, f"{_META}{key} should be a whole number, it is {raw[:60]!r}") from e
+    if value < 0:
+        raise _damaged(path, f"{_META}{key} is negative ({value})")
+    return value
+
+
+def _tensor(tensors: dict[str, torch.Tensor], key: str, path: str) -> torch.Tensor:
+    if key not in tensors:
+        raise _damaged(path, f"it lacks the tensor {key}")
+    return tensors[key]
+
+
+def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        return read_safetensors(path)
+    except LoraFileError as e:
+        reason = str(e)
+        if reason.startswith(f"'{path}' "):
+            reason = "the file " + reason[len(f"'{path}' "):]
+        raise ResumeStateError(f"Cannot resume from '{path}': {reason.rstrip('.')}. {_NEW_RUN}", path=path) from e
+
+
+def _refuse_foreign(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    found = metadata.get(f"{_META}format")
+    if found == STATE_FORMAT:
+        return
+    if found is None and any(k.startswith(_META) for k in metadata):
+        raise _damaged(path, f"it lacks the header entry {_META}format")
+    if any(not k.startswith("lora::") and k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha"))
+           for k in tensors) or any(k.startswith(("ss_", "modelspec.")) for k in metadata):
+        what = "it is a LoRA file"
+    elif found is not None:
+        what = f"its format is {found!r}"
+    else:
+        what = "it holds no LoRA Lab resume metadata"
+    raise ResumeStateError(f"'{path}' is not a LoRA Lab resume state ({what}). Select the run's "
+                           "*_state.safetensors file, or turn resume off to start a new run.", path=path)
+
+
+def _param_names(metadata: dict[str, str], tensors: dict[str, torch.Tensor], path: str) -> list[str]:
+    names = _meta_json(metadata, "param_names", path, list, "a list of parameter names")
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise _damaged(path, f"{_META}param_names is not a list of distinct names")
+    missing = [n for n in names if f"lora::{n}" not in tensors]
+    if missing:
+        raise _damaged(path, f"it lacks the LoRA tensor of {len(missing)} trained parameters, "
+                             f"e.g. 'lora::{missing[0]}'")
+    return names
+
+
+def _optimizer_from_file(path: str, tensors: dict[str, torch.Tensor], optim_json: dict[str, Any],
                          param_names: list[str]) -> dict[str, Any]:
     index = {name: i for i, name in enumerate(param_names)}
+
+    def position(name: object, where: str) -> int:
+        if not isinstance(name, str) or name not in index:
+            raise _damaged(path, f"its optimizer state ({where}) names {name!r}, which is not a trained parameter")
+        return index[name]
+
     per_param: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim::"):
             name, _, stat = key[len("optim::"):].rpartition("::")
-            per_param.setdefault(index[name], {})[stat] = value
-    for name, stats in optim_json["scalars"].items():
-        per_param.setdefault(index[name], {}).update(stats)
+            i = position(name, key)
+            expected = tensors[f"lora::{name}"].shape
+            if stat in _PARAM_SHAPED_STATS and value.shape != expected:
+                raise _damaged(path, f"{key} has shape {tuple(value.shape)}, its parameter {tuple(expected)}")
+            per_param.setdefault(i, {})[stat] = value
+    scalars, groups_json = optim_json.get("scalars"), optim_json.get("param_groups")
+    if not isinstance(scalars, dict) or not all(isinstance(s, dict) for s in scalars.values()):
+        raise _damaged(path, f"{_META}optimizer lacks its per-parameter scalars")
+    for name, stats in scalars.items():
+        per_param.setdefault(position(name, "scalars"), {}).update(stats)
+    if not isinstance(groups_json, list) or not groups_json or not all(
+            isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups_json):
+        raise _damaged(path, f"{_META}optimizer lacks its parameter groups")
     groups = []
-    for group in optim_json["param_groups"]:
+    for group in groups_json:
         entry = dict(group)
         if isinstance(entry.get("betas"), list):
             entry["betas"] = tuple(entry["betas"])
-        entry["params"] = [index[name] for name in group["params"]]
+        entry["params"] = [position(name, "param_groups") for name in group["params"]]
         groups.append(entry)
     return {"state": per_param, "param_groups": groups}
 
 
-def check_resumable(saved: TrainConfig, current: TrainConfig, saved_step: int) -> None:
+def _generator_state(tensors: dict[str, torch.Tensor], path: str) -> torch.Tensor:
+    value = _tensor(tensors, "rng::generator", path)
+    expected = torch.Generator("cpu").get_state()
+    if value.dtype != torch.uint8 or value.shape != expected.shape:
+        raise _damaged(path, f"rng::generator is {value.dtype} {tuple(value.shape)}, a CPU generator's state is "
+                             f"uint8 {tuple(expected.shape)}")
+    return value
+
+
+def _config(metadata: dict[str, str], path: str) -> TrainConfig:
+    try:
+        return TrainConfig.from_metadata(metadata)
+    except (ValueError, TypeError) as e:  # config validation (ConfigError is a ValueError)
+        raise _damaged(path, f"its saved training settings are unusable: {e}") from e
+
+
+def _check_base_model(metadata: dict[str, str], path: str, expected: str | None) -> None:
+    saved = metadata.get(f"{_META}base_model")
+    if saved and expected and saved != expected:
+        raise ResumeStateError(
+            f"'{path}' was saved by a run on a {saved} model; the MODEL input now is {expected}. Connect the "
+            "model the run was trained on, or turn resume off to start a new run.", path=path)
+
+
+def load_state(path: str | os.PathLike[str], expected_config: TrainConfig | None = None,
+               expected_base_model: str | None = None) -> TrainState:
+    """Read a state written by save_state; with expected_config (and expected_base_model), also check that
+    this run can continue it. Raises ResumeStateError naming the file for every problem."""
+    path = os.fspath(path)
+    tensors, metadata = _read(path)
+    _refuse_foreign(path, tensors, metadata)
+    version = _meta_int(metadata, "version", path)
+    if version > STATE_VERSION:
+        raise ResumeStateError(f"'{path}' was written by a newer LoRA Lab (state version {version}, this one "
+                               f"reads up to {STATE_VERSION}); update LoRA Lab.", path=path)
+    config = _config(metadata, path)
+    step = _meta_int(metadata, "step", path)
+    _check_base_model(metadata, path, expected_base_model)
+    if expected_config is not None:
+        check_resumable(config, expected_config, step, path)
+    param_names = _param_names(metadata, tensors, path)
+    history_tensor = _tensor(tensors, "history::loss", path)
+    if history_tensor.dim() != 1:
+        raise _damaged(path, f"history::loss has shape {tuple(history_tensor.shape)}, expected one value per step")
+    history = history_tensor.tolist()
+    if len(history) != step:
+        raise _damaged(path, f"step {step} but {len(history)} loss values")
+    optim_json = _meta_json(metadata, "optimizer", path, dict, "a JSON object")
+    smoothed = _meta_json(metadata, "smoothed_loss", path, (int, float, type(None)), "a number or null")
+    if smoothed is not None and not math.isfinite(smoothed):
+        raise _damaged(path, f"{_META}smoothed_loss is {smoothed!r}, not a finite number")
+    optimizer_name = _meta(metadata, "optimizer_name", path)
+    if optimizer_name not in _OPTIMIZERS:
+        raise _damaged(path, f"{_META}optimizer_name is {optimizer_name!r}, expected one of {', '.join(_OPTIMIZERS)}")
+    return TrainState(
+        step=step,
+        config=config,
+        lora={k[len("lora::"):]: v for k, v in tensors.items() if k.startswith("lora::")},
+        optimizer_state=_optimizer_from_file(path, tensors, optim_json, param_names),
+        param_names=param_names,
+        generator_state=_generator_state(tensors, path),
+        loss_history=history,
+        smoothed_loss=smoothed,
+        optimizer_name=optimizer_name,
+        scaler_state=_meta_json(metadata, "scaler", path, dict, "a JSON object"),
+        source=path,
+    )
+
+
+# --- can this run continue it? -----------------------------------------------------------------------------
+
+def _shape_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(LoraShape) if f.name not in _FREE_LORA_FIELDS]
+
+
+def check_resumable(saved: TrainConfig, current: TrainConfig, saved_step: int,
+                    path: str | os.PathLike[str] | None = None) -> None:
     """Raise ResumeStateError if `current` cannot continue a run saved with `saved` at `saved_step`."""
+    where = f"The resume state '{os.fspath(path)}'" if path is not None else "The resume state"
+    source = os.fspath(path) if path is not None else None
     problems = [f"{name}: saved {getattr(saved.lora, name)!r}, now {getattr(current.lora, name)!r}"
-                for name in _SHAPE_FIELDS if getattr(saved.lora, name) != getattr(current.lora, name)]
+                for name in _shape_fields() if getattr(saved.lora, name) != getattr(current.lora, name)]
     if problems:
-        raise ResumeStateError("The resume state was trained with a different LoRA shape (" + "; ".join(problems)
-                               + "). Use the same settings as the saved run, or start a new run.")
+        raise ResumeStateError(f"{where} was trained with a different LoRA shape (" + "; ".join(problems)
+                               + "). Use the same settings as the saved run, or turn resume off to start a new "
+                               "run.", path=source)
     if current.optimisation.steps < saved_step:
-        raise ResumeStateError(f"The resume state is at step {saved_step}, but steps = "
-                               f"{current.optimisation.steps}. Set steps above {saved_step} to continue.")
+        raise ResumeStateError(f"{where} is at step {saved_step}, but steps = {current.optimisation.steps}. "
+                               f"Set steps to {saved_step} or more to continue.", path=source)
     changed = [name for name, value in vars(current.optimisation).items()
                if getattr(saved.optimisation, name) != value]
     if changed:
@@ -135,35 +354,46 @@ def check_resumable(saved: TrainConfig, current: TrainConfig, saved_step: int) -
                        "uninterrupted run", changed)
 
 
-def load_state(path: str | os.PathLike[str], expected_config: TrainConfig | None = None) -> TrainState:
-    """Read a state written by save_state; with expected_config, also check the run can continue."""
-    tensors, metadata = read_safetensors(path)
-    if metadata.get(f"{_META}format") != STATE_FORMAT:
-        raise ResumeStateError(f"'{path}' is not a LoRA Lab resume state (it may be a LoRA file); "
-                               "select the matching *_state.safetensors file.")
-    version = int(metadata[f"{_META}version"])
-    if version > STATE_VERSION:
-        raise ResumeStateError(f"'{path}' was written by a newer LoRA Lab (state version {version}); update LoRA Lab.")
-    config = TrainConfig.from_metadata(metadata)
-    step = int(metadata[f"{_META}step"])
-    if expected_config is not None:
-        check_resumable(config, expected_config, step)
-    param_names = json.loads(metadata[f"{_META}param_names"])
-    history = tensors["history::loss"].tolist()
-    if len(history) != step:
-        raise ResumeStateError(f"'{path}' is damaged: step {step} but {len(history)} loss values.")
-    return TrainState(
-        step=step,
-        config=config,
-        lora={k[len("lora::"):]: v for k, v in tensors.items() if k.startswith("lora::")},
-        optimizer_state=_optimizer_from_file(tensors, json.loads(metadata[f"{_META}optimizer"]), param_names),
-        param_names=param_names,
-        generator_state=tensors["rng::generator"],
-        loss_history=history,
-        smoothed_loss=json.loads(metadata[f"{_META}smoothed_loss"]),
-        optimizer_name=metadata[f"{_META}optimizer_name"],
-        scaler_state=json.loads(metadata[f"{_META}scaler"]),
-    )
+def _layer_fit_problem(key: str, saved: torch.Tensor, needed: torch.Size) -> str:
+    if key.endswith(".lora_down.weight") and saved.dim() == len(needed) and saved.shape[1:] == needed[1:]:
+        return f"rank {saved.shape[0]} in the file, this run's rank is {needed[0]}"
+    if key.endswith(".lora_up.weight") and saved.dim() == len(needed) and saved.shape[0] == needed[0]:
+        return f"rank {saved.shape[1]} in the file, this run's rank is {needed[1]}"
+    return f"shape {tuple(saved.shape)} in the file, this layer needs {tuple(needed)} (another model?)"
+
+
+def check_layers(state: TrainState, adapters: LoraAdapterSet) -> None:
+    """Raise ResumeStateError unless the state's LoRA tensors have exactly the adapters' keys and shapes."""
+    needed: dict[str, torch.Size] = {}
+    for key in adapters.keys():
+        adapter = adapters[key]
+        needed[f"{key}.lora_down.weight"] = adapter.lora_down.weight.shape
+        needed[f"{key}.lora_up.weight"] = adapter.lora_up.weight.shape
+        needed[f"{key}.alpha"] = adapter.alpha.shape
+    missing, unexpected = sorted(needed.keys() - state.lora.keys()), sorted(state.lora.keys() - needed.keys())
+    if missing or unexpected:
+        parts = []
+        if unexpected:
+            parts.append(f"holds {len(unexpected)} LoRA tensors this run does not train (e.g. '{unexpected[0]}')")
+        if missing:
+            parts.append(f"lacks {len(missing)} that this run trains (e.g. '{missing[0]}')")
+        raise ResumeStateError(f"{_where(state)} {' and '.join(parts)}: it was saved by a run on another model, or "
+                               "with other targets or text-encoder setting. Resume with the same model and settings, "
+                               "or turn resume off to start a new run.", path=state.source)
+    for key, shape in needed.items():
+        if state.lora[key].shape != shape:
+            raise ResumeStateError(f"{_where(state)} does not fit this run's LoRA: '{key}' has "
+                                   f"{_layer_fit_problem(key, state.lora[key], shape)}. Resume with the same model "
+                                   "and settings, or turn resume off to start a new run.", path=state.source)
+
+
+def check_optimizer(state: TrainState, optimizer_name: str) -> None:
+    """Raise ResumeStateError if the state's optimizer statistics are of another optimizer than this run's."""
+    if state.optimizer_name != optimizer_name:
+        raise ResumeStateError(
+            f"{_where(state)} holds {state.optimizer_name} optimizer state, but this run uses {optimizer_name} "
+            "(adamw8bit needs bitsandbytes and a CUDA GPU, otherwise LoRA Lab falls back to adamw). Resume where "
+            "the saved run's optimizer is available, or turn resume off to start a new run.", path=state.source)
 
 
 def optimizer_state_for(state: TrainState, group_names: list[list[str]]) -> dict[str, Any]:
@@ -176,8 +406,9 @@ def optimizer_state_for(state: TrainState, group_names: list[list[str]]) -> dict
     saved_groups = [[state.param_names[i] for i in g["params"]] for g in saved["param_groups"]]
     if [sorted(g) for g in saved_groups] != [sorted(g) for g in group_names]:
         differing = sorted(set(state.param_names) ^ {n for g in group_names for n in g})
-        raise ResumeStateError(f"The resume state's LoRA layers differ from this run's ({differing[:3]}); "
-                               "resume with the same model, targets and text-encoder setting.")
+        raise ResumeStateError(f"{_where(state)} holds optimizer state for other LoRA layers than this run's "
+                               f"({differing[:3]}); resume with the same model, targets and text-encoder setting, "
+                               "or turn resume off to start a new run.", path=state.source)
     stats_by_name = {state.param_names[int(i)]: stats for i, stats in saved["state"].items()}
     new_state: dict[int, dict[str, Any]] = {}
     new_groups = []

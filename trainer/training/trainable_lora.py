@@ -20,14 +20,10 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .config import LoraShape
-from ..errors import LoraLabError
+from ..errors import LoraTargetError
 from ..adapters.math import lora_delta
 
 logger = logging.getLogger(__name__)
-
-
-class LoraTargetError(LoraLabError, ValueError):
-    """A layer cannot carry a LoRA of the requested shape, or a named layer does not exist."""
 
 
 # Layer-name patterns per target kind (matched with re.search against the full module name).

@@ -10,7 +10,7 @@ import torch
 
 from trainer.data.buckets import (batches_by_bucket, centre_crop_box, cover_size, make_buckets, nearest_bucket,
                              validate_resolution)
-from trainer.data.spec import DatasetError
+from trainer.errors import DatasetError
 
 
 @pytest.mark.parametrize("resolution", [64, 128, 512, 768, 1024])

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from trainer.data.images import MAX_PIXELS, load_image_pixels, probe_image
-from trainer.data.spec import DatasetError
+from trainer.errors import DatasetError
 
 
 def _save(image: Image.Image, path: Path, **kwargs: object) -> str:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from trainer.data.images import load_pixels
 from trainer.data.scan import fingerprint, scan_dataset
-from trainer.data.spec import DatasetError
+from trainer.errors import DatasetError
 
 
 def _image(path: Path, size: tuple[int, int] = (32, 32), caption: str | None = "a photo") -> Path:

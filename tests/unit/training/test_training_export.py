@@ -12,9 +12,8 @@ import torch
 
 from tests.support.tiny_models import attach, config, make_model
 from trainer.training.config import LoraShape, TrainConfig
-from trainer.errors import LoraValueError
-from trainer.training.export import (LoraExportError, TrainingSummary, export_lora, kohya_metadata, model_hashes,
-                            save_lora)
+from trainer.errors import LoraExportError, LoraValueError
+from trainer.training.export import TrainingSummary, export_lora, kohya_metadata, model_hashes, save_lora
 from trainer.training.trainable_lora import LoraAdapterSet
 from trainer.adapters.math import merge_weight
 from trainer.safetensors_io import read_safetensors

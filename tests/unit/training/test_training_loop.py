@@ -8,10 +8,19 @@ import pytest
 import torch
 
 import trainer.training.loop as loop
-from tests.support.tiny_models import (TinyTextEncoder, attach, batch_fn, caption_batches, config, dataset, make_model,
-                                   text_denoiser)
+from tests.support.tiny_models import (
+    TinyTextEncoder,
+    attach,
+    batch_fn,
+    caption_batches,
+    config,
+    dataset,
+    make_model,
+    text_denoiser,
+)
+from trainer.errors import NonFiniteLossError
 from trainer.training.config import LoraShape, TrainConfig
-from trainer.training.loop import NonFiniteLossError, StepRecord, evaluate, gradient_checkpointing, train
+from trainer.training.loop import StepRecord, evaluate, gradient_checkpointing, train
 from trainer.training.objective import NoiseSchedule
 
 SCHEDULE = NoiseSchedule.scaled_linear()
@@ -130,7 +139,8 @@ def test_grad_accumulation_equals_larger_batch(monkeypatch: pytest.MonkeyPatch) 
         cfg = config(steps=2, batch_size=batch_size, grad_accumulation=accumulation, max_grad_norm=0.0)
         model = make_model()
         adapters = attach(model, cfg.lora)
-        result = train(model, adapters, batch_fn(latents, cond, batch_size, shuffle=False), SCHEDULE, cfg, lambda r: None)
+        result = train(model, adapters, batch_fn(latents, cond, batch_size, shuffle=False), SCHEDULE, cfg,
+                       lambda r: None)
         results.append((adapters.state_dict(), result.loss_history))
     (a, loss_a), (b, loss_b) = results
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
@@ -191,3 +201,21 @@ def test_text_encoder_lora_trains_in_its_own_group_at_its_own_learning_rate() ->
     train(text_denoiser(model, text_encoder), adapters, caption_batches(), SCHEDULE, cfg, lambda r: None)
     assert all(torch.count_nonzero(adapters.merged_delta(f"te:{n}")) > 0 for n in te_layers)
     assert all(torch.equal(base_te[k], v) for k, v in text_encoder.state_dict().items())
+
+
+def test_map_tensors_walks_dicts_lists_tuples_and_named_tuples() -> None:
+    from collections import namedtuple
+    Pair = namedtuple("Pair", "a b")
+    value = {"x": torch.ones(2), "y": [torch.zeros(1), (torch.ones(1), "text")], "z": Pair(torch.ones(1), 3), "n": 1.5}
+    doubled = loop._map_tensors(lambda t: t * 2, value)
+    assert torch.equal(doubled["x"], torch.full((2,), 2.0)) and torch.equal(doubled["y"][1][0], torch.full((1,), 2.0))
+    assert isinstance(doubled["y"][1], tuple) and doubled["y"][1][1] == "text"
+    assert isinstance(doubled["z"], Pair) and torch.equal(doubled["z"].a, torch.full((1,), 2.0)) and doubled["z"].b == 3
+    assert doubled["n"] == 1.5 and torch.equal(value["x"], torch.ones(2))  # the input is left as it was
+
+
+def test_one_base_lr_policy_for_new_and_resumed_runs() -> None:
+    cfg = config(learning_rate=1e-3, lora=LoraShape(rank=2, alpha=2.0, train_text_encoder=True, text_encoder_lr=5e-4))
+    assert loop._base_lr("unet", cfg) == 1e-3 and loop._base_lr("text_encoder", cfg) == 5e-4
+    assert loop._base_lr("text_encoder", config(learning_rate=1e-3)) == 1e-3  # no own lr: the UNet's
+    assert loop._base_lr("embedding", cfg) == 1e-3

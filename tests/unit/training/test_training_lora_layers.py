@@ -9,8 +9,9 @@ from torch import nn
 from tests.support.tiny_models import COND_DIM, COND_TOKENS, HIDDEN, LATENT, attach, make_model
 from trainer.training.config import LoraShape
 from trainer.training.inplace_guard import normalisation_inputs_copied
-from trainer.training.trainable_lora import (LoraAdapterSet, LoraTargetError, lora_parameter_count, release_inference_tensors,
-                                 select_targets)
+from trainer.errors import LoraTargetError
+from trainer.training.trainable_lora import (LoraAdapterSet, lora_parameter_count, release_inference_tensors,
+                                             select_targets)
 from trainer.adapters.math import lora_delta
 
 BLOCK = "attn.transformer_blocks.0"
