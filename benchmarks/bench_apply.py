@@ -38,10 +38,10 @@ if str(REPO) not in sys.path:
 from scripts.comfy_host import ComfyHost  # noqa: E402
 from benchmarks.measure import (bench_host, cpu_seconds, exec_seconds, host_versions, limit_host_threads,  # noqa: E402
                                 med, print_end, print_start)
-from tests.support import lora_fixtures as fx  # noqa: E402
-from tests.support.graphs import Graph, checkpoint, out  # noqa: E402
-from tests.support.tiny_checkpoint import TINY_TARGETS  # noqa: E402
-from tests.support.lora_fixtures import Target  # noqa: E402
+from scripts import lora_fixtures as fx  # noqa: E402
+from scripts.graphs import Graph, checkpoint, out  # noqa: E402
+from scripts.tiny_checkpoint import TINY_TARGETS  # noqa: E402
+from scripts.lora_fixtures import Target  # noqa: E402
 
 LORA_NAMES = ("bench_a.safetensors", "bench_b.safetensors", "bench_c.safetensors")
 CASES = ("base", "ours1", "native1", "ours3", "native3")

@@ -49,7 +49,7 @@ from scripts.comfy_host import ComfyHost, HostError  # noqa: E402
 from benchmarks.measure import (bench_host, command_line, cpu_seconds, exec_seconds, host_versions,  # noqa: E402
                                 limit_host_threads, med, node_defaults, print_end, print_start)
 from scripts.make_demo_dataset import make_demo_dataset  # noqa: E402
-from tests.support.graphs import Graph, checkpoint, out  # noqa: E402
+from scripts.graphs import Graph, checkpoint, out  # noqa: E402
 from tests.support.training_graphs import DEFAULT_OPTIONS, TRIGGER, train_graph  # noqa: E402
 
 TARGET_POLL, TARGET_SAMPLE = 0.03, 1.0

@@ -55,7 +55,7 @@ from scripts.comfy_host import ComfyHost, HostError  # noqa: E402
 from benchmarks.measure import (bench_host, cpu_seconds, exec_seconds, host_versions, node_defaults,  # noqa: E402
                                 print_end, print_start)
 from scripts.make_demo_dataset import make_demo_dataset  # noqa: E402
-from tests.support.graphs import Graph, checkpoint, out  # noqa: E402
+from scripts.graphs import Graph, checkpoint, out  # noqa: E402
 
 TARGET_TIME, RANK, LR, SEED = 0.7, 8, 1e-4, 0
 CASES = ("ours_attention_ff", "ours_attention_ff_conv", "native")

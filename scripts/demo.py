@@ -20,8 +20,9 @@ sys.path.insert(0, str(REPO))
 from PIL import Image, ImageDraw  # noqa: E402
 
 from scripts.comfy_host import ComfyHost, ensure_tiny_checkpoint, prepare_base_dir  # noqa: E402
+from scripts.graphs import Graph, checkpoint, out, render  # noqa: E402
+from scripts.job_progress import JobProgress  # noqa: E402
 from scripts.make_demo_dataset import make_demo_dataset  # noqa: E402
-from tests.support.graphs import Graph, checkpoint, out, render  # noqa: E402
 
 log = logging.getLogger("demo")
 TRIGGER = "lrlring"
@@ -54,7 +55,7 @@ def grid(images: dict[str, Image.Image], scale: int = 3) -> Image.Image:
     w, h = tiles[0].size
     sheet = Image.new("RGB", (w * len(tiles), h + 24), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, (label, tile) in enumerate(zip(images, tiles)):
+    for i, (label, tile) in enumerate(zip(images, tiles, strict=True)):
         sheet.paste(tile, (i * w, 24))
         draw.text((i * w + 6, 6), label, fill="black")
     return sheet
@@ -75,7 +76,8 @@ def loss_plot(losses: list[float], width: int = 480, height: int = 240) -> Image
         smoothed.append(s)
     draw.line([xy(i, v) for i, v in enumerate(losses)], fill=(170, 170, 170), width=1)
     draw.line([xy(i, v) for i, v in enumerate(smoothed)], fill=(30, 80, 200), width=2)
-    draw.text((30, height - 22), f"training loss, {len(losses)} steps: {losses[0]:.3f} -> {losses[-1]:.3f}", fill="black")
+    draw.text((30, height - 22), f"training loss, {len(losses)} steps: {losses[0]:.3f} -> {losses[-1]:.3f}",
+              fill="black")
     return image
 
 
@@ -93,8 +95,10 @@ def main() -> None:
     try:
         name = f"demo_ring_{time.strftime('%Y%m%d_%H%M%S')}"
         graph, nodes = demo_graph(name, args.steps)
-        log.info("training %s for %d steps in ComfyUI at %s ...", name, args.steps, host.url)
-        entry = host.run(graph.nodes, timeout=1800)
+        log.info("training %s for %d steps in ComfyUI at %s, then rendering with and without it ...",
+                 name, args.steps, host.url)
+        with JobProgress(host, name):
+            entry = host.run(graph.nodes, timeout=1800)
         ui = entry["outputs"][nodes["train"]]
         results = base / "output" / "loralab-demo"
         results.mkdir(parents=True, exist_ok=True)

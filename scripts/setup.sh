@@ -36,9 +36,10 @@ if [ ! -f "$host_dir/main.py" ]; then
   mv "$host_dir.tmp" "$host_dir"
 fi
 
-if ! "$py" -c "import diffusers, pytest, playwright" 2>/dev/null; then
-  echo "[setup] installing the pack and its test dependencies"
-  pip_q -e "$repo[test]"
+# The extras of pyproject.toml: test (pytest, playwright, diffusers, ruff) and scripts (tqdm for the demo).
+if ! "$py" -c "import diffusers, pytest, playwright, ruff, tqdm" 2>/dev/null; then
+  echo "[setup] installing the pack, its test dependencies and the scripts' dependencies"
+  pip_q -e "$repo[test,scripts]"
 fi
 
 ln -sfn "$repo" "$host_dir/custom_nodes/$pack_name"

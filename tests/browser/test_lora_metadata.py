@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from playwright.sync_api import expect
 
-from tests.support.lora_fixtures import SD1_TARGETS, write_format
+from scripts.lora_fixtures import SD1_TARGETS, write_format
 
 
 # A subfolder, spaces, '#', '+', '%' and non-ASCII letters: each must reach the host's route intact.

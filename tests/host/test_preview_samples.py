@@ -6,10 +6,10 @@ import io
 import numpy as np
 from PIL import Image
 
-from tests.support import lora_fixtures as fx
-from tests.support.graphs import Graph, checkpoint, out, render, saved_images
+from scripts import lora_fixtures as fx
+from scripts.graphs import Graph, checkpoint, out, render, saved_images
 from tests.support.training_graphs import train_graph
-from tests.support.tiny_checkpoint import TINY_TARGETS
+from scripts.tiny_checkpoint import TINY_TARGETS
 from trainer.sample_grid import LABEL_HEIGHT, ROW_LABEL_WIDTH
 
 SIZE, STEPS, SEED, CFG = 64, 3, 7, 5.0

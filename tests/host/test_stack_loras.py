@@ -6,9 +6,9 @@ import json
 import numpy as np
 
 from scripts.comfy_host import error_message
-from tests.support import lora_fixtures as fx
-from tests.support.graphs import Graph, checkpoint, out, render, saved_images
-from tests.support.tiny_checkpoint import TINY_TARGETS
+from scripts import lora_fixtures as fx
+from scripts.graphs import Graph, checkpoint, out, render, saved_images
+from scripts.tiny_checkpoint import TINY_TARGETS
 
 ROWS = [("stack_a.safetensors", 0.9, 0.5, "style_a"), ("stack_b.safetensors", -0.4, 1.2, "char_b"),
         ("stack_c.safetensors", 0.7, 0.7, "style_a, extra_c")]

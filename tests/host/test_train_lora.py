@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scripts.comfy_host import error_message
-from tests.support.graphs import Graph, checkpoint, out, render, saved_images
+from scripts.graphs import Graph, checkpoint, out, render, saved_images
 from tests.support.training_graphs import TRIGGER, train_graph, wait_for_step
 from trainer.safetensors_io import read_safetensors
 

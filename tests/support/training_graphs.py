@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from tests.support.graphs import Graph, checkpoint, out
+from scripts.graphs import Graph, checkpoint, out
 
 TRIGGER = "lrlring"
 DEFAULT_OPTIONS = {"targets": "attention_ff", "dropout": 0.0, "schedule": "constant", "warmup_steps": 0,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import trainer.safetensors_io as sio
-from tests.support.lora_fixtures import write_empty, write_html, write_pickle_pt, write_truncated
+from scripts.lora_fixtures import write_empty, write_html, write_pickle_pt, write_truncated
 from trainer.errors import LoraFileError, LoraWriteError
 from trainer.safetensors_io import read_header, read_metadata, read_safetensors, write_safetensors_atomic
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.lora_fixtures import (
+from scripts.lora_fixtures import (
     FORMATS, SD1_TARGETS, Target, write_format, write_full_checkpoint, write_html, write_nan, write_pickle_pt,
     write_rank_mismatch, write_sdxl_only, write_truncated,
 )

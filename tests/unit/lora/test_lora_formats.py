@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.lora_fixtures import FORMATS, SD1_TARGETS, Target, write_format, write_sdxl_only
+from scripts.lora_fixtures import FORMATS, SD1_TARGETS, Target, write_format, write_sdxl_only
 from trainer.errors import LoraFileError
 from trainer.lora.file import load_lora_file, parse_lora
 from trainer.lora.host_keys import host_modules, host_prefix, peft_alpha, to_host_keys

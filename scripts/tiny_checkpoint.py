@@ -1,5 +1,5 @@
 """Layers of the small SD1.5-architecture test model that fixture LoRAs target (diffusers and LDM names)."""
-from tests.support.lora_fixtures import Target
+from scripts.lora_fixtures import Target
 
 # Level 0 has 320 channels, level 1 has 640; one res block per level (scripts/make_tiny_checkpoint.py).
 TINY_TARGETS = (

@@ -1,4 +1,4 @@
-"""API-format graphs for the end-to-end tests: txt2img on the small model, with LoRA nodes in between."""
+"""API-format graphs (txt2img on the small model, LoRA nodes in between) for the tests, benchmarks and demo."""
 from __future__ import annotations
 
 import io

@@ -1,6 +1,6 @@
 """Test fixtures: write LoRA files in every format LoRA Lab reads, and broken files (torch + safetensors only).
 
-Importable by unit tests and host tests alike; never imports the host.
+Importable by unit tests, host tests and benchmarks alike; never imports the host.
 
 Targets name the layers a LoRA changes. Give each as a `Target` or a tuple
 `(name, kind, out_features, in_features[, ldm_name[, component]])`:
