@@ -1,1 +1,1 @@
-"""The adapter algorithms (LoRA, LoHa, LoKr, full diff, DoRA): their tensors, shapes and weight deltas."""
+"""The adapter algorithms, one file per kind (lora, loha, lokr, diff) behind `registry`; DoRA's magnitude in `dora`."""

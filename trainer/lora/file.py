@@ -9,15 +9,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..adapters.delta import module_rank
+from ..adapters.diff import KIND_DIFF
+from ..adapters.dora import is_dora
+from ..adapters.lora import KIND_LORA
+from ..adapters.registry import adapter_kind, kinds_of_roles
 from ..errors import LoraFileError, LoraShapeError, LoraValueError, NotALoraError
-from .keys import (
-    KIND_DIFF, KIND_LOHA, KIND_LOKR, KIND_LORA, KIND_NORM, SCHEME_COMFYUI, SCHEME_KOHYA, SCHEME_LYCORIS,
-    STYLE_ANY, STYLE_DIFFUSERS, STYLE_KOHYA, STYLE_LEGACY, STYLE_LYCORIS, STYLE_MOCHI, STYLE_PEFT,
-    STYLE_PEFT_NAMED, STYLE_TRANSFORMERS, PrefixScheme, SuffixRule, checkpoint_kind, classify_prefix,
-    kinds_of_roles, looks_like_checkpoint_key, missing_roles, split_key,
-)
-from ..adapters.math import module_rank
 from ..safetensors_io import read_safetensors
+from .keys import (
+    SCHEME_COMFYUI, SCHEME_KOHYA, SCHEME_LYCORIS, STYLE_ANY, STYLE_DIFFUSERS, STYLE_KOHYA, STYLE_LEGACY,
+    STYLE_LYCORIS, STYLE_MOCHI, STYLE_PEFT, STYLE_PEFT_NAMED, STYLE_TRANSFORMERS, PrefixScheme, SuffixRule,
+    checkpoint_kind, classify_prefix, looks_like_checkpoint_key, split_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class LoraModule:
     """One module of a LoRA file: its prefix as written, kind, suffix style, naming scheme and tensors by role."""
 
     prefix: str
-    kind: str  # KIND_LORA | KIND_LOHA | KIND_LOKR | KIND_DIFF | KIND_NORM
+    kind: str  # a kind name of adapters.registry.KINDS: "lora", "loha", "lokr", "diff", "norm"
     style: str  # STYLE_* of its down/up keys (STYLE_LYCORIS for hada/lokr/diff/norm)
     scheme: PrefixScheme
     tensors: dict[str, torch.Tensor]  # role -> tensor
@@ -69,7 +72,7 @@ class LoraModule:
     @property
     def is_dora(self) -> bool:
         """True when a DoRA magnitude (`dora_scale` or PEFT `lora_magnitude_vector`) is present."""
-        return "dora_scale" in self.tensors or "magnitude" in self.tensors
+        return is_dora(self.tensors)
 
     @property
     def has_mid(self) -> bool:
@@ -145,7 +148,7 @@ def parse_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
     for module in modules.values():
         validate_module(module, source_name)
     if unrecognised:
-        logger.warning("%s: %d keys belong to no LoRA module and are passed on as-is, e.g. %s",
+        logger.warning("%s: %d keys belong to no LoRA module and are ignored, e.g. %s",
                        source_name, len(unrecognised), unrecognised[:3])
     return LoraFile(source_name=source_name, modules=modules, metadata=dict(metadata or {}),
                     unrecognised={k: tensors[k] for k in unrecognised}, formats=_file_formats(modules.values()))
@@ -162,10 +165,11 @@ def _build_module(prefix: str, roles: dict[str, tuple[str, SuffixRule]], tensors
     if not kinds:
         logger.warning("%s: module %s has only %s and no weights; ignored", source_name, prefix, sorted(role_names))
         return None
-    lacking = missing_roles(kinds[0], role_names)
+    lacking = adapter_kind(kinds[0]).missing_roles(frozenset(role_names))
     if lacking:
         logger.warning("%s: module %s lacks %s; its keys are left unrecognised", source_name, prefix, lacking)
         return None
+    # Only a LoRA pair has several spellings; the other kinds are LyCORIS `.<role>` keys.
     styles = {rule.style for _, rule in roles.values()} - {STYLE_ANY}
     style = STYLE_LYCORIS if kinds[0] != KIND_LORA else next(iter(styles - {STYLE_LYCORIS}), STYLE_KOHYA)
     return LoraModule(prefix=prefix, kind=kinds[0], style=style, scheme=classify_prefix(prefix),
@@ -202,84 +206,36 @@ def validate_module(module: LoraModule, source_name: str) -> None:
         raise LoraValueError(f"'{source_name}': alpha '{module.keys['alpha']}' has shape {list(alpha.shape)}; "
                              "expected a single number. The file is damaged; export it again.",
                              path=source_name, key=module.keys["alpha"])
-    problem = _shape_problem(module)
+    problem = adapter_kind(module.kind).shape_problem(module.tensors, module.style == STYLE_KOHYA)
     if problem:
         raise LoraShapeError(f"'{source_name}': module '{module.prefix}' {problem}. The file is damaged or was "
                              "written by a broken tool; export it again.", path=source_name)
 
 
-def _dims(t: torch.Tensor) -> str:
-    return str(list(t.shape))
-
-
-def _shape_problem(module: LoraModule) -> str | None:
-    t = module.tensors
-    if module.kind == KIND_LORA:
-        return _lora_shape_problem(module)
-    if module.kind == KIND_LOHA:
-        for i in ("1", "2"):
-            a, b, tucker = t[f"hada_w{i}_a"], t[f"hada_w{i}_b"], t.get(f"hada_t{i}")
-            if a.dim() != 2 or b.dim() < 2:
-                return f"has hada_w{i}_a {_dims(a)} and hada_w{i}_b {_dims(b)}; expected 2-D factors"
-            rank_a = a.shape[0] if tucker is not None else a.shape[1]
-            if rank_a != b.shape[0]:
-                return (f"has hada_w{i}_a of shape {_dims(a)} and hada_w{i}_b of shape {_dims(b)}: "
-                        f"ranks {rank_a} and {b.shape[0]} differ")
-        if t["hada_w1_a"].shape != t["hada_w2_a"].shape or t["hada_w1_b"].shape[1:] != t["hada_w2_b"].shape[1:]:
-            return (f"has hada_w1 ({_dims(t['hada_w1_a'])} x {_dims(t['hada_w1_b'])}) and hada_w2 "
-                    f"({_dims(t['hada_w2_a'])} x {_dims(t['hada_w2_b'])}) of different output shapes")
-    if module.kind == KIND_LOKR:
-        for w in ("lokr_w1", "lokr_w2"):
-            if w not in t:
-                a, b = t[f"{w}_a"], t[f"{w}_b"]
-                rank_a = a.shape[0] if (w == "lokr_w2" and "lokr_t2" in t) else a.shape[-1]
-                if rank_a != b.shape[0]:
-                    return (f"has {w}_a of shape {_dims(a)} and {w}_b of shape {_dims(b)}: "
-                            f"ranks {rank_a} and {b.shape[0]} differ")
-    return None
-
-
-def _lora_shape_problem(module: LoraModule) -> str | None:
-    down, up, mid = module.tensors["down"], module.tensors["up"], module.tensors.get("mid")
-    names = ("lora_down", "lora_up") if module.style == STYLE_KOHYA else ("down (lora_A)", "up (lora_B)")
-    if down.dim() not in (2, 3, 4) or up.dim() not in (2, 3, 4):
-        return f"has {names[0]} {_dims(down)} and {names[1]} {_dims(up)}; expected 2-D or 4-D weights"
-    if mid is not None:
-        if mid.dim() != 4 or mid.shape[1] != down.shape[0] or mid.shape[0] != up.shape[1]:
-            return (f"has lora_down {_dims(down)}, lora_mid {_dims(mid)} and lora_up {_dims(up)}; "
-                    "lora_mid must be [up rank, down rank, kh, kw] with equal ranks")
-        return None
-    if down.shape[0] != up.shape[1]:
-        return (f"has {names[0]} of shape {_dims(down)} (rank {down.shape[0]}) but {names[1]} of shape "
-                f"{_dims(up)} (rank {up.shape[1]}); the ranks must match")
-    return None
+def _pair_formats(module: LoraModule) -> list[str]:
+    # A LoRA pair's spelling names the tool that wrote it; kohya and ComfyUI spell it alike, the prefix tells.
+    scheme = module.scheme.scheme
+    if module.style in _STYLE_FORMAT:
+        return [_STYLE_FORMAT[module.style]]
+    if scheme == SCHEME_COMFYUI:
+        return ["comfyui_native"]
+    if scheme == SCHEME_KOHYA:
+        return ["kohya_ldm" if module.scheme.layout == "ldm" else "kohya"]
+    return []
 
 
 def module_formats(module: LoraModule) -> list[str]:
     """The format names (FORMAT_NAMES keys) one module shows."""
-    found: list[str] = []
-    scheme = module.scheme.scheme
+    layout = adapter_kind(module.kind).formats(module.tensors)
     if module.kind == KIND_LORA:
-        if module.style in _STYLE_FORMAT:
-            found.append(_STYLE_FORMAT[module.style])
-        elif scheme == SCHEME_COMFYUI:
-            found.append("comfyui_native")
-        elif scheme == SCHEME_KOHYA:
-            found.append("kohya_ldm" if module.scheme.layout == "ldm" else "kohya")
-        down = module.tensors["down"]
-        if module.has_mid:
-            found.append("locon_tucker")
-        elif down.dim() == 4 and down.shape[2] * down.shape[3] > 1:
-            found.append("locon")
-    elif module.kind in (KIND_LOHA, KIND_LOKR):
-        found.append(module.kind)
-    elif module.kind == KIND_DIFF:
-        found.append("comfyui_native" if scheme == SCHEME_COMFYUI else "diff")
-    elif module.kind == KIND_NORM:
-        found.append("norm")
+        found = _pair_formats(module) + layout
+    elif module.kind == KIND_DIFF and module.scheme.scheme == SCHEME_COMFYUI:
+        found = ["comfyui_native"]  # ComfyUI's trainer writes norm and bias layers as full diffs
+    else:
+        found = list(layout)
     if module.is_dora:
         found.append("dora")
-    if scheme == SCHEME_LYCORIS:
+    if module.scheme.scheme == SCHEME_LYCORIS:
         found.append("lycoris_prefix")
     return found or ["other"]
 

@@ -13,17 +13,21 @@ import json
 import logging
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from ..adapters.delta import module_delta_shape, module_scale
+from ..adapters.dora import dora_scale
+from ..adapters.lokr import KIND_LOKR, lokr_factors
+from ..adapters.lora import KIND_LORA
 from ..errors import LoraFileError
 from .file import LoraFile, LoraModule
 from .keys import (
-    KIND_LOKR, KIND_LORA, PEFT_WRAPPER_PREFIX, SCHEME_DIFFUSERS, STYLE_DIFFUSERS, STYLE_LEGACY, STYLE_MOCHI, STYLE_PEFT,
-    STYLE_PEFT_NAMED, STYLE_TRANSFORMERS,
+    PEFT_WRAPPER_PREFIX, SCHEME_DIFFUSERS, STYLE_DIFFUSERS, STYLE_LEGACY, STYLE_MOCHI, STYLE_PEFT, STYLE_PEFT_NAMED,
+    STYLE_TRANSFORMERS, split_key,
 )
-from ..adapters.math import dora_scale, lokr_factors, module_scale
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ def _te_prefix(lora_file: LoraFile) -> str:
 
 
 def host_prefix(module: LoraModule, lora_file: LoraFile) -> str:
-    """The module prefix the host will see after `to_host_keys` (unchanged unless diffusers-named)."""
+    """The module prefix the host will see in `host_modules` (unchanged unless diffusers-named)."""
     if module.scheme.scheme != SCHEME_DIFFUSERS:
         return module.prefix
     head = {"unet": "lora_unet_", "te": _te_prefix(lora_file), "te2": "lora_te2_"}[module.scheme.component]
@@ -192,15 +196,21 @@ def host_modules(lora_file: LoraFile) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
-def to_host_keys(lora_file: LoraFile, include_unrecognised: bool = True) -> dict[str, torch.Tensor]:
-    """A flat key -> tensor dict the host's `load_lora` maps fully (see module docstring).
+def entry_roles(entries: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Role -> tensor of one module's host entries (as `host_modules` gives them)."""
+    roles: dict[str, torch.Tensor] = {}
+    for key, tensor in entries.items():
+        split = split_key(key)
+        if split is None:  # host_modules writes only keys it parsed or spelled with a known suffix
+            raise LoraFileError(f"Host key '{key}' ends in no known LoRA suffix.", key=key)
+        roles[split[1].role] = tensor
+    return roles
 
-    kohya, LyCORIS and native keys pass through unchanged (PEFT magnitudes become `.dora_scale`);
-    diffusers/PEFT/legacy modules are renamed with an explicit alpha. Unrecognised keys pass through
-    unchanged when `include_unrecognised` (the host may know them; otherwise it reports them).
+
+def module_delta_numel(entries: Mapping[str, torch.Tensor]) -> int | None:
+    """Number of weight values one module's host entries change (compare with the target weight's numel).
+
+    None for a bias-only module.
     """
-    out = {key: tensor for entries in host_modules(lora_file).values() for key, tensor in entries.items()}
-    if include_unrecognised:
-        for key, tensor in lora_file.unrecognised.items():
-            out.setdefault(key, tensor)
-    return out
+    shape = module_delta_shape(entry_roles(entries))
+    return None if shape is None else math.prod(shape)

@@ -8,9 +8,9 @@ import re
 from collections import Counter
 from typing import Any
 
+from ..adapters.delta import module_delta_shape
 from ..errors import LoraShapeError
 from .file import FORMAT_NAMES, LoraFile, LoraModule
-from ..adapters.math import module_delta_shape
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def base_model(metadata: dict[str, str]) -> str | None:
 
 def _in_features(module: LoraModule) -> int | None:
     try:
-        shape = module_delta_shape(module)
+        shape = module_delta_shape(module.tensors)
     except LoraShapeError:
         return None
     return shape[1] if shape is not None and len(shape) >= 2 else None

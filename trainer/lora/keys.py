@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..adapters.registry import KINDS
+
 # Suffix styles: how a file spells the down/up pair (A = down, B = up, stated once here).
 STYLE_KOHYA = "kohya"  # .lora_down.weight / .lora_up.weight (kohya, LyCORIS LoCon, ComfyUI native)
 STYLE_PEFT = "peft"  # .lora_A.weight / .lora_B.weight
@@ -13,11 +15,8 @@ STYLE_MOCHI = "mochi"  # .lora_A / .lora_B (no .weight)
 STYLE_DIFFUSERS = "diffusers"  # .lora.down.weight / .lora.up.weight
 STYLE_LEGACY = "diffusers_legacy"  # processor.to_q_lora.down.weight (attention processor)
 STYLE_TRANSFORMERS = "transformers"  # .lora_linear_layer.down.weight (diffusers text encoder)
-STYLE_LYCORIS = "lycoris"  # hada_*, lokr_*, diff, w_norm
+STYLE_LYCORIS = "lycoris"  # hada_*, lokr_*, diff, w_norm: each kind's `suffix_roles` (adapters.registry)
 STYLE_ANY = "any"  # alpha, dora_scale: shared by every style
-
-LORA_STYLES = (STYLE_KOHYA, STYLE_PEFT, STYLE_PEFT_NAMED, STYLE_MOCHI, STYLE_DIFFUSERS, STYLE_LEGACY,
-               STYLE_TRANSFORMERS)
 
 
 @dataclass(frozen=True)
@@ -47,55 +46,11 @@ _RULES: list[SuffixRule] = [
     # PEFT DoRA magnitude (any down/up spelling may sit next to it).
     *(SuffixRule(s, "magnitude", STYLE_ANY) for s in (
         ".lora_magnitude_vector", ".lora_magnitude_vector.weight", ".lora_magnitude_vector.default.weight")),
-    *(SuffixRule(f".{r}", r, STYLE_LYCORIS) for r in (
-        "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
-        "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2",
-        "diff", "diff_b", "w_norm", "b_norm")),
+    # LyCORIS spells each role as `.<role>`; the kinds list theirs, so a new kind brings its keys along.
+    *(SuffixRule(f".{r}", r, STYLE_LYCORIS) for kind in KINDS.values() for r in kind.suffix_roles),
 ]
 # Longest first, so `.lora_A.default.weight` wins over `.lora_A` style prefixes of it.
 SUFFIX_RULES: tuple[SuffixRule, ...] = tuple(sorted(_RULES, key=lambda r: len(r.suffix), reverse=True))
-
-
-# Module kinds and the roles that make each one up.
-KIND_LORA = "lora"  # up @ (mid) @ down
-KIND_LOHA = "loha"  # (w1a @ w1b) * (w2a @ w2b)
-KIND_LOKR = "lokr"  # kron(w1, w2)
-KIND_DIFF = "diff"  # full weight delta (.diff) and/or bias delta (.diff_b)
-KIND_NORM = "norm"  # LyCORIS norm-layer deltas (.w_norm / .b_norm)
-KIND_ROLES: dict[str, frozenset[str]] = {
-    KIND_LORA: frozenset({"down", "up", "mid"}),
-    KIND_LOHA: frozenset({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"}),
-    KIND_LOKR: frozenset({"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"}),
-    KIND_DIFF: frozenset({"diff"}),
-    KIND_NORM: frozenset({"w_norm", "b_norm"}),
-}
-SHARED_ROLES = frozenset({"alpha", "dora_scale", "magnitude", "diff_b"})
-
-
-def kinds_of_roles(roles: set[str] | frozenset[str]) -> list[str]:
-    """The module kinds whose roles appear; a bias-only `.diff_b` module counts as KIND_DIFF."""
-    kinds = [kind for kind, kind_roles in KIND_ROLES.items() if roles & kind_roles]
-    if not kinds and "diff_b" in roles:
-        kinds = [KIND_DIFF]
-    return kinds
-
-
-def missing_roles(kind: str, roles: set[str] | frozenset[str]) -> list[str]:
-    """Roles a module of `kind` needs but lacks (empty when the module is complete)."""
-    if kind == KIND_LORA:
-        return [r for r in ("down", "up") if r not in roles]
-    if kind == KIND_LOHA:
-        need = ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"]
-        if "hada_t1" in roles or "hada_t2" in roles:
-            need += ["hada_t1", "hada_t2"]
-        return [r for r in need if r not in roles]
-    if kind == KIND_LOKR:
-        lacking = []
-        for w in ("lokr_w1", "lokr_w2"):
-            if w not in roles and not {f"{w}_a", f"{w}_b"} <= roles:
-                lacking.append(f"{w} (or {w}_a + {w}_b)")
-        return lacking
-    return []
 
 
 def split_key(key: str) -> tuple[str, SuffixRule] | None:

@@ -21,7 +21,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .config import LoraShape
 from ..errors import LoraTargetError
-from ..adapters.math import lora_delta
+from ..adapters.lora import lora_delta
 
 logger = logging.getLogger(__name__)
 

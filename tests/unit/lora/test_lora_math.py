@@ -6,11 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.support.reference import bias_delta, merge_weight, module_bias_numel
+from trainer.adapters.delta import delta_weight, module_delta_shape, module_rank, module_scale
+from trainer.adapters.loha import loha_delta
+from trainer.adapters.lokr import lokr_delta
+from trainer.adapters.lora import lora_delta
+from trainer.adapters.registry import module_kind
 from trainer.errors import LoraShapeError, LoraValueError
-from trainer.adapters.math import (
-    bias_delta, delta_weight, lokr_delta, loha_delta, lora_delta, merge_weight, module_bias_numel,
-    module_delta_numel, module_delta_shape, module_kind, module_rank, module_roles, module_scale,
-)
 
 
 @pytest.fixture
@@ -123,20 +125,13 @@ def test_diff_module_and_bias(gen: torch.Generator) -> None:
     module = {"diff": diff, "diff_b": diff_b}
     torch.testing.assert_close(delta_weight(module, (4,)), diff)
     torch.testing.assert_close(bias_delta(module), diff_b)
-    assert module_delta_numel(module) == 4 and module_bias_numel(module) == 4
+    assert module_delta_shape(module) == (4,) and module_bias_numel(module) == 4
     bias_only = {"diff_b": diff_b}
-    assert module_delta_numel(bias_only) is None and torch.equal(delta_weight(bias_only, (4, 2)), torch.zeros(4, 2))
+    assert module_delta_shape(bias_only) is None and torch.equal(delta_weight(bias_only, (4, 2)), torch.zeros(4, 2))
+    assert module_kind(bias_only) == "diff"
     norm = {"w_norm": diff, "b_norm": diff_b}
-    assert module_kind(norm) == "norm" and module_delta_numel(norm) == 4
+    assert module_kind(norm) == "norm" and module_delta_shape(norm) == (4,)
     assert bias_delta({"down": diff, "up": diff}) is None and module_bias_numel({"down": diff}) is None
-
-
-def test_numel_from_file_suffixes() -> None:
-    raw = {"lora_down.weight": torch.ones(2, 320, 3, 3), "lora_up.weight": torch.ones(640, 2, 1, 1),
-           "alpha": torch.tensor(1.0)}
-    assert set(module_roles(raw)) == {"down", "up", "alpha"}
-    assert module_delta_numel(raw) == 640 * 320 * 9
-    assert module_delta_numel({".lora_A.weight": torch.ones(2, 5), ".lora_B.weight": torch.ones(7, 2)}) == 35
 
 
 def test_shape_that_does_not_fit_names_both_shapes(gen: torch.Generator) -> None:

@@ -15,7 +15,7 @@ from trainer.training.config import LoraShape, TrainConfig
 from trainer.errors import LoraExportError, LoraValueError
 from trainer.training.export import TrainingSummary, export_lora, kohya_metadata, model_hashes, save_lora
 from trainer.training.trainable_lora import LoraAdapterSet
-from trainer.adapters.math import merge_weight
+from tests.support.reference import merge_weight
 from trainer.safetensors_io import read_safetensors
 
 BLOCK = "attn.transformer_blocks.0"
@@ -66,7 +66,8 @@ def test_file_round_trip_merges_like_the_engine(tmp_path: Path) -> None:
     # the loader-side math on the file equals the engine's merged delta
     key = "res.in_layers.2"
     prefix = name_map[key]
-    roles = {s: loaded[f"{prefix}.{s}"] for s in ("lora_down.weight", "lora_up.weight", "alpha")}
+    roles = {role: loaded[f"{prefix}.{suffix}"]
+             for role, suffix in (("down", "lora_down.weight"), ("up", "lora_up.weight"), ("alpha", "alpha"))}
     weight = dict(model.named_modules())[key].weight.detach()
     torch.testing.assert_close(merge_weight(weight, roles) - weight, adapters.merged_delta(key), rtol=1e-5, atol=1e-6)
 

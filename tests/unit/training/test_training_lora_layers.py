@@ -12,7 +12,7 @@ from trainer.training.inplace_guard import normalisation_inputs_copied
 from trainer.errors import LoraTargetError
 from trainer.training.trainable_lora import (LoraAdapterSet, lora_parameter_count, release_inference_tensors,
                                              select_targets)
-from trainer.adapters.math import lora_delta
+from trainer.adapters.lora import lora_delta
 
 BLOCK = "attn.transformer_blocks.0"
 ATTENTION = [f"{BLOCK}.attn{i}.{p}" for i in (1, 2) for p in ("to_q", "to_k", "to_v", "to_out.0")]
