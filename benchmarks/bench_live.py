@@ -50,7 +50,7 @@ from benchmarks.measure import (bench_host, command_line, cpu_seconds, exec_seco
                                 limit_host_threads, med, node_defaults, print_end, print_start)
 from scripts.make_demo_dataset import make_demo_dataset  # noqa: E402
 from scripts.graphs import Graph, checkpoint, out  # noqa: E402
-from tests.support.training_graphs import DEFAULT_OPTIONS, TRIGGER, train_graph  # noqa: E402
+from tests.support.training_graphs import TEST_OPTIONS, TRIGGER, train_graph  # noqa: E402
 
 TARGET_POLL, TARGET_SAMPLE = 0.03, 1.0
 FOLDER, SIZE, RANK, LR, CFG = "rings", 64, 4, 2e-3, 5.0
@@ -121,7 +121,7 @@ class Bench:
               poll_native: bool = False) -> dict:
         self.counter += 1
         name = f"live_{self.counter:03d}_{steps}_{'p' if poll_rate else 'n'}{sample_every}"
-        options = {**self.option_defaults, **DEFAULT_OPTIONS, "sample_every": sample_every,
+        options = {**self.option_defaults, **TEST_OPTIONS, "sample_every": sample_every,
                    "sample_prompts": "\n".join(PROMPTS), "sample_steps": sample_steps, "sample_cfg": CFG,
                    "sample_sampler": "euler", "sample_scheduler": "normal"}
         graph, node = train_graph(name, steps=steps, lr=LR, rank=RANK, folder=FOLDER, options=options)

@@ -4,7 +4,8 @@ from .dataset import LoraLabDataset
 from .load_lora import LoraLabLoadLora
 from .preview_samples import LoraLabPreviewSamples
 from .stack_loras import LoraLabStackLoras
-from .train_lora import LoraLabTrainLora, LoraLabTrainOptions
+from .train_lora import LoraLabTrainLora
+from .train_options import LoraLabTrainOptions
 
 NODE_CLASS_MAPPINGS = {
     "LoraLabLoadLora": LoraLabLoadLora,

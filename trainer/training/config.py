@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -14,68 +17,91 @@ OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw8bit")
 MIXED_PRECISION: tuple[str, ...] = ("no", "fp16", "bf16")
 
 # Bumped when a field changes meaning; from_metadata refuses newer versions rather than misreading them.
-CONFIG_VERSION = 1
+# 2: min_snr_gamma and text_encoder_lr say "off" / "same as the UNet" with 0 instead of null.
+CONFIG_VERSION = 2
 METADATA_PREFIX = "loralab."
+_NULL_MEANT_ZERO_BEFORE_V2 = {("optimisation", "min_snr_gamma"), ("lora", "text_encoder_lr")}
+
+
+# Each field declares one setting once: type, default, help, range (metadata["ui"]: min / max / step, enforced
+# here and shown by the node widgets) and choices (metadata["choices"]); nodes/ generates its inputs from them.
+def setting(default: Any, help: str, *, choices: Sequence[str] | None = None, exclusive_min: bool = False,
+            **ui: Any) -> Any:
+    """A config field: its default, help text, range (`ui`: min, max, step, round, multiline) and choices.
+
+    min and max are inclusive unless `exclusive_min` (a learning rate must be above 0, yet 0 is where its
+    widget starts).
+    """
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if ui:
+        metadata["ui"] = dict(ui)
+    if exclusive_min:
+        metadata["exclusive_min"] = True
+    return field(default=default, metadata=metadata)
 
 
 def _invalid(field_name: str, value: object, allowed: str) -> ValueError:
     return ValueError(f"{field_name} = {value!r} is not allowed; expected {allowed}.")
 
 
-def _check_int(field_name: str, value: object, minimum: int, maximum: int | None = None) -> None:
-    # bool is an int subclass; True as a rank is a caller bug, not a rank of 1.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _invalid(field_name, value, "an integer")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        raise _invalid(field_name, value, f"an integer {bound}")
+def _check_field(name: str, kind: type, value: object, metadata: typing.Mapping[str, Any]) -> None:
+    """One field against its declared type, range and choices."""
+    ui = metadata.get("ui", {})
+    low, high = ui.get("min"), ui.get("max")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise _invalid(name, value, "True or False")
+    elif kind is int:
+        # bool is an int subclass; True as a rank is a caller bug, not a rank of 1.
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _invalid(name, value, "an integer")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise _invalid(name, value, f"an integer between {low} and {high}" if high is not None
+                           else f"an integer of at least {low}")
+    elif kind is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise _invalid(name, value, "a finite number")
+        exclusive = metadata.get("exclusive_min", False)
+        if (low is not None and (value <= low if exclusive else value < low)) or (high is not None and value > high):
+            lower = f"greater than {low}" if exclusive else f"at least {low}"
+            raise _invalid(name, value, f"a number {lower}" + (f" and at most {high}" if high is not None else ""))
+    elif kind is str:
+        choices = metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise _invalid(name, value, "one of " + ", ".join(repr(c) for c in choices))
+        if not isinstance(value, str):
+            raise _invalid(name, value, "a text")
+    else:  # a new field type needs its own check (and its own node input kind)
+        raise TypeError(f"{name}: no check for fields of type {kind!r}")
 
 
-def _check_float(field_name: str, value: object, *, minimum: float, strictly_above: bool = False,
-                 below: float | None = None) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise _invalid(field_name, value, "a finite number")
-    too_low = value <= minimum if strictly_above else value < minimum
-    if too_low or (below is not None and value >= below):
-        low = f"greater than {minimum}" if strictly_above else f"at least {minimum}"
-        high = f" and less than {below}" if below is not None else ""
-        raise _invalid(field_name, value, f"a number {low}{high}")
-
-
-def _check_choice(field_name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise _invalid(field_name, value, "one of " + ", ".join(repr(c) for c in choices))
-
-
-def _check_bool(field_name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise _invalid(field_name, value, "True or False")
+def _check_fields(instance: object) -> None:
+    for f in dataclasses.fields(instance):  # type: ignore[arg-type]
+        _check_field(f.name, field_type(type(instance), f.name), getattr(instance, f.name), f.metadata)
 
 
 @dataclass(frozen=True)
 class LoraShape:
     """What is trained: rank, alpha, dropout and which layers get a LoRA."""
 
-    rank: int = field(default=16, metadata={"help": "LoRA rank (network dim): width of the low-rank update. "
-                                                    "Higher learns more detail and makes a bigger file."})
-    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha: the update is scaled by alpha / rank. "
-                                                         "Equal to rank means scale 1."})
-    dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input during training (0 = off)."})
-    targets: str = field(default="attention", metadata={
-        "help": "Which layers get a LoRA: attention (q/k/v/out), attention_ff (+ feed-forward and proj_in/out), "
-                "attention_ff_conv (+ res-block convolutions, LoCon)."})
-    train_text_encoder: bool = field(default=False, metadata={"help": "Also train a LoRA on the text encoder."})
-    text_encoder_lr: float | None = field(default=None, metadata={
-        "help": "Learning rate for the text encoder LoRA; empty = same as the UNet learning rate."})
+    rank: int = setting(16, "LoRA rank (network dim): width of the low-rank update. "
+                            "Higher learns more detail and makes a bigger file.", min=1, max=1024)
+    alpha: float = setting(16.0, "LoRA alpha: the update is scaled by alpha / rank. Equal to rank means scale 1.",
+                           min=0.01, max=1024.0, step=0.5)
+    # Up to 0.9: a dropout near 1 leaves nothing to learn from.
+    dropout: float = setting(0.0, "Dropout on the LoRA input during training (0 = off).",
+                             min=0.0, max=0.9, step=0.01)
+    targets: str = setting("attention", "Which layers get a LoRA: attention (q/k/v/out), attention_ff "
+                                        "(+ feed-forward and proj_in/out), attention_ff_conv (+ res-block "
+                                        "convolutions, LoCon).", choices=TARGET_KINDS)
+    train_text_encoder: bool = setting(False, "Also train a LoRA on the text encoder.")
+    text_encoder_lr: float = setting(0.0, "Learning rate for the text encoder LoRA; 0 = the same as the UNet "
+                                          "learning rate.", min=0.0, max=1.0, step=1e-5, round=1e-7)
 
     def __post_init__(self) -> None:
-        _check_int("rank", self.rank, 1, 1024)
-        _check_float("alpha", self.alpha, minimum=0.0, strictly_above=True)
-        _check_float("dropout", self.dropout, minimum=0.0, below=1.0)
-        _check_choice("targets", self.targets, TARGET_KINDS)
-        _check_bool("train_text_encoder", self.train_text_encoder)
-        if self.text_encoder_lr is not None:
-            _check_float("text_encoder_lr", self.text_encoder_lr, minimum=0.0, strictly_above=True)
+        _check_fields(self)
 
     @property
     def scale(self) -> float:
@@ -87,68 +113,80 @@ class LoraShape:
 class Optimisation:
     """How it is trained: steps, learning rate, batch, schedule, optimizer, loss weighting, precision, seed."""
 
-    steps: int = field(default=1000, metadata={"help": "Number of optimizer updates."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of the UNet LoRA."})
-    batch_size: int = field(default=1, metadata={"help": "Images per micro-batch."})
-    grad_accumulation: int = field(default=1, metadata={
-        "help": "Micro-batches summed per update; effective batch = batch_size x grad_accumulation."})
-    max_grad_norm: float = field(default=1.0, metadata={
-        "help": "Clip the gradient norm to this value (0 = no clipping)."})
-    schedule: str = field(default="constant", metadata={
-        "help": "Learning-rate schedule after warmup: constant, linear or cosine."})
-    warmup_steps: int = field(default=0, metadata={"help": "Steps of linear learning-rate warmup from near 0."})
-    optimizer: str = field(default="adamw", metadata={
-        "help": "adamw, or adamw8bit (needs bitsandbytes and a CUDA GPU; falls back to adamw otherwise)."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW decoupled weight decay."})
-    min_snr_gamma: float | None = field(default=None, metadata={
-        "help": "Min-SNR loss weighting gamma (Hang et al. 2023), e.g. 5; empty = off."})
-    noise_offset: float = field(default=0.0, metadata={
-        "help": "Per-channel noise offset (helps very dark/bright images), e.g. 0.05; 0 = off."})
-    mixed_precision: str = field(default="no", metadata={
-        "help": "Autocast dtype on CUDA: no (fp32), fp16 (with loss scaling) or bf16. CPU always runs fp32."})
-    gradient_checkpointing: bool = field(default=False, metadata={
-        "help": "Recompute activations in backward: much less memory, about 30% slower."})
-    seed: int = field(default=0, metadata={
-        "help": "Seed of the one random generator (LoRA init, timesteps, noise, data order, dropout)."})
+    steps: int = setting(500, "Number of optimizer updates.", min=1, max=1_000_000)
+    learning_rate: float = setting(1e-4, "Peak learning rate of the UNet LoRA.",
+                                   min=0.0, max=1.0, step=1e-5, round=1e-7, exclusive_min=True)
+    batch_size: int = setting(1, "Images per micro-batch.", min=1, max=256)
+    grad_accumulation: int = setting(1, "Micro-batches summed per update; effective batch = batch_size x "
+                                        "grad_accumulation.", min=1, max=1024)
+    max_grad_norm: float = setting(1.0, "Clip the gradient norm to this value (0 = no clipping).",
+                                   min=0.0, max=1000.0, step=0.1)
+    schedule: str = setting("constant", "Learning-rate schedule after warmup: constant, linear or cosine.",
+                            choices=SCHEDULES)
+    warmup_steps: int = setting(0, "Steps of linear learning-rate warmup from near 0.", min=0, max=100_000)
+    optimizer: str = setting("adamw", "adamw, or adamw8bit (needs bitsandbytes and a CUDA GPU; falls back to "
+                                      "adamw otherwise).", choices=OPTIMIZERS)
+    weight_decay: float = setting(0.01, "AdamW decoupled weight decay.", min=0.0, max=1.0, step=0.001)
+    min_snr_gamma: float = setting(0.0, "Min-SNR loss weighting gamma (Hang et al. 2023), e.g. 5; 0 = off.",
+                                   min=0.0, max=100.0, step=0.5)
+    noise_offset: float = setting(0.0, "Per-channel noise offset (helps very dark/bright images), e.g. 0.05; "
+                                       "0 = off.", min=0.0, max=1.0, step=0.01)
+    # bf16: what ComfyUI users run on a GPU (the host's own training node defaults to it); the CPU runs fp32.
+    mixed_precision: str = setting("bf16", "Autocast dtype on CUDA: no (fp32), fp16 (with loss scaling) or "
+                                           "bf16. CPU always runs fp32.", choices=MIXED_PRECISION)
+    gradient_checkpointing: bool = setting(False, "Recompute activations in backward: much less memory, "
+                                                  "about 30% slower.")
+    seed: int = setting(0, "Seed of the one random generator (LoRA init, timesteps, noise, data order, dropout).",
+                        min=0, max=2**31 - 1)
 
     def __post_init__(self) -> None:
-        _check_int("steps", self.steps, 1, 10_000_000)
-        _check_float("learning_rate", self.learning_rate, minimum=0.0, strictly_above=True)
-        _check_int("batch_size", self.batch_size, 1, 4096)
-        _check_int("grad_accumulation", self.grad_accumulation, 1, 4096)
-        _check_float("max_grad_norm", self.max_grad_norm, minimum=0.0)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_int("warmup_steps", self.warmup_steps, 0)
+        _check_fields(self)
         if self.warmup_steps >= self.steps:
             raise _invalid("warmup_steps", self.warmup_steps, f"fewer warmup steps than steps ({self.steps})")
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_float("weight_decay", self.weight_decay, minimum=0.0)
-        if self.min_snr_gamma is not None:
-            _check_float("min_snr_gamma", self.min_snr_gamma, minimum=0.0, strictly_above=True)
-        _check_float("noise_offset", self.noise_offset, minimum=0.0)
-        _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
-        _check_bool("gradient_checkpointing", self.gradient_checkpointing)
-        _check_int("seed", self.seed, 0, 2**63 - 1)
-
-    @property
-    def effective_batch_size(self) -> int:
-        return self.batch_size * self.grad_accumulation
 
 
 @dataclass(frozen=True)
 class Checkpointing:
-    """When intermediate results are saved; the caller does the saving."""
+    """When intermediate results are saved and how many are kept; the caller does the saving."""
 
-    every_n_steps: int = field(default=0, metadata={
-        "help": "Save a LoRA checkpoint every N steps (0 = only at the end)."})
-    keep_last: int = field(default=0, metadata={"help": "Keep only the newest N checkpoints (0 = keep all)."})
-    save_resume_state: bool = field(default=True, metadata={
-        "help": "With each checkpoint also save optimizer and random state so the run can be resumed exactly."})
+    every_n_steps: int = setting(0, "Save a LoRA checkpoint every N steps (0 = only at the end).",
+                                 min=0, max=1_000_000)
+    keep_last: int = setting(0, "Keep only the newest N step checkpoints of this run, deleting older ones "
+                                "(0 = keep all). The final LoRA is always kept.", min=0, max=10_000)
+    save_resume_state: bool = setting(True, "With each checkpoint also save optimizer and random state so the "
+                                            "run can be resumed exactly.")
 
     def __post_init__(self) -> None:
-        _check_int("every_n_steps", self.every_n_steps, 0)
-        _check_int("keep_last", self.keep_last, 0)
-        _check_bool("save_resume_state", self.save_resume_state)
+        _check_fields(self)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sample images during a run, rendered as a KSampler would; they do not change what is trained."""
+
+    every_n_steps: int = setting(0, "Render samples every N steps, plus a step-0 baseline (0 = only on request).",
+                                 min=0, max=1_000_000)
+    prompts: str = setting("", "One prompt per line; empty = the first dataset captions (with the trigger word).",
+                           multiline=True)
+    steps: int = setting(20, "Sampler steps of each sample, as on a KSampler.", min=1, max=200)
+    cfg: float = setting(7.0, "Classifier-free guidance scale of each sample, as on a KSampler.",
+                         min=0.0, max=100.0, step=0.1)
+    # The host's sampler and scheduler names; the engine cannot list them, the node fills in the choices.
+    sampler: str = setting("euler", "Sampler of each sample, as on a KSampler.")
+    scheduler: str = setting("normal", "Scheduler of each sample, as on a KSampler.")
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """Whether a run starts fresh or continues the one saved under the same name."""
+
+    resume: bool = setting(False, "Continue the run saved under the same name from its last checkpoint.")
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
 
 
 _SECTIONS: dict[str, type] = {"lora": LoraShape, "optimisation": Optimisation, "checkpointing": Checkpointing}
@@ -156,12 +194,27 @@ _SECTIONS: dict[str, type] = {"lora": LoraShape, "optimisation": Optimisation, "
 _T = TypeVar("_T")
 
 
-def field_help(cls: type, name: str) -> str:
-    """The help text of one config field, e.g. for a node tooltip."""
+@functools.cache
+def _field_types(cls: type) -> dict[str, type]:
+    return typing.get_type_hints(cls)  # the annotations are strings (postponed evaluation)
+
+
+def field_type(cls: type, name: str) -> type:
+    """The declared type of one config field (int, float, bool or str)."""
+    return _field_types(cls)[name]
+
+
+def config_field(cls: type, name: str) -> dataclasses.Field[Any]:
+    """One config field, with its default and metadata."""
     for f in dataclasses.fields(cls):
         if f.name == name:
-            return str(f.metadata.get("help", ""))
+            return f
     raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def field_help(cls: type, name: str) -> str:
+    """The help text of one config field, e.g. for a node tooltip."""
+    return str(config_field(cls, name).metadata.get("help", ""))
 
 
 def _section_from_json(cls: type[_T], values: dict[str, Any]) -> _T:
@@ -208,7 +261,10 @@ class TrainConfig:
             section, _, name = key[len(METADATA_PREFIX):].partition(".")
             if section in sections and name:
                 try:
-                    sections[section][name] = json.loads(raw)
+                    value = json.loads(raw)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"metadata {key} = {raw!r} is not valid JSON") from e
+                if value is None and version < 2 and (section, name) in _NULL_MEANT_ZERO_BEFORE_V2:
+                    value = 0.0  # files and resume states written before version 2 keep loading
+                sections[section][name] = value
         return cls(**{name: _section_from_json(_SECTIONS[name], values) for name, values in sections.items()})

@@ -27,7 +27,3 @@ def lr_multiplier_at(step: int, opt: Optimisation) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"schedule = {opt.schedule!r} is not allowed; expected constant, linear or cosine.")
 
-
-def learning_rate_at(step: int, opt: Optimisation, base_lr: float | None = None) -> float:
-    """Learning rate for update `step` (0-based); `base_lr` overrides opt.learning_rate (e.g. text encoder)."""
-    return (opt.learning_rate if base_lr is None else base_lr) * lr_multiplier_at(step, opt)
