@@ -1,8 +1,8 @@
 // Graph-editor wiring for "Train LoRA": a live training dashboard inside the node.
 //
 // Which job a node shows: the newest job in GET /loralab/jobs whose `name` equals the node's `name`
-// widget (trimmed, without ".safetensors", as the trainer names runs). Jobs carry no node id, so two
-// nodes with the same name show the same job, and a node shows a run queued from another tab too.
+// widget (trimmed, without ".safetensors", as the trainer names runs), the node's own runs first (jobs
+// carry the id of the node that ran them); a node shows a run of its name queued from another tab too.
 // Live news comes from the `loralab.*` websocket events (each one a full job snapshot); the loss
 // history from GET /loralab/jobs/{id}/loss, so a reloaded page recovers the whole chart.
 
@@ -106,7 +106,7 @@ function attachDashboard(node) {
   }
 
   function onSnapshot(snapshot) {
-    if (!acceptsSnapshot(job, snapshot, name())) return;
+    if (!acceptsSnapshot(job, snapshot, name(), node.id)) return;
     if (job?.id !== snapshot.id) forget();
     job = snapshot;
     const row = historyRow(snapshot);
@@ -122,7 +122,7 @@ function attachDashboard(node) {
     if (job && job.name !== name()) forget();
     const gen = generation;
     try {
-      const summary = pickJob(await getJson("/loralab/jobs"), name());
+      const summary = pickJob(await getJson("/loralab/jobs"), name(), node.id);
       if (gen !== generation) return; // an event brought a newer job meanwhile
       if (!summary) {
         if (job) forget();

@@ -8,6 +8,7 @@ import re
 import comfy.samplers
 import folder_paths
 
+from ..trainer.errors import SampleGridError
 from ..trainer.sample_grid import label_grid, parse_prompts, parse_strengths
 from .host.patching import apply_named_lora
 from .host.lora_files import lora_names
@@ -26,7 +27,7 @@ def run_checkpoints(run_name: str) -> list[tuple[str, str]]:
     if os.path.exists(files.lora_path):
         found.append(("final", files.lora_name))
     if not found:
-        raise ValueError(f"no checkpoints of the run '{files.name}' in {files.folder}")
+        raise SampleGridError(f"no checkpoints of the run '{files.name}' in {files.folder}")
     return found
 
 
@@ -86,7 +87,7 @@ class LoraLabPreviewSamples:
                 sampler_name, scheduler, width, height):
         prompt_list = parse_prompts(prompts)
         if not prompt_list:
-            raise ValueError("Preview Samples needs at least one prompt (one per line)")
+            raise SampleGridError("Preview Samples needs at least one prompt (one per line)")
         settings = SampleSettings(seed, steps, cfg, sampler_name, scheduler, negative, width, height)
         grid_columns = columns(compare, lora_name, strengths, run_name)
         tiles: list[list] = [[] for _ in prompt_list]

@@ -107,7 +107,44 @@ class ResumeStateWriteError(LoraWriteError):
     """The resume state could not be written; the previous state file at that path, if any, is unchanged."""
 
 
+# --- Sample grids (trainer/sample_grid.py) ---------------------------------------------------------------
+
+class SampleGridError(LoraLabError, ValueError):
+    """Preview Samples' prompts or strengths cannot make a grid (too many, none, not numbers)."""
+
+
 # --- Training jobs (trainer/jobs.py) ----------------------------------------------------------------------
 
 class JobError(LoraLabError, ValueError):
     """A job was asked for something it cannot do: a bad sample name, an unknown action, a finished job."""
+
+
+# --- The host adapter (nodes/*) ------------------------------------------------------------------------
+
+class UnsupportedModelError(LoraLabError, ValueError):
+    """The connected model's family cannot be trained by this version of LoRA Lab."""
+
+
+class RunNameError(LoraLabError, ValueError):
+    """The output name cannot be used as a file name in the loras folder."""
+
+
+class LoraMismatchError(LoraShapeError):
+    """The LoRA's layers do not belong to the connected MODEL/CLIP (another base model)."""
+
+
+class LoraNameError(LoraFileError):
+    """A LoRA name that is not a file inside the host's loras folders."""
+
+
+class TrainingStopped(LoraLabError):
+    """The run could not start or did not finish; the message says what was kept."""
+
+
+class RunHalted(LoraLabError):
+    """Raised out of any phase once the run must end early (Cancel or Stop); the run catches it, keeps the last
+    whole step and ends the job. `reason` is CANCELLED or STOPPED."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"training was {reason}")
+        self.reason = reason

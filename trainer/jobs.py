@@ -63,13 +63,17 @@ def _finite(value: float | None) -> float | None:
 class Job:
     """One training run's live status. Create through `JobRegistry.create`; every method is thread-safe."""
 
-    def __init__(self, registry: JobRegistry, job_id: str, name: str, total_steps: int, folder: str) -> None:
+    def __init__(self, registry: JobRegistry, job_id: str, name: str, total_steps: int, folder: str,
+                 node_id: str | None = None) -> None:
         self.id = job_id
         self.name = name
+        self.node_id = node_id  # the graph node that runs it, so the editor binds its dashboard to that node
         self._registry = registry
         self._folder = os.path.realpath(folder)
         self._lock = threading.Lock()
         self._state = "queued"
+        self._phase: str | None = None
+        self._phase_detail: str | None = None
         self._step = 0
         self._total = total_steps
         self._loss: float | None = None
@@ -98,6 +102,29 @@ class Job:
             self._state = "running"
             self._started_at = self._touch()
         self._publish(EVENT_STARTED)
+
+    def set_phase(self, phase: str, detail: str | None = None) -> None:
+        """What the run is doing now ("encoding", "sampling", "training", ...) and how far ("3/40"); published
+        when the phase changes, at the progress rate when only the detail does."""
+        with self._lock:
+            changed = phase != self._phase
+            self._phase, self._phase_detail = phase, detail
+            self._touch()
+            due = changed or self._last_progress_publish is None or \
+                self._registry.clock() - self._last_progress_publish >= self._registry.progress_interval
+        if due:
+            self._publish(EVENT_PROGRESS)
+
+    @property
+    def phase(self) -> str | None:
+        """The phase with its detail, e.g. "encoding 3/40", or None before the run has begun."""
+        with self._lock:
+            return " ".join(p for p in (self._phase, self._phase_detail) if p) or None
+
+    @property
+    def folder(self) -> str:
+        """Where the job's sample images are written (chosen by the trainer, never by a request)."""
+        return self._folder
 
     def record_step(self, step: int, total: int, loss: float, smoothed_loss: float, lr: float,
                     seconds_per_step: float, memory_bytes: int | None = None) -> None:
@@ -159,6 +186,13 @@ class Job:
             self._touch()
         self._publish(EVENT_CHECKPOINT)
 
+    def remove_checkpoint(self, lora_name: str) -> None:
+        """Forgets a checkpoint the trainer deleted (keep_last), so the dashboard no longer offers it."""
+        with self._lock:
+            self._checkpoints = [c for c in self._checkpoints if c["lora_name"] != lora_name]
+            self._touch()
+        self._publish(EVENT_CHECKPOINT)
+
     def finish(self, state: str, error: str | None = None, lora_name: str | None = None) -> bool:
         """Ends the job as done/stopped/interrupted/error; returns False (and changes nothing) if it had ended."""
         if state not in END_STATES:
@@ -207,7 +241,8 @@ class Job:
     def summary(self) -> dict[str, Any]:
         """The few fields the job list shows."""
         with self._lock:
-            return {"id": self.id, "name": self.name, "state": self._state, "step": self._step,
+            return {"id": self.id, "name": self.name, "node_id": self.node_id, "state": self._state,
+                    "phase": self._phase, "step": self._step,
                     "total": self._total, "smoothed_loss": self._smoothed, "created_at": self._created_at,
                     "started_at": self._started_at, "updated_at": self._updated_at}
 
@@ -244,7 +279,8 @@ class Job:
         running = self._state == "running"
         eta = max(0, self._total - self._step) * seconds if running and seconds is not None else None
         return {
-            "id": self.id, "name": self.name, "state": self._state, "step": self._step, "total": self._total,
+            "id": self.id, "name": self.name, "node_id": self.node_id, "state": self._state, "phase": self._phase,
+            "phase_detail": self._phase_detail, "step": self._step, "total": self._total,
             "loss": self._loss, "smoothed_loss": self._smoothed, "validation_loss": self._validation_loss,
             "validation_step": self._validation_step, "lr": self._lr,
             "steps_per_second": 1.0 / seconds if seconds else None, "eta_seconds": eta,
@@ -294,7 +330,7 @@ class JobRegistry:
                                  event)
             self._publish_failed = True
 
-    def create(self, name: str, total_steps: int, folder: str) -> Job:
+    def create(self, name: str, total_steps: int, folder: str, node_id: str | None = None) -> Job:
         """A new queued job whose sample images live in `folder` (chosen by the caller, never by a request)."""
         if int(total_steps) < 1:
             raise JobError(f"A job needs at least one step; got total_steps={total_steps}.")
@@ -302,7 +338,7 @@ class JobRegistry:
             job_id = secrets.token_hex(8)
             while job_id in self._jobs:
                 job_id = secrets.token_hex(8)
-            job = Job(self, job_id, str(name), int(total_steps), folder)
+            job = Job(self, job_id, str(name), int(total_steps), folder, None if node_id is None else str(node_id))
             self._jobs[job_id] = job
             self._evict_locked()
         return job

@@ -5,6 +5,8 @@ import textwrap
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .errors import SampleGridError
+
 LABEL_HEIGHT = 22
 ROW_LABEL_WIDTH = 160
 
@@ -25,9 +27,9 @@ def _fit(text: str, width: int, font: ImageFont.ImageFont) -> str:
 def label_grid(rows: list[list[Image.Image]], row_labels: list[str], column_labels: list[str]) -> Image.Image:
     """One image: column labels on top, row labels on the left, tiles in between (tiles share a size)."""
     if not rows or not rows[0]:
-        raise ValueError("a sample grid needs at least one image")
+        raise SampleGridError("a sample grid needs at least one image")
     if len(rows) != len(row_labels) or any(len(r) != len(column_labels) for r in rows):
-        raise ValueError(f"grid of {len(rows)}x{len(rows[0])} images does not match "
+        raise SampleGridError(f"grid of {len(rows)}x{len(rows[0])} images does not match "
                          f"{len(row_labels)} row and {len(column_labels)} column labels")
     tile_w, tile_h = rows[0][0].size
     sheet = Image.new("RGB", (ROW_LABEL_WIDTH + tile_w * len(column_labels), LABEL_HEIGHT + tile_h * len(rows)),
@@ -55,11 +57,11 @@ def parse_strengths(text: str) -> list[float]:
         try:
             values.append(float(part))
         except ValueError as e:
-            raise ValueError(f"strengths must be numbers separated by commas, e.g. '0, 0.5, 1'; got {part!r}") from e
+            raise SampleGridError(f"strengths must be numbers separated by commas, e.g. '0, 0.5, 1'; got {part!r}") from e
     if not values:
-        raise ValueError("give at least one strength, e.g. '0, 0.5, 1'")
+        raise SampleGridError("give at least one strength, e.g. '0, 0.5, 1'")
     if len(values) > 16:
-        raise ValueError(f"at most 16 strengths per grid; got {len(values)}")
+        raise SampleGridError(f"at most 16 strengths per grid; got {len(values)}")
     return values
 
 
@@ -67,5 +69,5 @@ def parse_prompts(text: str, limit: int = 16) -> list[str]:
     """One prompt per non-empty line."""
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if len(prompts) > limit:
-        raise ValueError(f"at most {limit} prompts per grid; got {len(prompts)}")
+        raise SampleGridError(f"at most {limit} prompts per grid; got {len(prompts)}")
     return prompts

@@ -2,8 +2,9 @@
 // Pure, no DOM, no host: the wiring (js/train_dashboard.js) fetches and listens, the view draws.
 //
 // Binding rule: a node shows the newest job whose `name` equals the node's `name` widget, normalised
-// the way the trainer names its files (nodes/run_files.py: trimmed, without ".safetensors"). Jobs have
-// no node id, so two nodes with the same name show the same (newest) job.
+// the way the trainer names its files (nodes/host/run_files.py: trimmed, without ".safetensors"), and
+// among those the node's own runs first (a job records the id of the node that ran it): two nodes with
+// the same name each show their own run, and a run queued from elsewhere shows where no own run exists.
 
 import { formatBytes, formatEta, formatLoss, formatLr, formatRate, MISSING } from "./dashboard_format.js";
 
@@ -24,26 +25,35 @@ export function jobNameOf(widgetValue) {
 }
 
 const createdAt = (job) => (typeof job?.created_at === "number" ? job.created_at : -Infinity);
+const own = (job, nodeId) => (nodeId != null && job?.node_id === String(nodeId) ? 1 : 0);
 
-/** The newest job (by created_at; the list's order breaks ties, newest first) named `name`, or null. */
-export function pickJob(jobs, name) {
+/** Whether `a` ranks before `b` for node `nodeId`: its own run first, then the newer (ties keep `b`). */
+function ranksBefore(a, b, nodeId) {
+  return own(a, nodeId) !== own(b, nodeId) ? own(a, nodeId) > own(b, nodeId) : createdAt(a) > createdAt(b);
+}
+
+/**
+ * The job named `name` that node `nodeId` shows: its own newest run, else the newest run of that name
+ * (by created_at; the list's order breaks ties, newest first); null if there is none.
+ */
+export function pickJob(jobs, name, nodeId = null) {
   if (!Array.isArray(jobs) || !name) return null;
   let best = null;
   for (const job of jobs) {
-    if (job && job.name === name && (best === null || createdAt(job) > createdAt(best))) best = job;
+    if (job && job.name === name && (best === null || ranksBefore(job, best, nodeId))) best = job;
   }
   return best;
 }
 
 /**
- * Whether an event's `snapshot` should replace what a node named `name` shows (`current`, or null):
- * the same job's newer news, or a job for this name created no earlier than the shown one.
+ * Whether an event's `snapshot` should replace what node `nodeId` named `name` shows (`current`, or
+ * null): the same job's newer news, or a job for this name that ranks no lower than the shown one.
  */
-export function acceptsSnapshot(current, snapshot, name) {
+export function acceptsSnapshot(current, snapshot, name, nodeId = null) {
   if (!snapshot || typeof snapshot.id !== "string" || snapshot.name !== name || !name) return false;
   if (!current) return true;
   if (snapshot.id === current.id) return !(snapshot.updated_at < current.updated_at);
-  return createdAt(snapshot) >= createdAt(current);
+  return !ranksBefore(current, snapshot, nodeId);
 }
 
 /** The snapshot's own loss as a history row, for drawing it before the history route answers. */
@@ -86,6 +96,9 @@ export function viewModel(snapshot, { name = "", resolveUrl = (url) => url } = {
   }
   const { state, step, total } = snapshot;
   const running = RUNNING_STATES.has(state);
+  // While running, what the run is doing besides steps: "encoding 3/40", "sampling step 0", "saving".
+  const phase = running && snapshot.phase && snapshot.phase !== "training"
+    ? [snapshot.phase, snapshot.phase_detail].filter(Boolean).join(" ") : "";
   const progress = total > 0 ? Math.min(1, Math.max(0, step / total)) : 0;
   const pending = (snapshot.pending_requests || []).map((r) => REQUEST_LABELS[r] || r);
   const checkpoints = [...(snapshot.checkpoints || [])].sort((a, b) => a.step - b.step)
@@ -96,7 +109,7 @@ export function viewModel(snapshot, { name = "", resolveUrl = (url) => url } = {
     hasJob: true,
     jobId: snapshot.id,
     state,
-    stateLabel: STATE_LABELS[state] || state,
+    stateLabel: (STATE_LABELS[state] || state) + (phase ? ` · ${phase}` : ""),
     running,
     canControl: state === "running",
     progress,

@@ -9,17 +9,13 @@ from pathlib import PurePosixPath, PureWindowsPath
 
 import folder_paths
 
-from ...trainer.errors import LoraFileError
+from ...trainer.errors import LoraFileError, LoraNameError
 from ...trainer.lora.file import LoraFile, parse_lora
 from ...trainer.safetensors_io import read_safetensors
 
 log = logging.getLogger(__name__)
 
 CACHE_MAX_FILES = 16
-
-
-class LoraNameError(LoraFileError):
-    """A LoRA name that is not a file inside the host's loras folders."""
 
 
 def check_lora_name(name: str) -> str | None:

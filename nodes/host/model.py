@@ -9,6 +9,7 @@ import comfy.model_management
 import comfy.utils
 
 from ...trainer.data.latents import Condition, stack_contexts
+from ...trainer.errors import UnsupportedModelError
 from ...trainer.training.objective import NoiseSchedule
 
 PREDICTION_TYPES = {comfy.model_base.ModelType.EPS: "epsilon", comfy.model_base.ModelType.V_PREDICTION: "v"}
@@ -28,10 +29,6 @@ DIFFUSERS_NAMED_UNETS = {"SD15", "SD20"}
 # Text-encoder prefixes inside the host's CLIP -> kohya prefixes.
 CLIP_PREFIXES = {"SD15": {"clip_l.transformer.": "lora_te_"}, "SD20": {"clip_h.transformer.": "lora_te_"},
                  "SDXL": {"clip_l.transformer.": "lora_te1_", "clip_g.transformer.": "lora_te2_"}}
-
-
-class UnsupportedModelError(ValueError):
-    """The connected model's family cannot be trained by this version of LoRA Lab."""
 
 
 def model_family(model) -> str:

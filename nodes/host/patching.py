@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import comfy.lora
 
-from ...trainer.errors import LoraShapeError
+from ...trainer.errors import LoraMismatchError, LoraShapeError
 from ...trainer.lora.file import LoraFile
 from ...trainer.lora.host_keys import module_delta_numel
 from ...trainer.lora.host_keys import host_modules
@@ -19,10 +19,6 @@ log = logging.getLogger(__name__)
 # Below this share of matching layers a file is treated as made for another base model.
 MIN_MATCHED_SHARE = 0.5
 TEXT_ENCODER_PREFIXES = ("lora_te", "text_encoder", "text_encoders.", "lora_prior_te")
-
-
-class LoraMismatchError(LoraShapeError):
-    """The LoRA's layers do not belong to the connected MODEL/CLIP (another base model)."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from aiohttp import web
 from ...trainer.lora import info as lora_info
 from ...trainer.errors import LoraFileError
 from ...trainer.jobs import ACTIONS, JOBS, Job, JobError, is_job_id, is_sample_name
-from .lora_files import LoraNameError, check_lora_name, lora_names, parsed_loras
+from ...trainer.errors import LoraNameError
+from .lora_files import check_lora_name, lora_names, parsed_loras
 
 logger = logging.getLogger(__name__)
 

@@ -7,12 +7,10 @@ from dataclasses import dataclass
 
 import folder_paths
 
+from ...trainer.errors import RunNameError
+
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,99}$")
 RESUME_SUFFIX = ".loralab-resume"  # not a LoRA extension: never listed in LoRA dropdowns
-
-
-class RunNameError(ValueError):
-    """The output name cannot be used as a file name in the loras folder."""
 
 
 @dataclass(frozen=True)

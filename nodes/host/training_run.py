@@ -1,32 +1,40 @@
-"""One training run inside the host: encode the dataset once, train on the host's own MODEL, save, report."""
+"""One training run inside the host, phase by phase: prepare, encode, attach, baseline, train, save, evaluate, finish.
+
+Whatever ends a run early (Cancel, Stop & save, an error) ends it the same way from any phase: the last whole
+step is kept (LoRA + resume state) when at least one step was done, the job ends in a terminal state whose
+message says what was kept, and the host's MODEL and CLIP are left without LoRA hooks.
+"""
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
-
-import torch
 
 import comfy.model_management
 import comfy.utils
 import folder_paths
+import torch
 
-from ...trainer.training.resume_state import TrainState, load_state, save_state
-from ...trainer.training.config import TrainConfig
-from ...trainer.data.images import load_pixels
+from ...trainer.data.latents import LatentBatches
 from ...trainer.data.spec import DatasetSpec
-from ...trainer.errors import LoraLabError
+from ...trainer.errors import RunHalted, TrainingStopped
+from ...trainer.jobs import JOBS, Job
+from ...trainer.lora.file import parse_lora
+from ...trainer.training.checkpoint_pruning import checkpoints_to_delete
+from ...trainer.training.config import TrainConfig
 from ...trainer.training.export import TrainingSummary, export_lora, kohya_metadata, save_lora
 from ...trainer.training.inplace_guard import normalisation_inputs_copied
-from ...trainer.jobs import JOBS, Job
-from ...trainer.data.latents import EncodedImage, LatentBatches
-from ...trainer.lora.file import parse_lora
-from ...trainer.training.trainable_lora import LoraAdapterSet, lora_parameter_count, release_inference_tensors, select_targets
-from ...trainer.training.loop import NonFiniteLossError, StepRecord, evaluate, train
+from ...trainer.training.loop import NonFiniteLossError, StepRecord, TrainResult, evaluate, train
 from ...trainer.training.memory import estimate_training_memory, fits
+from ...trainer.training.resume_state import TrainState, load_state, save_state
+from ...trainer.training.trainable_lora import (LoraAdapterSet, lora_parameter_count, release_inference_tensors,
+                                                select_targets)
 from . import model as host_model
+from .encoded_dataset import encode_dataset
 from .patching import patch_model_and_clip
+from .run_control import CANCELLED, RunControl
 from .run_files import RunFiles
 from .training_samples import SamplePlan, TrainingSamples, preview_of
 
@@ -35,8 +43,12 @@ EVAL_SEED = 1234  # fixed noise and timesteps: losses at different steps are com
 TEXT_ENCODER_KEY_PREFIX = "text_encoder:"  # keeps CLIP layer keys apart from the UNet's in one adapter set
 
 
-class TrainingStopped(LoraLabError):
-    """The run could not start or did not finish; the message says what was kept."""
+@dataclass(frozen=True)
+class HostParts:
+    """The graph's MODEL (a ModelPatcher), CLIP and VAE, as the host passes them to the node."""
+    model: object
+    clip: object
+    vae: object
 
 
 @dataclass
@@ -53,210 +65,288 @@ class RunResult:
     checkpoints: list[str] = field(default_factory=list)
 
 
-_encoded_cache: dict[tuple, list[EncodedImage]] = {}
-
-
-def encode_items(items, spec: DatasetSpec, model, clip, vae, contexts: bool) -> list[EncodedImage]:
-    """Every image through the host's VAE and, with `contexts`, every caption through its CLIP, once (cached
-    per dataset). Without them (the text encoder trains), captions are encoded at every step instead."""
-    key = (tuple((i.relative_path, i.caption, i.bucket) for i in items), spec.flip, contexts,
-           id(model.model), id(clip), id(vae))
-    if key in _encoded_cache:
-        return _encoded_cache[key]
-    encoded_captions: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-    encoded = []
-    for item in items:
-        pixels = load_pixels(item)[None]
-        latent = host_model.encode_pixels(vae, model, pixels)[0]
-        flipped = host_model.encode_pixels(vae, model, pixels.flip(2))[0] if spec.flip else None
-        if contexts and item.caption not in encoded_captions:
-            context, pooled = host_model.encode_caption(clip, item.caption)
-            encoded_captions[item.caption] = (context[0], None if pooled is None else pooled[0])
-        context, pooled = encoded_captions.get(item.caption, (None, None))
-        encoded.append(EncodedImage(latent, flipped, item.caption, context, pooled))
-    _encoded_cache.clear()  # one dataset at a time: latents are small, but models come and go
-    _encoded_cache[key] = encoded
-    return encoded
-
-
-def check_memory(model, config: TrainConfig, spec: DatasetSpec, trainable_params: int) -> None:
-    """Refuses a run that will not fit, before anything is encoded, with the figure and the options that fit."""
-    unet = host_model.diffusion_module(model)
-    params_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
-    opt = config.optimisation
-    on_gpu = comfy.model_management.get_torch_device().type == "cuda"
-    estimate = estimate_training_memory(params_bytes, trainable_params, opt.batch_size, spec.resolution,
-                                        gradient_checkpointing=opt.gradient_checkpointing,
-                                        mixed_precision=opt.mixed_precision if on_gpu else "no",
-                                        optimizer=opt.optimizer, rank=config.lora.rank)
-    available = host_model.free_memory_bytes() + model.loaded_size()  # what the model holds already counts
-    ok, options = fits(estimate, available)
-    if not ok:
-        raise TrainingStopped(f"This run needs about {estimate.total_bytes / 2**30:.1f} GiB but "
-                              f"{available / 2**30:.1f} GiB are available. Options that fit: "
-                              + ("; ".join(options) if options else "a smaller resolution or rank"))
-
-
-class HostControl:
-    """Cancel from the host and stop/save/sample requests from the dashboard, as the loop's should_stop."""
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.interrupted = False
-        self.save_requested = False
-        self.sample_requested = False
-
-    def progress(self, bar: comfy.utils.ProgressBar, record: StepRecord, preview=None) -> None:
-        try:  # the host's progress hook raises on Cancel; turn that into a graceful stop
-            bar.update_absolute(record.step, record.total, preview=preview)
-        except comfy.model_management.InterruptProcessingException:
-            self.interrupted = True
-
-    def should_stop(self) -> str | None:
-        if self.interrupted or comfy.model_management.processing_interrupted():
-            self.interrupted = True
-            return "cancelled"
-        requests = self.job.take_requests()
-        self.save_requested = self.save_requested or "save" in requests
-        self.sample_requested = self.sample_requested or "sample" in requests
-        return "stopped from the dashboard" if "stop" in requests else None
-
-
 def run_training(model, clip, vae, spec: DatasetSpec, files: RunFiles, config: TrainConfig, resume: bool,
                  node_id: str | None, plan: SamplePlan) -> RunResult:
-    opt = config.optimisation
-    start_state: TrainState | None = None
+    """Trains a LoRA on the graph's own MODEL (and CLIP), saves it into the loras folder, returns the patched pair."""
+    start_state = _start_state(files, config, resume, host_model.base_model_version(model)[0])
+    root = os.path.join(folder_paths.get_output_directory(), "loralab")
+    os.makedirs(root, exist_ok=True)
+    job_folder = tempfile.mkdtemp(prefix=f"{files.name}-{int(time.time())}-", dir=root)  # own folder per run
+    job = JOBS.create(files.name, config.optimisation.steps, job_folder, node_id=node_id)
+    job.start()
+    return TrainingRun(HostParts(model, clip, vae), spec, files, config, plan, job, node_id, start_state).run()
+
+
+def _start_state(files: RunFiles, config: TrainConfig, resume: bool, base_version: str) -> TrainState | None:
     if resume:
         if not os.path.exists(files.resume_path):
             raise TrainingStopped(f"nothing to resume: no saved state for '{files.name}' in {files.folder}. "
                                   "Turn resume off to start a new run.")
-        start_state = load_state(files.resume_path, expected_config=config)
-    elif os.path.exists(files.lora_path):
+        return load_state(files.resume_path, expected_config=config, expected_base_model=base_version)
+    if os.path.exists(files.lora_path):
         raise TrainingStopped(f"'{files.lora_name}' already exists in {files.folder}; choose another name, "
                               "or turn on resume to continue its run.")
-
-    job_folder = os.path.join(folder_paths.get_output_directory(), "loralab", f"{files.name}-{int(time.time())}")
-    job = JOBS.create(files.name, opt.steps, job_folder)
-    job.start()
-    try:
-        return _run(model, clip, vae, spec, files, config, start_state, job, node_id, plan, job_folder)
-    except comfy.model_management.InterruptProcessingException:
-        raise
-    except Exception as e:
-        job.finish("error", error=str(e))
-        raise
+    return None
 
 
-def _run(model, clip, vae, spec, files, config, start_state, job, node_id, plan, job_folder) -> RunResult:
-    opt = config.optimisation
-    train_items = spec.items
-    train_clip = config.lora.train_text_encoder
-    # Everything that can refuse the run does so before the dataset is encoded.
-    schedule = host_model.noise_schedule_for(model)
-    unet = host_model.diffusion_module(model)
-    unet_layers = select_targets(unet, config.lora.targets)
-    trainable = lora_parameter_count(unet, unet_layers, config.lora.rank)
-    name_map: dict[str, str] = {}
-    if train_clip:
-        text_encoder = host_model.text_encoder_module(clip)
-        text_layers = select_targets(text_encoder, config.lora.targets)
-        name_map.update(host_model.clip_kohya_names(model, text_layers, TEXT_ENCODER_KEY_PREFIX))
-        trainable += lora_parameter_count(text_encoder, text_layers, config.lora.rank)
-    check_memory(model, config, spec, trainable)
+class TrainingRun:
+    """The phases of one run, each a method; `run` calls them in order and ends the job whatever happens."""
 
-    encoded = encode_items(train_items + spec.validation_items, spec, model, clip, vae, contexts=not train_clip)
-    batches = LatentBatches(train_items, encoded[:len(train_items)], opt.batch_size, opt.seed)
-    host_model.load_for_training(model, clip if train_clip else None)
-    release_inference_tensors(unet)
-    adapters = LoraAdapterSet.from_config(config.lora, opt.seed)
-    adapters.attach(unet, unet_layers)
-    name_map.update(host_model.unet_kohya_names(model, unet_layers))
-    in_place_adders = [unet] if host_model.adds_residuals_in_place(model) else []
-    if train_clip:
-        in_place_adders.append(text_encoder)  # the host's CLIP adds to its residual in place too
-        release_inference_tensors(text_encoder)
-        adapters.attach(text_encoder, text_layers, key_prefix=TEXT_ENCODER_KEY_PREFIX, group="text_encoder")
-    denoiser = host_model.denoiser_for(model, host_model.caption_encoder_for(clip) if train_clip else None)
-    base_version, architecture = host_model.base_model_version(model)
-    control = HostControl(job)
-    bar = comfy.utils.ProgressBar(opt.steps, node_id=node_id)
-    checkpoints: list[str] = []
-    started = time.time()
+    def __init__(self, host: HostParts, spec: DatasetSpec, files: RunFiles, config: TrainConfig, plan: SamplePlan,
+                 job: Job, node_id: str | None, start_state: TrainState | None) -> None:
+        self.host, self.spec, self.files, self.config, self.plan = host, spec, files, config, plan
+        self.job, self.node_id, self.start_state = job, node_id, start_state
+        self.control = RunControl(job)
+        self.adapters = LoraAdapterSet.from_config(config.lora, config.optimisation.seed)
+        self.name_map: dict[str, str] = {}
+        self.checkpoints: list[str] = []
+        self.in_place_adders: list[torch.nn.Module] = []
+        self.result: TrainResult | None = None
+        self.saved: str | None = None  # the file that holds the run's last whole step, once written
+        self.saved_step: int | None = None
+        self.started = time.time()
 
-    def metadata(steps_done: int) -> dict[str, str]:
-        summary = TrainingSummary(output_name=files.name, num_train_images=len(train_items),
-                                  resolution=(spec.resolution, spec.resolution), steps_completed=steps_done,
-                                  tag_frequency=spec.tag_frequency(), trigger_phrase=spec.trigger_word,
-                                  started_at=started, finished_at=time.time())
-        md = kohya_metadata(config, summary, base_version, schedule.prediction_type)
-        md["modelspec.architecture"] = architecture
+    @property
+    def train_clip(self) -> bool:
+        return self.config.lora.train_text_encoder
+
+    @property
+    def steps_done(self) -> int:
+        if self.result is not None:
+            return self.result.steps_completed
+        return self.start_state.step if self.start_state is not None else 0
+
+    def run(self) -> RunResult:
+        try:
+            self.prepare()
+            self.encode()
+            try:
+                self.attach()
+                with normalisation_inputs_copied(*self.in_place_adders):
+                    self.baseline()
+                    self.train()
+                    self.save()  # before any evaluation: a Cancel there loses nothing
+                    self.evaluate()
+            finally:
+                self.adapters.detach()
+            return self.finish()
+        except RunHalted as halt:
+            self.end_halted(halt.reason)
+        except comfy.model_management.InterruptProcessingException:
+            self.end_halted(CANCELLED)
+        except BaseException as e:
+            self.job.finish("error", error=str(e) or type(e).__name__, lora_name=self.saved)
+            raise
+        raise comfy.model_management.InterruptProcessingException()  # the prompt ends as interrupted
+
+    # --- phases ----------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Everything that can refuse the run does so here, before the dataset is encoded."""
+        self.job.set_phase("preparing")
+        model, clip = self.host.model, self.host.clip
+        self.schedule = host_model.noise_schedule_for(model)
+        self.unet = host_model.diffusion_module(model)
+        self.unet_layers = select_targets(self.unet, self.config.lora.targets)
+        trainable = lora_parameter_count(self.unet, self.unet_layers, self.config.lora.rank)
+        if self.train_clip:
+            self.text_encoder = host_model.text_encoder_module(clip)
+            self.text_layers = select_targets(self.text_encoder, self.config.lora.targets)
+            self.name_map.update(host_model.clip_kohya_names(model, self.text_layers, TEXT_ENCODER_KEY_PREFIX))
+            trainable += lora_parameter_count(self.text_encoder, self.text_layers, self.config.lora.rank)
+        self.check_memory(trainable)
+        self.base_version, self.architecture = host_model.base_model_version(model)
+
+    def encode(self) -> None:
+        items = self.spec.items + self.spec.validation_items
+
+        def before_each(index: int, count: int) -> None:
+            self.job.set_phase("encoding", f"{index + 1}/{count}")
+            self.control.check()
+
+        with self.control.host_work():
+            encoded = encode_dataset(items, self.spec, self.host.model, self.host.clip, self.host.vae,
+                                     contexts=not self.train_clip, before_each=before_each)
+        train_count = len(self.spec.items)
+        self.batches = LatentBatches(self.spec.items, encoded[:train_count], self.config.optimisation.batch_size,
+                                     self.config.optimisation.seed)
+        self.validation_encoded = encoded[train_count:]
+
+    def attach(self) -> None:
+        model, clip = self.host.model, self.host.clip
+        host_model.load_for_training(model, clip if self.train_clip else None)
+        release_inference_tensors(self.unet)
+        self.adapters.attach(self.unet, self.unet_layers)
+        self.name_map.update(host_model.unet_kohya_names(model, self.unet_layers))
+        self.in_place_adders = [self.unet] if host_model.adds_residuals_in_place(model) else []
+        if self.train_clip:
+            self.in_place_adders.append(self.text_encoder)  # the host's CLIP adds to its residual in place too
+            release_inference_tensors(self.text_encoder)
+            self.adapters.attach(self.text_encoder, self.text_layers, key_prefix=TEXT_ENCODER_KEY_PREFIX,
+                                 group="text_encoder")
+        self.denoiser = host_model.denoiser_for(model, host_model.caption_encoder_for(clip) if self.train_clip else None)
+        self.samples = TrainingSamples(self.plan, model, clip, self.host.vae, self.adapters, self.job, self.job.folder)
+        self.eval_batches, self.eval_count = self.batches.fixed()
+
+    def baseline(self) -> None:
+        """The step-0 sample (the model before any training) and the loss at fixed noise before training."""
+        if self.plan.prompts and self.plan.every_n_steps > 0 and self.start_state is None:
+            self.job.set_phase("sampling", "step 0")
+            with self.control.host_work():
+                self.samples.render(0, before_each=self.control.check)
+        self.job.set_phase("evaluating", "before training")
+        with self.control.host_work():
+            self.eval_start = self.evaluate_loss(self.eval_batches, self.eval_count)
+
+    def train(self) -> None:
+        self.control.check()
+        self.job.set_phase("training")
+        self.progress_bar = comfy.utils.ProgressBar(self.config.optimisation.steps, node_id=self.node_id)
+        try:
+            self.result = train(self.denoiser, self.adapters, self.batches.batch, self.schedule, self.config,
+                                self.on_step, should_stop=self.control.should_stop, start_state=self.start_state,
+                                on_checkpoint=self.on_checkpoint,
+                                interruptions=(comfy.model_management.InterruptProcessingException,))
+        except NonFiniteLossError as e:
+            kept = (f" The last good checkpoint is {self.checkpoints[-1]}." if self.checkpoints
+                    else " No checkpoint was saved yet.")
+            raise TrainingStopped(str(e) + kept) from e
+        if self.result.stopped_early == "interrupted":  # the host's Cancel inside a step: that step was discarded
+            self.control.halted = CANCELLED
+        self.control.steps_over = True
+
+    def save(self) -> None:
+        """The final LoRA, or on an early end a checkpoint of the last whole step; with its resume state."""
+        assert self.result is not None
+        step = self.result.steps_completed
+        if step == self.steps_before_run or step == self.saved_step:
+            return  # nothing new to keep
+        self.job.set_phase("saving")
+        self.write_files(step, self.result.state, final=step >= self.config.optimisation.steps)
+
+    def evaluate(self) -> None:
+        assert self.result is not None
+        self.job.set_phase("evaluating", "after training")
+        with self.control.host_work():
+            self.eval_end = self.evaluate_loss(self.eval_batches, self.eval_count)
+            self.validation = None
+            if self.spec.validation_items:
+                self.job.set_phase("validating")
+                held_out = LatentBatches(self.spec.validation_items, self.validation_encoded, 1,
+                                         self.config.optimisation.seed)
+                batches, count = held_out.fixed(len(self.spec.validation_items))
+                self.validation = self.evaluate_loss(batches, count)
+                self.job.record_validation(self.result.steps_completed, self.validation)
+
+    def finish(self) -> RunResult:
+        assert self.result is not None and self.saved is not None
+        stopped = self.control.halted or self.result.stopped_early
+        self.job.finish("stopped" if stopped else "done", lora_name=self.saved)
+        trained = parse_lora(export_lora(self.adapters, self.name_map, dtype=torch.float32), {},
+                             source_name=self.saved)
+        new_model, new_clip, _ = patch_model_and_clip(self.host.model, self.host.clip, trained, 1.0, 1.0)
+        return RunResult(new_model, new_clip, self.saved, list(self.result.loss_history), self.eval_start,
+                         self.eval_end, self.validation, self.result.steps_completed, stopped, self.checkpoints)
+
+    def end_halted(self, reason: str) -> None:
+        """Ends the job of a run halted in any phase, keeping its last whole step; says what was kept."""
+        if self.result is not None:
+            self.save()
+        total = self.config.optimisation.steps
+        head = f"Training '{self.files.name}' was {reason} at step {self.steps_done} of {total}"
+        phase = self.job.phase
+        head += f" (while {phase})" if phase and phase != "training" else ""
+        if self.saved is not None:
+            kept = f"; saved {self.saved}" + (" and its resume state" if self.keeps_resume_state else "")
+            kept += "." if self.steps_done >= total else ". Queue again with resume on to continue."
+        elif self.start_state is not None:
+            kept = f"; no new step was done, the saved state of step {self.start_state.step} is unchanged."
+        else:
+            kept = "; no step had finished, so nothing was saved."
+        message = head + kept
+        log.warning("LoRA Lab: %s", message)
+        self.job.finish("interrupted" if reason == CANCELLED else "stopped", error=message, lora_name=self.saved)
+
+    # --- helpers ---------------------------------------------------------------------------------
+    @property
+    def steps_before_run(self) -> int:
+        return self.start_state.step if self.start_state is not None else 0
+
+    @property
+    def keeps_resume_state(self) -> bool:
+        return self.config.checkpointing.save_resume_state
+
+    def evaluate_loss(self, batches, count: int) -> float:
+        return evaluate(self.denoiser, self.adapters, batches, self.schedule, EVAL_SEED, count)
+
+    def check_memory(self, trainable_params: int) -> None:
+        """Refuses a run that will not fit, before anything is encoded, with the figure and the options that fit."""
+        params_bytes = sum(p.numel() * p.element_size() for p in self.unet.parameters())
+        opt = self.config.optimisation
+        on_gpu = comfy.model_management.get_torch_device().type == "cuda"
+        estimate = estimate_training_memory(params_bytes, trainable_params, opt.batch_size, self.spec.resolution,
+                                            gradient_checkpointing=opt.gradient_checkpointing,
+                                            mixed_precision=opt.mixed_precision if on_gpu else "no",
+                                            optimizer=opt.optimizer, rank=self.config.lora.rank)
+        available = host_model.free_memory_bytes() + self.host.model.loaded_size()  # what the model holds counts
+        ok, options = fits(estimate, available)
+        if not ok:
+            raise TrainingStopped(f"This run needs about {estimate.total_bytes / 2**30:.1f} GiB but "
+                                  f"{available / 2**30:.1f} GiB are available. Options that fit: "
+                                  + ("; ".join(options) if options else "a smaller resolution or rank"))
+
+    def metadata(self, steps_done: int) -> dict[str, str]:
+        summary = TrainingSummary(output_name=self.files.name, num_train_images=len(self.spec.items),
+                                  resolution=(self.spec.resolution, self.spec.resolution), steps_completed=steps_done,
+                                  tag_frequency=self.spec.tag_frequency(), trigger_phrase=self.spec.trigger_word,
+                                  started_at=self.started, finished_at=time.time())
+        md = kohya_metadata(self.config, summary, self.base_version, self.schedule.prediction_type)
+        md["modelspec.architecture"] = self.architecture
         return md
 
-    def checkpoint(state: TrainState) -> None:
-        path = files.checkpoint_path(state.step)
-        save_lora(path, export_lora(adapters, name_map), metadata(state.step))
-        if config.checkpointing.save_resume_state:
-            save_state(files.resume_path, state)
-        checkpoints.append(os.path.basename(path))
-        job.add_checkpoint(state.step, os.path.basename(path))
+    def write_files(self, step: int, state: TrainState | None, final: bool) -> None:
+        """The one writer of a run's files: the LoRA of `step` (final or a step checkpoint), then its resume state."""
+        path = self.files.lora_path if final else self.files.checkpoint_path(step)
+        name = os.path.basename(path)
+        save_lora(path, export_lora(self.adapters, self.name_map), self.metadata(step))
+        if state is not None and self.keeps_resume_state:
+            save_state(self.files.resume_path, state, base_model=self.base_version)
+        if not final:
+            self.checkpoints.append(name)
+            self.job.add_checkpoint(step, name)
+            self.prune_checkpoints()
+        if state is not None:
+            self.saved, self.saved_step = name, step
 
-    samples = TrainingSamples(plan, model, clip, vae, adapters, job, job_folder)
+    def prune_checkpoints(self) -> None:
+        """Deletes this run's step checkpoints beyond the newest keep_last (never the final file, never the
+        checkpoint that holds the resume state's step: it is the newest)."""
+        for old in checkpoints_to_delete(self.checkpoints, self.config.checkpointing.keep_last):
+            os.remove(os.path.join(self.files.folder, old))
+            self.checkpoints = [c for c in self.checkpoints if c != old]
+            self.job.remove_checkpoint(old)
 
-    def on_step(record: StepRecord) -> None:
-        job.record_step(record.step, record.total, record.loss, record.smoothed_loss, record.lr,
-                        record.seconds_per_step, host_model.memory_in_use())
-        if control.save_requested:  # "save now": a loadable LoRA of this step (resume state comes with checkpoints)
-            control.save_requested = False
-            save_lora(files.checkpoint_path(record.step), export_lora(adapters, name_map), metadata(record.step))
-            checkpoints.append(files.checkpoint_name(record.step))
-            job.add_checkpoint(record.step, files.checkpoint_name(record.step))
+    def on_checkpoint(self, state: TrainState) -> None:
+        self.write_files(state.step, state, final=False)
+
+    def on_step(self, record: StepRecord) -> None:
+        self.job.record_step(record.step, record.total, record.loss, record.smoothed_loss, record.lr,
+                             record.seconds_per_step, host_model.memory_in_use())
+        if self.control.save_requested:  # "save now": a loadable LoRA of this step (resume state comes with checkpoints)
+            self.control.save_requested = False
+            self.write_files(record.step, None, final=False)
         strip = None
-        if plan.prompts and (plan.due(record.step) or control.sample_requested):
-            control.sample_requested = False
-            strip = samples.render_or_cancel(record.step)
-            control.interrupted = control.interrupted or strip is None
-        control.progress(bar, record, preview_of(strip) if strip is not None else None)
-
-    with normalisation_inputs_copied(*in_place_adders):
-        try:
-            if plan.prompts and plan.every_n_steps > 0 and start_state is None:
-                samples.render_or_cancel(0)  # the step-0 baseline: the model before any training
-            eval_batches, eval_count = batches.fixed()
-            eval_start = evaluate(denoiser, adapters, eval_batches, schedule, EVAL_SEED, eval_count)
+        if self.plan.prompts and (self.plan.due(record.step) or self.control.sample_requested):
+            self.control.sample_requested = False
+            self.job.set_phase("sampling", f"step {record.step}")
             try:
-                result = train(denoiser, adapters, batches.batch, schedule, config, on_step,
-                               should_stop=control.should_stop, start_state=start_state, on_checkpoint=checkpoint,
-                               interruptions=(comfy.model_management.InterruptProcessingException,))
-            except NonFiniteLossError as e:
-                kept = f" The last good checkpoint is {checkpoints[-1]}." if checkpoints else " No checkpoint was saved yet."
-                raise TrainingStopped(str(e) + kept) from e
-            eval_end = evaluate(denoiser, adapters, eval_batches, schedule, EVAL_SEED, eval_count)
-            validation = None
-            if spec.validation_items:
-                held_out = LatentBatches(spec.validation_items, encoded[len(train_items):], 1, opt.seed)
-                val_batches, val_count = held_out.fixed(len(spec.validation_items))
-                validation = evaluate(denoiser, adapters, val_batches, schedule, EVAL_SEED, val_count)
-                job.record_validation(result.steps_completed, validation)
-        finally:
-            adapters.detach()
-
-    if result.stopped_early and result.steps_completed < opt.steps:
-        checkpoint(result.state)
-        lora_name = files.checkpoint_name(result.steps_completed)
-    else:
-        save_lora(files.lora_path, export_lora(adapters, name_map), metadata(result.steps_completed))
-        lora_name = files.lora_name
-        if config.checkpointing.save_resume_state:
-            save_state(files.resume_path, result.state)
-    if control.interrupted or result.stopped_early == "interrupted":
-        message = (f"Training '{files.name}' was cancelled at step {result.steps_completed} of {opt.steps}; "
-                   f"saved {lora_name} and its resume state. Queue again with resume on to continue.")
-        log.warning("LoRA Lab: %s", message)
-        job.finish("interrupted", error=message, lora_name=lora_name)
-        raise comfy.model_management.InterruptProcessingException()
-    job.finish("stopped" if result.stopped_early else "done", lora_name=lora_name)
-
-    trained = parse_lora(export_lora(adapters, name_map, dtype=torch.float32), {}, source_name=lora_name)
-    new_model, new_clip, _ = patch_model_and_clip(model, clip, trained, 1.0, 1.0)
-    return RunResult(new_model, new_clip, lora_name, list(result.loss_history), eval_start, eval_end,
-                     validation, result.steps_completed, result.stopped_early, checkpoints)
+                strip = self.samples.render(record.step, before_each=self.control.check)
+            except RunHalted:
+                pass  # the loop sees control.halted before its next update
+            except comfy.model_management.InterruptProcessingException as e:
+                self.control.interrupted_by_host(e)
+            self.job.set_phase("training")
+        try:  # the host's progress hook raises on Cancel; the loop stops before its next update
+            self.progress_bar.update_absolute(record.step, record.total,
+                                              preview=preview_of(strip) if strip is not None else None)
+        except comfy.model_management.InterruptProcessingException as e:
+            self.control.interrupted_by_host(e)

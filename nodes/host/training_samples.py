@@ -1,20 +1,17 @@
 """Periodic samples of a training run, rendered by the same code path as Preview Samples (the host's sampler)."""
 from __future__ import annotations
 
-import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-import comfy.model_management
 
 from ...trainer.jobs import Job
 from ...trainer.training.trainable_lora import LoraAdapterSet
 from ...trainer.sample_grid import label_grid
 from .sampling import SampleSettings, render, to_pil
 
-log = logging.getLogger(__name__)
 DEFAULT_PROMPT_COUNT = 2
 PREVIEW_MAX_SIDE = 512
 
@@ -43,30 +40,28 @@ class TrainingSamples:
         self.plan, self.model, self.clip, self.vae = plan, model, clip, vae
         self.adapters, self.job, self.folder = adapters, job, folder
 
-    def render(self, step: int):
-        """The strip image of this step (prompts side by side), saved and announced; None if cancelled."""
-        was_training = any(self.adapters[k].training for k in self.adapters.keys())
-        self.adapters.train(False)  # no dropout in samples
+    def render(self, step: int, before_each: Callable[[], None]):
+        """The strip image of this step (prompts side by side), saved and announced.
+
+        before_each() runs before each prompt (it raises to stop the run); a Cancel inside the host's sampler
+        raises the host's InterruptProcessingException.
+        """
+        was_training = self.adapters.training
+        self.adapters.train(False)  # samples show the LoRA as it would be used: no dropout
         try:
+            tiles = []
             with torch.no_grad():
-                tiles = [to_pil(render(self.model, self.clip, self.vae, p, self.plan.settings, with_preview=False))
-                         for p in self.plan.prompts]
+                for prompt in self.plan.prompts:
+                    before_each()
+                    tiles.append(to_pil(render(self.model, self.clip, self.vae, prompt, self.plan.settings,
+                                               with_preview=False)))
         finally:
             self.adapters.train(was_training)
         strip = label_grid([tiles], [f"step {step}"], list(self.plan.prompts))
-        os.makedirs(self.folder, exist_ok=True)
         name = f"step{step:06d}.png"
         strip.save(os.path.join(self.folder, name))
         self.job.add_sample(step, name, f"step {step}")
         return strip
-
-    def render_or_cancel(self, step: int):
-        """Like render, but Cancel during sampling returns None so the run can save and stop gracefully."""
-        try:
-            return self.render(step)
-        except comfy.model_management.InterruptProcessingException:
-            log.info("LoRA Lab: cancelled while sampling at step %d", step)
-            return None
 
 
 def preview_of(strip) -> tuple[str, object, int]:

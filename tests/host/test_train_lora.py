@@ -211,3 +211,15 @@ def test_odd_images_train(host):
     g, train = train_graph("odd", steps=2, folder="odd_images")
     entry = host.run(g.nodes, timeout=900)
     assert len(entry["outputs"][train]["loss_history"]) == 2
+
+
+def test_keep_last_deletes_the_older_step_checkpoints_of_the_run_only(host, rings):
+    (host.loras_dir / "pruned-step99.safetensors").write_bytes(b"an earlier run's checkpoint")
+    g, _ = train_graph("pruned", steps=5, options={"checkpoint_every": 1, "keep_last": 2})
+    host.run(g.nodes, timeout=900)
+    kept = sorted(p.name for p in host.loras_dir.glob("pruned*"))
+    assert kept == ["pruned-step3.safetensors", "pruned-step4.safetensors", "pruned-step99.safetensors",
+                    "pruned.loralab-resume", "pruned.safetensors"]
+    job = next(j for j in host.get_json("/loralab/jobs") if j["name"] == "pruned")
+    checkpoints = host.get_json(f"/loralab/jobs/{job['id']}")["checkpoints"]
+    assert [c["step"] for c in checkpoints] == [3, 4]

@@ -39,6 +39,31 @@ test("a node binds to the newest job of its name", () => {
   assert.equal(pickJob(tie, "x").id, "new", "a tie keeps the list's newest-first order");
 });
 
+test("a node prefers its own runs of its name over newer runs of other nodes", () => {
+  const jobs = [
+    { id: "theirs", name: "rings", node_id: "7", created_at: 300 },
+    { id: "mine", name: "rings", node_id: "3", created_at: 200 },
+    { id: "old", name: "rings", created_at: 100 },
+  ];
+  assert.equal(pickJob(jobs, "rings", 3).id, "mine");
+  assert.equal(pickJob(jobs, "rings", 7).id, "theirs");
+  assert.equal(pickJob(jobs, "rings", 9).id, "theirs", "no own run: the newest of the name");
+  assert.equal(pickJob(jobs, "rings").id, "theirs");
+  const mine = snapshot({ node_id: "3", created_at: 200 });
+  assert.equal(acceptsSnapshot(mine, snapshot({ id: "fedcba9876543210", node_id: "7", created_at: 300 }), "rings", 3),
+    false, "another node's newer run does not replace this node's own");
+  assert.equal(acceptsSnapshot(mine, snapshot({ id: "fedcba9876543210", node_id: "3", created_at: 300 }), "rings", 3),
+    true);
+  assert.equal(acceptsSnapshot(snapshot({ node_id: "7" }), snapshot({ id: "fedcba9876543210", node_id: "3",
+    created_at: 50 }), "rings", 3), true, "this node's own run replaces another node's, even an older one");
+});
+
+test("while running, the state says what the run is doing besides steps", () => {
+  assert.equal(viewModel(snapshot({ phase: "encoding", phase_detail: "3/40" })).stateLabel, "training · encoding 3/40");
+  assert.equal(viewModel(snapshot({ phase: "training" })).stateLabel, "training");
+  assert.equal(viewModel(snapshot({ state: "done", phase: "evaluating" })).stateLabel, "done");
+});
+
 test("events: same job's news, or a newer job of the node's name, replace what is shown", () => {
   const shown = snapshot();
   assert.equal(acceptsSnapshot(null, shown, "rings"), true);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import pkgutil
@@ -85,3 +86,27 @@ def test_the_check_catches_a_stray_exception(tmp_path: Path, monkeypatch: pytest
     monkeypatch.syspath_prepend(str(tmp_path))
     stray = importlib.import_module("stray_pkg")
     assert len(_offending(_engine_modules(stray))) >= 1
+
+
+def _stray_exception_classes(root: Path) -> list[str]:
+    """Classes under `root` that derive from an exception by name, outside trainer/errors.py (found with ast:
+    the host adapter cannot be imported without the host)."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef) and any(
+                    (isinstance(b, ast.Name) and b.id.endswith(("Error", "Exception", "Stopped", "Halted")))
+                    for b in node.bases):
+                found.append(f"{path.relative_to(root.parent)}: {node.name}")
+    return found
+
+
+def test_the_host_adapter_defines_no_exception_of_its_own() -> None:
+    """nodes/ raises the classes of trainer/errors.py too, so a caller catching LoraLabError catches them all."""
+    assert _stray_exception_classes(Path(trainer.__file__).parent.parent / "nodes") == []
+
+
+def test_the_host_adapter_check_catches_a_stray_class(tmp_path: Path) -> None:
+    (tmp_path / "nodes").mkdir()
+    (tmp_path / "nodes" / "x.py").write_text("class NameError2(ValueError):\n    pass\n\nclass Fine:\n    pass\n")
+    assert _stray_exception_classes(tmp_path / "nodes") == ["nodes/x.py: NameError2"]

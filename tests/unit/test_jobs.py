@@ -289,3 +289,28 @@ def test_thread_safety_smoke(tmp_path):
     assert job.snapshot()["step"] == 3000 and len(job.loss_history(0)) == 3000
     assert len(job.snapshot()["checkpoints"]) == 6 and registry.get(job.id) is job
     assert len(registry.list()) <= 8
+
+
+def test_phase_changes_go_out_at_once_and_detail_changes_at_the_progress_rate(registry, events, clock, tmp_path):
+    job = registry.create("run", 10, str(tmp_path), node_id=7)
+    job.start()
+    events.clear()
+    job.set_phase("encoding", "1/3")
+    job.set_phase("encoding", "2/3")  # same phase, published too recently
+    clock.now += 1.0
+    job.set_phase("encoding", "3/3")
+    job.set_phase("training")  # a new phase: at once
+    assert [(e, d["phase"], d["phase_detail"]) for e, d in events] == [
+        (EVENT_PROGRESS, "encoding", "1/3"), (EVENT_PROGRESS, "encoding", "3/3"), (EVENT_PROGRESS, "training", None)]
+    assert job.phase == "training" and registry.list()[0]["phase"] == "training"
+    assert job.snapshot()["node_id"] == "7" and registry.list()[0]["node_id"] == "7"
+
+
+def test_a_removed_checkpoint_leaves_the_snapshot(registry, events, tmp_path):
+    job = registry.create("run", 10, str(tmp_path))
+    job.add_checkpoint(1, "run-step1.safetensors")
+    job.add_checkpoint(2, "run-step2.safetensors")
+    events.clear()
+    job.remove_checkpoint("run-step1.safetensors")
+    assert [c["lora_name"] for c in job.snapshot()["checkpoints"]] == ["run-step2.safetensors"]
+    assert events[-1][0] == EVENT_CHECKPOINT

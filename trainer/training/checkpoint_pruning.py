@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..errors import ConfigError
+
 
 def checkpoints_to_delete(saved: Sequence[str], keep_last: int) -> list[str]:
     """The checkpoints in `saved` beyond the newest `keep_last`, oldest first; none when keep_last is 0.
@@ -14,7 +16,7 @@ def checkpoints_to_delete(saved: Sequence[str], keep_last: int) -> list[str]:
     nor are checkpoints left by an earlier run under the same name, which may carry higher step numbers.
     """
     if keep_last < 0:
-        raise ValueError(f"keep_last = {keep_last} is not allowed; expected 0 (keep all) or more.")
+        raise ConfigError(f"keep_last = {keep_last} is not allowed; expected 0 (keep all) or more.")
     newest_last = list(dict.fromkeys(reversed(saved)))[::-1]  # unique, each at its latest position
     if keep_last == 0 or len(newest_last) <= keep_last:
         return []

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ..errors import ConfigError
+
 TARGET_KINDS: tuple[str, ...] = ("attention", "attention_ff", "attention_ff_conv")
 SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine")
 OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw8bit")
@@ -42,8 +44,8 @@ def setting(default: Any, help: str, *, choices: Sequence[str] | None = None, ex
     return field(default=default, metadata=metadata)
 
 
-def _invalid(field_name: str, value: object, allowed: str) -> ValueError:
-    return ValueError(f"{field_name} = {value!r} is not allowed; expected {allowed}.")
+def _invalid(field_name: str, value: object, allowed: str) -> ConfigError:
+    return ConfigError(f"{field_name} = {value!r} is not allowed; expected {allowed}.")
 
 
 def _check_field(name: str, kind: type, value: object, metadata: typing.Mapping[str, Any]) -> None:
@@ -249,10 +251,10 @@ class TrainConfig:
         """Inverse of to_metadata; missing fields take their defaults, unknown keys are ignored."""
         version_key = f"{METADATA_PREFIX}config_version"
         if version_key not in metadata:
-            raise ValueError(f"metadata has no {version_key!r}: it was not written by LoRA Lab's trainer.")
+            raise ConfigError(f"metadata has no {version_key!r}: it was not written by LoRA Lab's trainer.")
         version = int(metadata[version_key])
         if version > CONFIG_VERSION:
-            raise ValueError(f"config_version = {version} is newer than this LoRA Lab understands "
+            raise ConfigError(f"config_version = {version} is newer than this LoRA Lab understands "
                              f"({CONFIG_VERSION}); update LoRA Lab.")
         sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
         for key, raw in metadata.items():
@@ -263,7 +265,7 @@ class TrainConfig:
                 try:
                     value = json.loads(raw)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"metadata {key} = {raw!r} is not valid JSON") from e
+                    raise ConfigError(f"metadata {key} = {raw!r} is not valid JSON") from e
                 if value is None and version < 2 and (section, name) in _NULL_MEANT_ZERO_BEFORE_V2:
                     value = 0.0  # files and resume states written before version 2 keep loading
                 sections[section][name] = value

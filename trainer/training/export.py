@@ -156,7 +156,7 @@ def kohya_metadata(config: TrainConfig, summary: TrainingSummary, base_model_ver
         "ss_full_fp16": "False",
         "ss_seed": str(opt.seed),
         "ss_noise_offset": str(opt.noise_offset) if opt.noise_offset > 0 else "None",
-        "ss_min_snr_gamma": str(opt.min_snr_gamma),
+        "ss_min_snr_gamma": str(opt.min_snr_gamma) if opt.min_snr_gamma else "None",  # kohya writes None when off
         "ss_loss_type": "l2",
         "ss_cache_latents": "True",
         "ss_num_train_images": str(summary.num_train_images),

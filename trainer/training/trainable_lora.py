@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .config import LoraShape
-from ..errors import LoraTargetError
+from ..errors import ConfigError, LoraTargetError
 from ..adapters.lora import lora_delta
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def select_targets(model: nn.Module, targets_kind: str) -> list[str]:
     """Names of the Linear/Conv2d modules of `model` that a LoRA of `targets_kind` trains, in model order."""
     kinds = ("attention", "attention_ff", "attention_ff_conv")
     if targets_kind not in kinds:
-        raise ValueError(f"targets = {targets_kind!r} is not allowed; expected one of {', '.join(kinds)}.")
+        raise ConfigError(f"targets = {targets_kind!r} is not allowed; expected one of {', '.join(kinds)}.")
     selected = []
     for name, module in model.named_modules():
         is_linear = isinstance(module, nn.Linear)
@@ -249,6 +249,11 @@ class LoraAdapterSet:
         """Training mode turns LoRA dropout on; eval mode (False) turns it off."""
         for adapter in self._adapters.values():
             adapter.train(mode)
+
+    @property
+    def training(self) -> bool:
+        """Whether any adapter is in training mode (dropout on)."""
+        return any(adapter.training for adapter in self._adapters.values())
 
     def set_multiplier(self, multiplier: float) -> None:
         """Strength of the LoRA in the forward pass (1 = as trained, 0 = off), e.g. for previews."""
