@@ -35,13 +35,21 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from scripts.comfy_host import ComfyHost  # noqa: E402
-from benchmarks.measure import (bench_host, cpu_seconds, exec_seconds, host_versions, limit_host_threads,  # noqa: E402
-                                med, print_end, print_start)
+from benchmarks.measure import (  # noqa: E402
+    bench_host,
+    cpu_seconds,
+    exec_seconds,
+    host_versions,
+    limit_host_threads,
+    med,
+    print_end,
+    print_start,
+)
 from scripts import lora_fixtures as fx  # noqa: E402
+from scripts.comfy_host import ComfyHost  # noqa: E402
 from scripts.graphs import Graph, checkpoint, out  # noqa: E402
-from scripts.tiny_checkpoint import TINY_TARGETS  # noqa: E402
 from scripts.lora_fixtures import Target  # noqa: E402
+from scripts.tiny_checkpoint import TINY_TARGETS  # noqa: E402
 
 LORA_NAMES = ("bench_a.safetensors", "bench_b.safetensors", "bench_c.safetensors")
 CASES = ("base", "ours1", "native1", "ours3", "native3")
@@ -140,12 +148,13 @@ def all_cached(entry: dict, prompt: dict) -> bool:
 
 def print_table(cold: dict[str, list[float]], again: dict[str, list[float]]) -> None:
     """The markdown table: stack of 1 and 3 (net ratio), and the unchanged re-runs."""
-    net = {c: med([r - b for r, b in zip(cold[c], cold["base"])]) for c in CASES if c != "base"}
+    net = {c: med([r - b for r, b in zip(cold[c], cold["base"], strict=True)]) for c in CASES if c != "base"}
     rows = []
     for n in ("1", "3"):
         o, v = f"ours{n}", f"native{n}"
         ratio = net[o] / net[v] if net[v] > 0 else float("nan")
-        rows.append((f"stack of {n}", f"{med(cold[o]):.3f} (net {net[o]:.3f})", f"{med(cold[v]):.3f} (net {net[v]:.3f})",
+        rows.append((f"stack of {n}", f"{med(cold[o]):.3f} (net {net[o]:.3f})",
+                     f"{med(cold[v]):.3f} (net {net[v]:.3f})",
                      f"{ratio:.2f}x", f"<= {TARGET_APPLY:.2f}x: {'met' if ratio <= TARGET_APPLY else 'MISSED'}"))
     for n in ("1", "3"):
         o, v = f"ours{n}", f"native{n}"

@@ -24,7 +24,8 @@ targets attention_ff; every run has a unique name.
    LoraLoader (the LoRA that run trained) -> CLIPTextEncode x2 -> KSampler -> VAEDecode -> SaveImage,
    one prompt; per image = its execution time / images (texts and seeds differ per image and
    repetition, so every encoder and sampler node executes, as the trainer encodes and samples per image).
-   The two runs alternate in order per repetition, the reference follows; ratio = median extra per image / median reference per image.
+   The two runs alternate in order per repetition, the reference follows;
+   ratio = median extra per image / median reference per image.
 
 Usage (from the repository root):  .venv/bin/python benchmarks/bench_live.py [--pairs 3] [--steps 10 30]
     [--reps 3] [--sample-every 5] [--sample-steps 4] [--rate 50] [--threads 0]
@@ -45,12 +46,22 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.measure import (  # noqa: E402
+    bench_host,
+    command_line,
+    cpu_seconds,
+    exec_seconds,
+    host_versions,
+    limit_host_threads,
+    med,
+    node_defaults,
+    print_end,
+    print_start,
+)
 from scripts.comfy_host import ComfyHost, HostError  # noqa: E402
-from benchmarks.measure import (bench_host, command_line, cpu_seconds, exec_seconds, host_versions,  # noqa: E402
-                                limit_host_threads, med, node_defaults, print_end, print_start)
-from scripts.make_demo_dataset import make_demo_dataset  # noqa: E402
 from scripts.graphs import Graph, checkpoint, out  # noqa: E402
-from tests.support.training_graphs import TEST_OPTIONS, TRIGGER, train_graph  # noqa: E402
+from scripts.make_demo_dataset import make_demo_dataset  # noqa: E402
+from scripts.training_graphs import TEST_OPTIONS, TRIGGER, train_graph  # noqa: E402
 
 TARGET_POLL, TARGET_SAMPLE = 0.03, 1.0
 FOLDER, SIZE, RANK, LR, CFG = "rings", 64, 4, 2e-3, 5.0
@@ -104,7 +115,7 @@ class Poller:
         self.elapsed = time.monotonic() - start
         conn.close()
 
-    def __enter__(self) -> "Poller":
+    def __enter__(self) -> Poller:
         self._thread.start()
         return self
 
@@ -204,7 +215,8 @@ def main() -> int:
     limit_host_threads(args.threads)
     with bench_host("loralab-bench-live-", args.keep) as host:
         host.start()
-        print(f"host: {host_versions(host)}, --cpu, threads {args.threads or 'default'}; {SIZE} px, 4 images, rank {RANK}, batch 1, "
+        print(f"host: {host_versions(host)}, --cpu, threads {args.threads or 'default'}; "
+              f"{SIZE} px, 4 images, rank {RANK}, batch 1, "
               f"steps {n1}/{n2}; samples every {args.sample_every}, {args.sample_steps} steps, {len(PROMPTS)} prompts")
         make_demo_dataset(host.input_dir / FOLDER, count=4, size=SIZE)
         bench = Bench(host, node_defaults(host, "LoraLabTrainOptions"))
@@ -243,9 +255,9 @@ def main() -> int:
                 a, b = runs[mode][n1], runs[mode][n2]
                 per_step[mode].append((b["seconds"] - a["seconds"]) / (n2 - n1))
                 cpu_step[mode].append((b["cpu"] - a["cpu"]) / (n2 - n1))
-        slowdowns = {m: [w / wo - 1 for w, wo in zip(per_step[m], per_step["without"])] for m in modes[1:]}
-        cpu_slow = {m: [w / wo - 1 for w, wo in zip(cpu_step[m], cpu_step["without"])] for m in modes[1:]}
-        ours_vs_native = [o / n for o, n in zip(per_step["ours"], per_step["native"])]
+        slowdowns = {m: [w / wo - 1 for w, wo in zip(per_step[m], per_step["without"], strict=True)] for m in modes[1:]}
+        cpu_slow = {m: [w / wo - 1 for w, wo in zip(cpu_step[m], cpu_step["without"], strict=True)] for m in modes[1:]}
+        ours_vs_native = [o / n for o, n in zip(per_step["ours"], per_step["native"], strict=True)]
 
         # 2. Samples: without, with samples, KSampler reference; interleaved, order rotated.
         extra: list[float] = []
@@ -280,9 +292,11 @@ def main() -> int:
         print(f"| idle host CPU per GET: ours / host's /queue | {idle['ours']:.2f} ms / {idle['native']:.2f} ms | | |")
         print(f"| s/step without polling | {s_wo:.3f} (CPU {med(cpu_step['without']):.3f}) | | |")
         print(f"| s/step polling ours at {med(rates):.1f} GET/s | {s_w:.3f} (CPU {med(cpu_step['ours']):.3f}) | | |")
-        print(f"| s/step polling the host's /queue at the same rate | {s_n:.3f} (CPU {med(cpu_step['native']):.3f}) | | |")
+        print(f"| s/step polling the host's /queue at the same rate | "
+              f"{s_n:.3f} (CPU {med(cpu_step['native']):.3f}) | | |")
         print(f"| training slowdown, polling ours (median of {args.pairs}; "
-              f"{', '.join(f'{x:+.1%}' for x in slowdowns['ours'])}) | {slow:+.1%} (CPU {med(cpu_slow['ours']):+.1%}) | "
+              f"{', '.join(f'{x:+.1%}' for x in slowdowns['ours'])}) | "
+              f"{slow:+.1%} (CPU {med(cpu_slow['ours']):+.1%}) | "
               f"< {TARGET_POLL:.0%} | {'met' if slow < TARGET_POLL else 'MISSED'} |")
         print(f"| training slowdown, polling the host's /queue ({', '.join(f'{x:+.1%}' for x in slowdowns['native'])}) "
               f"| {med(slowdowns['native']):+.1%} (CPU {med(cpu_slow['native']):+.1%}) | | |")

@@ -51,11 +51,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.measure import (  # noqa: E402
+    bench_host,
+    cpu_seconds,
+    exec_seconds,
+    host_versions,
+    node_defaults,
+    print_end,
+    print_start,
+)
 from scripts.comfy_host import ComfyHost, HostError  # noqa: E402
-from benchmarks.measure import (bench_host, cpu_seconds, exec_seconds, host_versions, node_defaults,  # noqa: E402
-                                print_end, print_start)
-from scripts.make_demo_dataset import make_demo_dataset  # noqa: E402
 from scripts.graphs import Graph, checkpoint, out  # noqa: E402
+from scripts.make_demo_dataset import make_demo_dataset  # noqa: E402
 
 TARGET_TIME, RANK, LR, SEED = 0.7, 8, 1e-4, 0
 CASES = ("ours_attention_ff", "ours_attention_ff_conv", "native")
@@ -123,7 +130,7 @@ class RssSampler:
             self.peak = max(self.peak, rss_bytes(self.pid))
             time.sleep(self.period)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -160,7 +167,8 @@ class Runner:
             losses, eval_loss = ui["loss_history"], ui["eval_loss"]
         if len(losses) != steps:
             raise HostError(f"{case}: {len(losses)} losses for {steps} steps")
-        return {"seconds": exec_seconds(entry), "cpu": cpu, "peak": rss.peak - rss.before, "losses": losses, "eval": eval_loss}
+        return {"seconds": exec_seconds(entry), "cpu": cpu, "peak": rss.peak - rss.before, "losses": losses,
+                "eval": eval_loss}
 
 
 def mib(n: float) -> str:
@@ -193,7 +201,8 @@ def main() -> int:
         os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "131072")
     with bench_host("loralab-bench-train-", args.keep) as host:
         host.start()
-        print(f"host: {host_versions(host)}, --cpu, 127.0.0.1:{host.port}; {args.images} images, batch 1, rank {RANK}, fp32, AdamW lr {LR}, "
+        print(f"host: {host_versions(host)}, --cpu, 127.0.0.1:{host.port}; {args.images} images, batch 1, "
+              f"rank {RANK}, fp32, AdamW lr {LR}, "
               f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, steps {n1} and {n2}; "
               f"host env MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}")
         rows = []
@@ -211,7 +220,8 @@ def main() -> int:
                 for case in cases:  # interleaved, so a change in the machine's load hits every case alike
                     t0 = time.monotonic()
                     r = runner.run(case, size, steps)
-                    print(f"  {size}px {case} {steps} steps: host time {r['seconds']:.2f} s, CPU {r['cpu']:.1f} s, peak RSS over idle "
+                    print(f"  {size}px {case} {steps} steps: host time {r['seconds']:.2f} s, CPU {r['cpu']:.1f} s, "
+                          f"peak RSS over idle "
                           f"{mib(r['peak'])}, last-5 loss {statistics.fmean(r['losses'][-5:]):.4f}, fixed-noise "
                           f"{r['eval']} ({time.monotonic() - t0:.0f} s wall)", flush=True)
                     if phase != "warm-up":
@@ -230,7 +240,8 @@ def main() -> int:
                           ("met" if o["peak"] <= nat["peak"] else "MISSED")
                 cratio = o["cps"] / nat["cps"] if nat["cps"] > 0 else float("nan")
                 rows.append((f"{size} px, ours {case.removeprefix('ours_')}", f"{o['sps']:.3f} (CPU {o['cps']:.2f})",
-                             f"{nat['sps']:.3f} (CPU {nat['cps']:.2f})", f"{ratio:.2f}x ({verdict}; CPU {cratio:.2f}x)", mib(o["peak"]), mib(nat["peak"]),
+                             f"{nat['sps']:.3f} (CPU {nat['cps']:.2f})", f"{ratio:.2f}x ({verdict}; CPU {cratio:.2f}x)",
+                             mib(o["peak"]), mib(nat["peak"]),
                              f"{o['loss']:.4f} (eps; fixed noise {o['eval'][0]:.4f} -> {o['eval'][1]:.4f})",
                              f"{nat['loss']:.4f} (x0)"))
 

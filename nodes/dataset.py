@@ -22,7 +22,8 @@ class LoraLabDataset:
     """Images with same-name .txt captions (kohya `N_name` repeat folders too), bucketed by aspect ratio."""
 
     DESCRIPTION = ("A folder of .png/.jpg/.webp images with same-name .txt captions. Sub-folders named like "
-                   "'10_name' repeat their images 10 times. Images are sorted into aspect-ratio buckets; nothing is stretched.")
+                   "'10_name' repeat their images 10 times. Images are sorted into aspect-ratio buckets; "
+                   "nothing is stretched.")
     CATEGORY = "LoRA Lab"
     FUNCTION = "scan"
     RETURN_TYPES = (DATASET_TYPE,)
@@ -31,11 +32,32 @@ class LoraLabDataset:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "folder": ("STRING", {"default": "lora_dataset", "tooltip": "An absolute path, or a folder inside ComfyUI's input folder."}),
-            "trigger_word": ("STRING", {"default": "", "tooltip": "Put first in every caption that lacks it; written to the LoRA's metadata."}),
-            "resolution": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 64, "tooltip": "Training side length; buckets keep about this many pixels."}),
-            "flip": ("BOOLEAN", {"default": False, "tooltip": "Randomly mirror images left-right (not for asymmetric subjects or text)."}),
-            "validation_share": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.5, "step": 0.05, "tooltip": "Share of images held out to measure validation loss."}),
+            "folder": ("STRING", {
+                "default": "lora_dataset",
+                "tooltip": "An absolute path, or a folder inside ComfyUI's input folder.",
+            }),
+            "trigger_word": ("STRING", {
+                "default": "",
+                "tooltip": "Put first in every caption that lacks it; written to the LoRA's metadata.",
+            }),
+            "resolution": ("INT", {
+                "default": 512,
+                "min": 64,
+                "max": 4096,
+                "step": 64,
+                "tooltip": "Training side length; buckets keep about this many pixels.",
+            }),
+            "flip": ("BOOLEAN", {
+                "default": False,
+                "tooltip": "Randomly mirror images left-right (not for asymmetric subjects or text).",
+            }),
+            "validation_share": ("FLOAT", {
+                "default": 0.0,
+                "min": 0.0,
+                "max": 0.5,
+                "step": 0.05,
+                "tooltip": "Share of images held out to measure validation loss.",
+            }),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Chooses the held-out images."}),
         }}
 

@@ -16,7 +16,8 @@ class LoraLabLoadLora:
     FUNCTION = "load"
     RETURN_TYPES = ("MODEL", "CLIP", "STRING")
     RETURN_NAMES = ("MODEL", "CLIP", "trigger_words")
-    OUTPUT_TOOLTIPS = ("The model with the LoRA applied.", "The text encoder with the LoRA applied (None if not connected).",
+    OUTPUT_TOOLTIPS = ("The model with the LoRA applied.",
+                       "The text encoder with the LoRA applied (None if not connected).",
                        "Trigger words from the file's training metadata, comma-separated; empty if it has none.")
 
     @classmethod
@@ -25,7 +26,10 @@ class LoraLabLoadLora:
             "required": {
                 "model": ("MODEL", {"tooltip": "The diffusion model to apply the LoRA to."}),
                 "lora_name": (lora_names(), {"tooltip": "A .safetensors LoRA in the loras folders."}),
-                "strength_model": ("FLOAT", {**STRENGTH, "tooltip": "How strongly the LoRA changes the diffusion model."}),
+                "strength_model": ("FLOAT", {
+                    **STRENGTH,
+                    "tooltip": "How strongly the LoRA changes the diffusion model.",
+                }),
                 "strength_clip": ("FLOAT", {**STRENGTH, "tooltip": "How strongly the LoRA changes the text encoder."}),
             },
             "optional": {"clip": ("CLIP", {"tooltip": "The text encoder; leave unconnected to patch only the model."})},

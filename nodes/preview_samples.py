@@ -4,14 +4,13 @@ from __future__ import annotations
 import os
 import re
 
-
 import comfy.samplers
 import folder_paths
 
 from ..trainer.errors import SampleGridError
 from ..trainer.sample_grid import label_grid, parse_prompts, parse_strengths
-from .host.patching import apply_named_lora
 from .host.lora_files import lora_names
+from .host.patching import apply_named_lora
 from .host.run_files import RunFiles
 from .host.sampling import SampleSettings, render, to_image_tensor, to_pil
 
@@ -64,11 +63,18 @@ class LoraLabPreviewSamples:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("MODEL",), "clip": ("CLIP",), "vae": ("VAE",),
-            "prompts": ("STRING", {"multiline": True, "default": "a photo of a cat", "tooltip": "One prompt per line: one grid row each."}),
+            "prompts": ("STRING", {
+                "multiline": True,
+                "default": "a photo of a cat",
+                "tooltip": "One prompt per line: one grid row each.",
+            }),
             "negative": ("STRING", {"default": "", "tooltip": "The negative prompt, as on a KSampler."}),
             "compare": (["lora strengths", "checkpoints of a run"],),
             "lora_name": ([NO_LORA] + lora_names(), {"tooltip": "The LoRA whose strengths are compared."}),
-            "strengths": ("STRING", {"default": "0, 0.5, 1", "tooltip": "Comma-separated strengths: one grid column each."}),
+            "strengths": ("STRING", {
+                "default": "0, 0.5, 1",
+                "tooltip": "Comma-separated strengths: one grid column each.",
+            }),
             "run_name": ("STRING", {"default": "", "tooltip": "For 'checkpoints of a run': the Train LoRA name."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
             "steps": ("INT", {"default": 20, "min": 1, "max": 1000}),

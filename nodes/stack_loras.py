@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from ..trainer.lora.stack import StackRowsError, entries_from_lora_stack, join_trigger_words, parse_rows
-from .host.patching import apply_named_lora
 from .host.lora_files import check_lora_name
+from .host.patching import apply_named_lora
 
 ROWS_HELP = ('The rows, as JSON: [{"lora": "file.safetensors", "on": true, "strength_model": 1.0, '
              '"strength_clip": 1.0}, ...]. The graph editor shows them as a table.')
@@ -49,7 +49,8 @@ class LoraLabStackLoras:
         entries = entries_from_lora_stack(lora_stack) + [e for e in parse_rows(loras) if e.on]
         words = []
         for entry in entries:
-            model, clip, entry_words = apply_named_lora(model, clip, entry.name, entry.strength_model, entry.strength_clip)
+            model, clip, entry_words = apply_named_lora(model, clip, entry.name, entry.strength_model,
+                                                        entry.strength_clip)
             words.append(entry_words)
         text = join_trigger_words(words)
         stack_out = [e.as_tuple() for e in entries]

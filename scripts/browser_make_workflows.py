@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from scripts.comfy_host import ComfyHost, ensure_tiny_checkpoint, prepare_base_dir
+from scripts.comfy_host import ComfyHost, ensure_tiny_checkpoint, prepare_base_dir  # noqa: E402 - after the sys.path line above
 
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"  # what most users have; change it in the workflow
 TRIGGER = "mytrigger"
@@ -108,7 +108,8 @@ def _stack() -> dict:
         {"key": "concat", "type": "StringConcatenate", "pos": [900, 40], "title": "Prompt (after trigger words)",
          "widgets": {"string_b": "a portrait photo in a garden, soft light", "delimiter": ", "}},
         {"key": "pos", "type": "CLIPTextEncode", "pos": [1260, 40], "title": "Positive"},
-        {"key": "neg", "type": "CLIPTextEncode", "pos": [1260, 300], "title": "Negative", "widgets": {"text": NEGATIVE}},
+        {"key": "neg", "type": "CLIPTextEncode", "pos": [1260, 300], "title": "Negative",
+         "widgets": {"text": NEGATIVE}},
         {"key": "latent", "type": "EmptyLatentImage", "pos": [1260, 540]},
         {"key": "ks", "type": "KSampler", "pos": [1680, 40],
          "widgets": {"seed": 42, **FIXED, "steps": 20, "cfg": 7.0}},
@@ -220,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from playwright.sync_api import sync_playwright
 
-    from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
-    from tests.browser.editor import Editor
+    from scripts.editor import CHROMIUM, CHROMIUM_ARGS, Editor
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="loralab-workflows-") as tmp:

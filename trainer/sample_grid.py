@@ -38,7 +38,7 @@ def label_grid(rows: list[list[Image.Image]], row_labels: list[str], column_labe
     font = _font()
     for c, label in enumerate(column_labels):
         draw.text((ROW_LABEL_WIDTH + c * tile_w + 4, 5), _fit(label, tile_w - 8, font), fill="black", font=font)
-    for r, (tiles, label) in enumerate(zip(rows, row_labels)):
+    for r, (tiles, label) in enumerate(zip(rows, row_labels, strict=True)):
         top = LABEL_HEIGHT + r * tile_h
         wrapped = textwrap.wrap(label, 24)[: max(1, tile_h // 12)]
         draw.multiline_text((4, top + 4), "\n".join(wrapped), fill="black", font=font)
@@ -57,7 +57,8 @@ def parse_strengths(text: str) -> list[float]:
         try:
             values.append(float(part))
         except ValueError as e:
-            raise SampleGridError(f"strengths must be numbers separated by commas, e.g. '0, 0.5, 1'; got {part!r}") from e
+            raise SampleGridError(
+                f"strengths must be numbers separated by commas, e.g. '0, 0.5, 1'; got {part!r}") from e
     if not values:
         raise SampleGridError("give at least one strength, e.g. '0, 0.5, 1'")
     if len(values) > 16:

@@ -29,8 +29,12 @@ from ...trainer.training.inplace_guard import normalisation_inputs_copied
 from ...trainer.training.loop import NonFiniteLossError, StepRecord, TrainResult, evaluate, train
 from ...trainer.training.memory import estimate_training_memory, fits
 from ...trainer.training.resume_state import TrainState, load_state, save_state
-from ...trainer.training.trainable_lora import (LoraAdapterSet, lora_parameter_count, release_inference_tensors,
-                                                select_targets)
+from ...trainer.training.trainable_lora import (
+    LoraAdapterSet,
+    lora_parameter_count,
+    release_inference_tensors,
+    select_targets,
+)
 from . import model as host_model
 from .encoded_dataset import encode_dataset
 from .patching import patch_model_and_clip
@@ -183,7 +187,8 @@ class TrainingRun:
             release_inference_tensors(self.text_encoder)
             self.adapters.attach(self.text_encoder, self.text_layers, key_prefix=TEXT_ENCODER_KEY_PREFIX,
                                  group="text_encoder")
-        self.denoiser = host_model.denoiser_for(model, host_model.caption_encoder_for(clip) if self.train_clip else None)
+        self.denoiser = host_model.denoiser_for(model,
+                                                host_model.caption_encoder_for(clip) if self.train_clip else None)
         self.samples = TrainingSamples(self.plan, model, clip, self.host.vae, self.adapters, self.job, self.job.folder)
         self.eval_batches, self.eval_count = self.batches.fixed()
 
@@ -331,7 +336,8 @@ class TrainingRun:
     def on_step(self, record: StepRecord) -> None:
         self.job.record_step(record.step, record.total, record.loss, record.smoothed_loss, record.lr,
                              record.seconds_per_step, host_model.memory_in_use())
-        if self.control.save_requested:  # "save now": a loadable LoRA of this step (resume state comes with checkpoints)
+        # "save now": a loadable LoRA of this step (resume state comes with checkpoints)
+        if self.control.save_requested:
             self.control.save_requested = False
             self.write_files(record.step, None, final=False)
         strip = None

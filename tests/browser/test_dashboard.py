@@ -6,14 +6,11 @@ import re
 import time
 import uuid
 
-import pytest
 from playwright.sync_api import expect
 
 from scripts.comfy_host import TINY_CHECKPOINT_NAME
+from scripts.editor import APP, Editor
 from scripts.make_demo_dataset import make_demo_dataset
-
-from tests.browser.editor import APP, Editor
-
 
 DATASET = "dash_rings"
 STEPS = 400  # far more than the test waits for: the run must still be going when "Stop & save" is clicked
@@ -48,7 +45,8 @@ def wait_for_dashboard(editor: Editor, node_id: int, condition: str, what: str, 
     dashboard and the host's queue showed instead."""
     try:
         editor.page.wait_for_function(
-            f"(id) => {{ const d = document.querySelector(`.loralab-dash[data-node-id=\"${{id}}\"]`); return !!d && ({condition}); }}",
+            f"(id) => {{ const d = document.querySelector(`.loralab-dash[data-node-id=\"${{id}}\"]`); "
+            f"return !!d && ({condition}); }}",
             arg=node_id, timeout=timeout_ms)
     except Exception as e:  # noqa: BLE001 - re-raised with the page's and the host's side of the story
         shown = dashboard(editor, node_id).all_inner_texts()
@@ -62,9 +60,12 @@ def build_training_graph(editor: Editor, name: str) -> int:
     data = editor.add_node("LoraLabDataset", (40, 400))
     options = editor.add_node("LoraLabTrainOptions", (900, 200))
     train = editor.add_node("LoraLabTrainLora", (480, 130))
-    editor.js("""const g = app.graph, ck = g.getNodeById(arg.ckpt), ds = g.getNodeById(arg.data), tr = g.getNodeById(arg.train);
+    editor.js("""const g = app.graph, ck = g.getNodeById(arg.ckpt), ds = g.getNodeById(arg.data),
+            tr = g.getNodeById(arg.train);
         const op = g.getNodeById(arg.options);
-        const set = (node, values) => { for (const [k, v] of Object.entries(values)) node.widgets.find(w => w.name === k).value = v; };
+        const set = (node, values) => {
+            for (const [k, v] of Object.entries(values)) node.widgets.find(w => w.name === k).value = v;
+        };
         set(ck, {ckpt_name: arg.ckpt_name});
         set(ds, {folder: arg.folder, resolution: 64});
         set(tr, {name: arg.name, steps: arg.steps, rank: 2, alpha: 2, learning_rate: 0.001, batch_size: 1});
@@ -76,7 +77,8 @@ def build_training_graph(editor: Editor, name: str) -> int:
         op.connect(0, tr, tr.findInputSlot('options'));
         app.canvas.ds.offset = [0, 0]; app.canvas.ds.scale = 1;
         app.canvas.setDirty(true, true);""",
-              {"ckpt": ckpt, "data": data, "train": train, "options": options, "ckpt_name": TINY_CHECKPOINT_NAME, "folder": DATASET,
+              {"ckpt": ckpt, "data": data, "train": train, "options": options, "ckpt_name": TINY_CHECKPOINT_NAME,
+               "folder": DATASET,
                "name": name, "steps": STEPS})
     return train
 
@@ -156,7 +158,8 @@ def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
     # After a reload the editor restores the workflow; the dashboard finds the job again by its name
     # and draws its whole loss history from the route.
     editor.page.reload()
-    editor.page.wait_for_function(f"() => {APP}?.graph && {APP}.extensions?.some(e => e.name === 'loralab.TrainDashboard')",
+    editor.page.wait_for_function(f"() => {APP}?.graph "
+                                  f"&& {APP}.extensions?.some(e => e.name === 'loralab.TrainDashboard')",
                                   timeout=120_000)
     editor.dismiss_dialogs()
     recovered = editor.page.locator(f'.loralab-dash[data-job-id="{job_id}"]')
@@ -171,7 +174,8 @@ def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
 
 def test_dashboard_shows_in_the_new_node_renderer(editor, artifacts):
     """ "Nodes 2.0" draws nodes as Vue components; the dashboard is a DOM widget, so it must show there too."""
-    set_vue = "async (on) => { await window.comfyAPI.app.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', on); }"
+    set_vue = ("async (on) => { "
+               "await window.comfyAPI.app.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', on); }")
     editor.page.evaluate(set_vue, True)
     try:
         train = editor.add_node("LoraLabTrainLora", (300, 100))
@@ -179,7 +183,8 @@ def test_dashboard_shows_in_the_new_node_renderer(editor, artifacts):
         dash = dashboard(editor, train)
         expect(dash).to_be_visible(timeout=10_000)
         # A renamed node looks its job up again once typing pauses (the widget's callback fires on edits).
-        editor.js("const w = app.graph.getNodeById(arg).widgets.find(w => w.name === 'name'); w.callback?.(w.value);", train)
+        editor.js("const w = app.graph.getNodeById(arg).widgets.find(w => w.name === 'name'); "
+                  "w.callback?.(w.value);", train)
         expect(dash.get_by_test_id("loralab-dash-state")).to_contain_text("no run named “never_trained”")
         for control in ("stop", "save", "sample"):
             expect(dash.get_by_test_id(f"loralab-dash-{control}")).to_be_disabled()

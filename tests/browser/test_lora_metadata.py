@@ -14,7 +14,6 @@ from playwright.sync_api import expect
 
 from scripts.lora_fixtures import SD1_TARGETS, write_format
 
-
 # A subfolder, spaces, '#', '+', '%' and non-ASCII letters: each must reach the host's route intact.
 KOHYA = "styles/Ring LoRA #1 + 50% ünï 漢字.safetensors"
 LOHA = "loha_sdxl.safetensors"
@@ -67,7 +66,8 @@ def watched(metadata_loras, editor):
 
 def load_lora_info(editor, node_id: int):
     """Load LoRA's info line, as a locator the assertions can wait on."""
-    index = editor.js("""const n = app.graph.getNodeById(arg), el = n.widgets.find(w => w.name === 'loralab_lora_info').element;
+    index = editor.js("""const n = app.graph.getNodeById(arg),
+            el = n.widgets.find(w => w.name === 'loralab_lora_info').element;
         return [...document.querySelectorAll('[data-testid=loralab-lora-info]')].indexOf(el);""", node_id)
     assert index >= 0, "Load LoRA has no info line in the page"
     return editor.page.locator("[data-testid=loralab-lora-info]").nth(index)
@@ -88,7 +88,8 @@ def screenshot(editor, path: Path) -> None:
 
 
 def row_info(editor, node_id: int, index: int):
-    return editor.stack(node_id).locator(f'tr.loralab-stack-info-row[data-index="{index}"] [data-testid=loralab-lora-info]')
+    return editor.stack(node_id).locator(
+        f'tr.loralab-stack-info-row[data-index="{index}"] [data-testid=loralab-lora-info]')
 
 
 def requested_names(editor) -> list[str]:

@@ -4,13 +4,10 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
 from playwright.sync_api import expect
 
 from scripts.comfy_host import TINY_CHECKPOINT_NAME
-
-from tests.browser.editor import PACK_URL
-
+from scripts.editor import PACK_URL
 
 A, B, C = "loralab_a.safetensors", "loralab_b.safetensors", "loralab_c.safetensors"
 
@@ -28,14 +25,16 @@ def test_pack_scripts_load_without_errors(editor):
 
 def test_nodes_are_in_the_node_library(editor):
     library = editor.js("""const t = LiteGraph.registered_node_types;
-        return ['LoraLabStackLoras', 'LoraLabLoadLora'].map(k => t[k] && {category: t[k].category, title: t[k].title});""")
+        return ['LoraLabStackLoras', 'LoraLabLoadLora'].map(k => t[k]
+            && {category: t[k].category, title: t[k].title});""")
     assert library == [{"category": "LoRA Lab", "title": "Stack LoRAs (LoRA Lab)"},
                        {"category": "LoRA Lab", "title": "Load LoRA (LoRA Lab)"}]
 
 
 def test_table_edits_write_the_rows_json(editor, artifacts):
     node = editor.add_node("LoraLabStackLoras", (200, 200))
-    textarea = editor.js("return app.graph.getNodeById(arg).widgets.find(w => w.name === 'loras').element.checkVisibility();", node)
+    textarea = editor.js("return app.graph.getNodeById(arg).widgets.find(w => w.name === 'loras')"
+                         ".element.checkVisibility();", node)
     assert textarea is False, "the raw JSON text box must be hidden behind the table"
 
     editor.add_rows(node, 3)
@@ -100,7 +99,8 @@ def test_undo_restores_the_rows(editor):
 
 def test_table_works_in_the_new_node_renderer(editor, artifacts):
     """ "Nodes 2.0" draws nodes as Vue components; canvas-drawn widgets vanish there, DOM ones must not."""
-    set_vue = "async (on) => { await window.comfyAPI.app.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', on); }"
+    set_vue = ("async (on) => { "
+               "await window.comfyAPI.app.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', on); }")
     editor.page.evaluate(set_vue, True)
     try:
         node = editor.add_node("LoraLabStackLoras", (200, 200))
@@ -130,7 +130,8 @@ def test_unreadable_rows_text_is_reported_not_overwritten(editor):
     assert editor.rows(7).count() == 0
     assert editor.widget_value(7, "loras") == '[{"lora": "x.safetensors"', "loading must not rewrite the text"
     editor.add_rows(7, 1)
-    assert json.loads(editor.widget_value(7, "loras")) == [{"lora": A, "on": True, "strength_model": 1, "strength_clip": 1}]
+    assert json.loads(editor.widget_value(7, "loras")) == [{"lora": A, "on": True, "strength_model": 1,
+                                                            "strength_clip": 1}]
     assert not editor.stack(7).get_by_test_id("loralab-stack-error").is_visible()
 
 
@@ -149,7 +150,8 @@ def test_queue_from_editor_runs_the_stack(editor, host, artifacts):
     ckpt = editor.add_node("CheckpointLoaderSimple", (80, 200))
     stack = editor.add_node("LoraLabStackLoras", (420, 200))
     preview = editor.add_node("PreviewAny", (900, 200))
-    editor.js("""const g = app.graph, ck = g.getNodeById(arg.ckpt), st = g.getNodeById(arg.stack), pv = g.getNodeById(arg.preview);
+    editor.js("""const g = app.graph, ck = g.getNodeById(arg.ckpt), st = g.getNodeById(arg.stack),
+            pv = g.getNodeById(arg.preview);
         ck.widgets.find(w => w.name === 'ckpt_name').value = arg.name;
         ck.connect(0, st, st.findInputSlot('model'));
         ck.connect(1, st, st.findInputSlot('clip'));

@@ -12,9 +12,8 @@ import pytest
 from PIL import Image
 
 from scripts.comfy_host import PACK_NAME, TINY_CHECKPOINT_NAME
+from scripts.editor import APP, Editor
 from scripts.make_demo_dataset import make_demo_dataset
-from tests.browser.editor import APP, Editor
-
 
 WORKFLOWS_DIR = Path(__file__).resolve().parents[2] / "workflows"
 NAMES = ["train_lora_from_folder", "stack_loras_txt2img", "compare_lora_strengths", "resume_stopped_run"]
@@ -107,7 +106,8 @@ def queue_and_wait(editor: Editor, timeout: float = 900.0) -> dict:
 
 def outputs_of(entry: dict, class_type: str) -> list[dict]:
     prompt = entry["prompt"][2]
-    return [entry["outputs"][i] for i, node in prompt.items() if node["class_type"] == class_type and i in entry["outputs"]]
+    return [entry["outputs"][i] for i, node in prompt.items()
+            if node["class_type"] == class_type and i in entry["outputs"]]
 
 
 def grid_image(host, entry: dict, class_type: str) -> Image.Image:

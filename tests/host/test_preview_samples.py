@@ -8,8 +8,8 @@ from PIL import Image
 
 from scripts import lora_fixtures as fx
 from scripts.graphs import Graph, checkpoint, out, render, saved_images
-from tests.support.training_graphs import train_graph
 from scripts.tiny_checkpoint import TINY_TARGETS
+from scripts.training_graphs import train_graph
 from trainer.sample_grid import LABEL_HEIGHT, ROW_LABEL_WIDTH
 
 SIZE, STEPS, SEED, CFG = 64, 3, 7, 5.0
@@ -30,7 +30,8 @@ def test_strength_grid_equals_ksampler_images(host):
     grid_node = g.add("LoraLabPreviewSamples", model=out(ckpt, 0), clip=out(ckpt, 1), vae=out(ckpt, 2),
                       prompts="\n".join(PROMPTS), negative="blurry", compare="lora strengths",
                       lora_name="preview.safetensors", strengths=", ".join(map(str, STRENGTHS)), run_name="",
-                      seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal", width=SIZE, height=SIZE)
+                      seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal", width=SIZE,
+                      height=SIZE)
     references = {}
     for col, strength in enumerate(STRENGTHS):
         lora = g.add("LoraLoader", model=out(ckpt, 0), clip=out(ckpt, 1), lora_name="preview.safetensors",

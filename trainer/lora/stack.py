@@ -49,7 +49,8 @@ def parse_rows(text: str) -> list[StackEntry]:
             raise StackRowsError(f"LoRA stack row {row_no} must be an object, got {row!r}")
         unknown = set(row) - ROW_KEYS
         if unknown:
-            raise StackRowsError(f"LoRA stack row {row_no}: unknown field(s) {sorted(unknown)}; allowed: {sorted(ROW_KEYS)}")
+            raise StackRowsError(f"LoRA stack row {row_no}: unknown field(s) {sorted(unknown)}; "
+                                 f"allowed: {sorted(ROW_KEYS)}")
         name = row.get("lora")
         if not isinstance(name, str) or not name:
             raise StackRowsError(f"LoRA stack row {row_no}: 'lora' must name a file, got {name!r}")
@@ -58,7 +59,8 @@ def parse_rows(text: str) -> list[StackEntry]:
             raise StackRowsError(f"LoRA stack row {row_no}: 'on' must be true or false, got {on!r}")
         both = _number(row_no, "strength", row["strength"]) if "strength" in row else 1.0
         strength_model = _number(row_no, "strength_model", row.get("strength_model", both))
-        strength_clip = _number(row_no, "strength_clip", row.get("strength_clip", strength_model if "strength" not in row else both))
+        strength_clip = _number(row_no, "strength_clip",
+                                row.get("strength_clip", strength_model if "strength" not in row else both))
         entries.append(StackEntry(name, strength_model, strength_clip, on))
     return entries
 
@@ -68,7 +70,8 @@ def entries_from_lora_stack(stack: object) -> list[StackEntry]:
     if stack is None:
         return []
     if not isinstance(stack, (list, tuple)):
-        raise StackRowsError(f"LORA_STACK input must be a list of (name, strength_model, strength_clip), got {type(stack).__name__}")
+        raise StackRowsError("LORA_STACK input must be a list of (name, strength_model, strength_clip), "
+                             f"got {type(stack).__name__}")
     entries = []
     for i, item in enumerate(stack, start=1):
         if not isinstance(item, (list, tuple)) or len(item) != 3 or not isinstance(item[0], str):

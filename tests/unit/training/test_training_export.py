@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support.reference import merge_weight
 from tests.support.tiny_models import attach, config, make_model
-from trainer.training.config import LoraShape, TrainConfig
 from trainer.errors import LoraExportError, LoraValueError
+from trainer.safetensors_io import read_safetensors
+from trainer.training.config import LoraShape, TrainConfig
 from trainer.training.export import TrainingSummary, export_lora, kohya_metadata, model_hashes, save_lora
 from trainer.training.trainable_lora import LoraAdapterSet
-from tests.support.reference import merge_weight
-from trainer.safetensors_io import read_safetensors
 
 BLOCK = "attn.transformer_blocks.0"
 KOHYA_BLOCK = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0"
@@ -126,4 +126,5 @@ def test_kohya_metadata_keys() -> None:
     assert md["modelspec.trigger_phrase"] == "mychar" and md["modelspec.date"] == "2025-01-02T03:04:05"
     assert md["modelspec.prediction_type"] == "epsilon"
     sd1 = kohya_metadata(config(), _summary(), "sd_v1")
-    assert sd1["modelspec.architecture"] == "stable-diffusion-v1/lora" and sd1["modelspec.implementation"] == "diffusers"
+    assert (sd1["modelspec.architecture"] == "stable-diffusion-v1/lora"
+            and sd1["modelspec.implementation"] == "diffusers")

@@ -7,12 +7,16 @@ import torch
 from torch import nn
 
 from tests.support.tiny_models import COND_DIM, COND_TOKENS, HIDDEN, LATENT, attach, make_model
+from trainer.adapters.lora import lora_delta
+from trainer.errors import LoraTargetError
 from trainer.training.config import LoraShape
 from trainer.training.inplace_guard import normalisation_inputs_copied
-from trainer.errors import LoraTargetError
-from trainer.training.trainable_lora import (LoraAdapterSet, lora_parameter_count, release_inference_tensors,
-                                             select_targets)
-from trainer.adapters.lora import lora_delta
+from trainer.training.trainable_lora import (
+    LoraAdapterSet,
+    lora_parameter_count,
+    release_inference_tensors,
+    select_targets,
+)
 
 BLOCK = "attn.transformer_blocks.0"
 ATTENTION = [f"{BLOCK}.attn{i}.{p}" for i in (1, 2) for p in ("to_q", "to_k", "to_v", "to_out.0")]
@@ -117,7 +121,8 @@ def test_state_dict_kohya_layout_and_round_trip() -> None:
     _randomise(adapters)
     other = attach(make_model(), LoraShape(rank=3, alpha=1.5, targets="attention_ff_conv"), seed=9)
     other.load_state_dict(adapters.state_dict())
-    assert all(torch.equal(a, b) for a, b in zip(adapters.state_dict().values(), other.state_dict().values(), strict=True))
+    assert all(torch.equal(a, b)
+               for a, b in zip(adapters.state_dict().values(), other.state_dict().values(), strict=True))
     with pytest.raises(LoraTargetError, match="missing"):
         other.load_state_dict({k: v for k, v in state.items() if "proj_in" not in k})
     smaller = attach(make_model(), LoraShape(rank=2, targets="attention_ff_conv"))
