@@ -84,7 +84,7 @@ class ComfyHost:
     def input_dir(self) -> Path:
         return self.base_dir / "input"
 
-    def start(self, timeout: float = 180.0) -> "ComfyHost":
+    def start(self, timeout: float = 180.0) -> ComfyHost:
         self.log_path = self.base_dir / "host.log"
         log_file = open(self.log_path, "w")
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),

@@ -54,8 +54,8 @@ def fill_deterministically(module: torch.nn.Module, generator: torch.Generator) 
 
 
 def build_state_dict(seed: int) -> dict[str, torch.Tensor]:
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     from comfy.ldm.models.autoencoder import AutoencoderKL
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     generator = torch.Generator().manual_seed(seed)

@@ -9,7 +9,7 @@ from pathlib import PurePosixPath, PureWindowsPath
 
 import folder_paths
 
-from ...trainer.errors import LoraFileError, LoraNameError
+from ...trainer.errors import LoraNameError
 from ...trainer.lora.file import LoraFile, parse_lora
 from ...trainer.safetensors_io import read_safetensors
 

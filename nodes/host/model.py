@@ -1,12 +1,11 @@
 """What the engine needs from the host's MODEL, CLIP and VAE: a denoiser, a noise schedule, kohya names."""
 from __future__ import annotations
 
-import psutil
-import torch
-
 import comfy.model_base
 import comfy.model_management
 import comfy.utils
+import psutil
+import torch
 
 from ...trainer.data.latents import Condition, stack_contexts
 from ...trainer.errors import UnsupportedModelError

@@ -9,8 +9,7 @@ import comfy.lora
 
 from ...trainer.errors import LoraMismatchError, LoraShapeError
 from ...trainer.lora.file import LoraFile
-from ...trainer.lora.host_keys import module_delta_numel
-from ...trainer.lora.host_keys import host_modules
+from ...trainer.lora.host_keys import host_modules, module_delta_numel
 from ...trainer.lora.info import base_model_hint, base_model_label, trigger_words
 from .lora_files import parsed_loras
 

@@ -23,10 +23,9 @@ from typing import Any
 
 from aiohttp import web
 
-from ...trainer.lora import info as lora_info
-from ...trainer.errors import LoraFileError
+from ...trainer.errors import LoraFileError, LoraNameError
 from ...trainer.jobs import ACTIONS, JOBS, Job, JobError, is_job_id, is_sample_name
-from ...trainer.errors import LoraNameError
+from ...trainer.lora import info as lora_info
 from .lora_files import check_lora_name, lora_names, parsed_loras
 
 logger = logging.getLogger(__name__)

@@ -23,20 +23,26 @@ class RunControl:
     def __init__(self, job: Job) -> None:
         self.job = job
         self.halted: str | None = None
+        self.halted_while: str | None = None  # the job's phase when the run was halted, for the message
         self.steps_over = False  # once every step is done Stop has nothing left to stop; Cancel still ends the run
         self.save_requested = False
         self.sample_requested = False
 
     def should_stop(self) -> str | None:
         """The loop's should_stop: polled before every update, and by `check` between other units of work."""
-        if self.halted is None and comfy.model_management.processing_interrupted():
-            self.halted = CANCELLED
+        if comfy.model_management.processing_interrupted():
+            self.halt(CANCELLED)
         requests = self.job.take_requests()
         self.save_requested = self.save_requested or "save" in requests
         self.sample_requested = self.sample_requested or "sample" in requests
-        if self.halted is None and "stop" in requests:
-            self.halted = STOPPED
+        if "stop" in requests:
+            self.halt(STOPPED)
         return self.halted
+
+    def halt(self, reason: str) -> None:
+        """Remembers the first reason to end the run, and what the run was doing then."""
+        if self.halted is None:
+            self.halted, self.halted_while = reason, self.job.phase
 
     def check(self) -> None:
         """Raises RunHalted if the run must end: between images, prompts and phases."""
@@ -51,12 +57,12 @@ class RunControl:
         try:
             yield
         except comfy.model_management.InterruptProcessingException as e:
-            self.halted = CANCELLED
+            self.halt(CANCELLED)
             raise RunHalted(CANCELLED) from e
 
     def interrupted_by_host(self, error: BaseException) -> bool:
         """Whether `error` is the host's Cancel; remembered, so the rest of the run sees it."""
         if isinstance(error, comfy.model_management.InterruptProcessingException):
-            self.halted = CANCELLED
+            self.halt(CANCELLED)
             return True
         return False

@@ -19,7 +19,7 @@ class RunFiles:
     name: str
 
     @classmethod
-    def for_name(cls, name: str) -> "RunFiles":
+    def for_name(cls, name: str) -> RunFiles:
         name = name.strip().removesuffix(".safetensors")
         if "/" in name or "\\" in name or ".." in name:
             raise RunNameError(f"output name {name!r} must be a plain file name: no folders, '/', '\\' or '..'")

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import comfy.sample
 import numpy as np
 import torch
 from PIL import Image
 
-import comfy.sample
 import nodes as host_nodes  # the host's nodes.py: CLIPTextEncode and EmptyLatentImage as a KSampler graph uses them
 
 

@@ -216,7 +216,7 @@ class TrainingRun:
                     else " No checkpoint was saved yet.")
             raise TrainingStopped(str(e) + kept) from e
         if self.result.stopped_early == "interrupted":  # the host's Cancel inside a step: that step was discarded
-            self.control.halted = CANCELLED
+            self.control.halt(CANCELLED)
         self.control.steps_over = True
 
     def save(self) -> None:
@@ -254,11 +254,12 @@ class TrainingRun:
 
     def end_halted(self, reason: str) -> None:
         """Ends the job of a run halted in any phase, keeping its last whole step; says what was kept."""
+        self.control.halt(reason)
+        phase = self.control.halted_while
         if self.result is not None:
             self.save()
         total = self.config.optimisation.steps
         head = f"Training '{self.files.name}' was {reason} at step {self.steps_done} of {total}"
-        phase = self.job.phase
         head += f" (while {phase})" if phase and phase != "training" else ""
         if self.saved is not None:
             kept = f"; saved {self.saved}" + (" and its resume state" if self.keeps_resume_state else "")

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from ...trainer.jobs import Job
-from ...trainer.training.trainable_lora import LoraAdapterSet
 from ...trainer.sample_grid import label_grid
+from ...trainer.training.trainable_lora import LoraAdapterSet
 from .sampling import SampleSettings, render, to_pil
 
 DEFAULT_PROMPT_COUNT = 2

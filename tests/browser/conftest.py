@@ -10,13 +10,9 @@ import pytest
 from playwright import sync_api as playwright_sync
 from safetensors.numpy import save_file
 
-from tests.browser.editor import Editor
 from scripts.comfy_host import ComfyHost, ensure_tiny_checkpoint, prepare_base_dir
+from scripts.editor import CHROMIUM, CHROMIUM_ARGS, Editor
 
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "browser"
 TEST_LORAS = {"loralab_a.safetensors": "loralab_a", "loralab_b.safetensors": "loralab_b",
               "loralab_c.safetensors": "loralab_c"}

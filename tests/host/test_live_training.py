@@ -9,8 +9,8 @@ import uuid
 
 import aiohttp
 
+from scripts.training_graphs import train_graph, wait_for_step
 from tests.host.test_routes import assert_job_status, fetch_loss_history
-from tests.support.training_graphs import train_graph, wait_for_step
 
 STEPS = 40
 
@@ -40,7 +40,7 @@ class EventRecorder:
                 elif message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                     return
 
-    def __enter__(self) -> "EventRecorder":
+    def __enter__(self) -> EventRecorder:
         self._thread.start()
         assert self.connected.wait(10), "websocket did not connect"
         return self

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from scripts import lora_fixtures as fx
 from scripts.comfy_host import error_message
 from scripts.graphs import Graph, checkpoint, out, render, saved_images
 from scripts.tiny_checkpoint import TINY_TARGETS
-from scripts import lora_fixtures as fx
 
 STRENGTH_MODEL, STRENGTH_CLIP = 0.8, 0.6
 # Formats that ComfyUI's own LoraLoader reads in full: there the images must be identical.

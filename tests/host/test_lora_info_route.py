@@ -7,8 +7,8 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.host.test_routes import PREFIXES, assert_error, get_json
 from scripts.lora_fixtures import SD1_TARGETS, write_format, write_pickle_pt, write_truncated
+from tests.host.test_routes import PREFIXES, assert_error, get_json
 
 KOHYA = "info/Ring LoRA #1 + ünï 漢字 50%.safetensors"  # a subfolder and URL syntax in the name
 PEFT = "info/peft bare.safetensors"  # no __metadata__: all from the tensors

@@ -6,8 +6,8 @@ import typing
 
 import pytest
 
-from tests.support.host_import import import_comfy, import_pack_module
-from tests.support.training_graphs import train_graph
+from scripts.host_import import import_comfy, import_pack_module
+from scripts.training_graphs import train_graph
 from trainer.training import config
 
 KINDS = {int: "INT", float: "FLOAT", bool: "BOOLEAN", str: "STRING"}

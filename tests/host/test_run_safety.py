@@ -3,6 +3,7 @@ several runs side by side, damaged resume files. Each Cancel is sent once the st
 and each phase is made long (many images, many sampler steps, many steps) so that it is still running then."""
 from __future__ import annotations
 
+import resource
 import time
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 from scripts.comfy_host import error_message
 from scripts.graphs import Graph, checkpoint, out, saved_images
 from scripts.make_demo_dataset import make_demo_dataset
-from tests.support.training_graphs import train_graph
+from scripts.training_graphs import train_graph
 from trainer.safetensors_io import read_safetensors
 
 LONG = 1000  # steps no run here reaches: every one of these runs ends early
@@ -122,6 +123,7 @@ def test_cancel_during_a_periodic_sample_keeps_the_last_whole_step(host, rings, 
     assert job["state"] == "interrupted" and job["step"] == 3
     assert _files(host, "cancel_sample") == ["cancel_sample-step3.safetensors", "cancel_sample.loralab-resume"]
     assert job["lora_name"] == "cancel_sample-step3.safetensors"
+    assert "while sampling step 3" in job["error"], job["error"]
     assert "saved cancel_sample-step3.safetensors and its resume state" in job["error"], job["error"]
 
 
@@ -206,3 +208,24 @@ def test_a_damaged_or_foreign_resume_file_is_a_clear_error_and_nothing_is_touche
     resume.write_bytes(lora.read_bytes())  # a LoRA saved under the resume file's name
     message = resume_error()
     assert "resumable.loralab-resume" in message and "KeyError" not in message, message
+
+
+def test_a_full_disk_while_saving_is_a_clear_error_and_the_previous_files_stay_intact(host, rings):
+    """The host process may write no file larger than 4 KiB (RLIMIT_FSIZE: a write past it fails as on a full
+    disk): resuming a finished run for more steps cannot write its new final file."""
+    host.run(train_graph("full_disk", steps=2, options={})[0].nodes, timeout=900)
+    before = {p.name: p.read_bytes() for p in host.loras_dir.glob("full_disk*")}
+    assert set(before) == {"full_disk.safetensors", "full_disk.loralab-resume"}
+    limits = resource.prlimit(host.process.pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(host.process.pid, resource.RLIMIT_FSIZE, (4096, limits[1]))
+    try:
+        g, _ = train_graph("full_disk", steps=4, options={"resume": True})
+        entry = host.wait(host.queue(g.nodes), timeout=900)
+    finally:
+        resource.prlimit(host.process.pid, resource.RLIMIT_FSIZE, limits)
+    assert entry["status"]["status_str"] == "error"
+    message = error_message(entry)
+    assert "full_disk.safetensors" in message and "full" in message.lower(), message
+    assert {p.name: p.read_bytes() for p in host.loras_dir.glob("full_disk*")} == before  # no temp file either
+    job = _job(host, "full_disk")
+    assert job["state"] == "error" and "full_disk.safetensors" in job["error"]

@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 
-from scripts.comfy_host import error_message
 from scripts import lora_fixtures as fx
+from scripts.comfy_host import error_message
 from scripts.graphs import Graph, checkpoint, out, render, saved_images
 from scripts.tiny_checkpoint import TINY_TARGETS
 

@@ -9,11 +9,8 @@ import torch
 
 from scripts.comfy_host import error_message
 from scripts.graphs import Graph, checkpoint, out, render, saved_images
-from tests.support.training_graphs import TRIGGER, train_graph, wait_for_step
+from scripts.training_graphs import TRIGGER, train_graph, wait_for_step
 from trainer.safetensors_io import read_safetensors
-
-
-
 
 
 def _native_loader_changes_the_image(host, lora: str, strength_model: float, extra=None) -> tuple[dict, str | None]:

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.support.host_import import import_comfy, import_pack_module
+from scripts.host_import import import_comfy, import_pack_module
 from trainer.training.export import export_lora
 from trainer.training.inplace_guard import normalisation_inputs_copied
 from trainer.training.trainable_lora import LoraAdapterSet, select_targets

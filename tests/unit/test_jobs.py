@@ -7,9 +7,18 @@ import threading
 
 import pytest
 
-from trainer.jobs import (EVENT_CHECKPOINT, EVENT_FINISHED, EVENT_PROGRESS, EVENT_SAMPLE, EVENT_STARTED,
-                          MAX_HISTORY_POINTS, Job, JobRegistry, is_job_id)
 from trainer.errors import JobError
+from trainer.jobs import (
+    EVENT_CHECKPOINT,
+    EVENT_FINISHED,
+    EVENT_PROGRESS,
+    EVENT_SAMPLE,
+    EVENT_STARTED,
+    MAX_HISTORY_POINTS,
+    Job,
+    JobRegistry,
+    is_job_id,
+)
 
 
 class FakeClock:

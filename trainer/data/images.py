@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .buckets import Bucket, centre_crop_box, cover_size
 from ..errors import DatasetError
+from .buckets import Bucket, centre_crop_box, cover_size
 from .spec import DatasetItem
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp")

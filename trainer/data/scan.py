@@ -17,9 +17,9 @@ import random
 import re
 from collections.abc import Iterator
 
+from ..errors import DatasetError
 from .buckets import make_buckets, nearest_bucket, validate_resolution
 from .images import IMAGE_EXTENSIONS, probe_image
-from ..errors import DatasetError
 from .spec import DatasetItem, DatasetSpec
 
 logger = logging.getLogger(__name__)

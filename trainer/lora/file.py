@@ -17,9 +17,24 @@ from ..adapters.registry import adapter_kind, kinds_of_roles
 from ..errors import LoraFileError, LoraShapeError, LoraValueError, NotALoraError
 from ..safetensors_io import read_safetensors
 from .keys import (
-    SCHEME_COMFYUI, SCHEME_KOHYA, SCHEME_LYCORIS, STYLE_ANY, STYLE_DIFFUSERS, STYLE_KOHYA, STYLE_LEGACY,
-    STYLE_LYCORIS, STYLE_MOCHI, STYLE_PEFT, STYLE_PEFT_NAMED, STYLE_TRANSFORMERS, PrefixScheme, SuffixRule,
-    checkpoint_kind, classify_prefix, looks_like_checkpoint_key, split_key,
+    SCHEME_COMFYUI,
+    SCHEME_KOHYA,
+    SCHEME_LYCORIS,
+    STYLE_ANY,
+    STYLE_DIFFUSERS,
+    STYLE_KOHYA,
+    STYLE_LEGACY,
+    STYLE_LYCORIS,
+    STYLE_MOCHI,
+    STYLE_PEFT,
+    STYLE_PEFT_NAMED,
+    STYLE_TRANSFORMERS,
+    PrefixScheme,
+    SuffixRule,
+    checkpoint_kind,
+    classify_prefix,
+    looks_like_checkpoint_key,
+    split_key,
 )
 
 logger = logging.getLogger(__name__)

@@ -25,8 +25,15 @@ from ..adapters.lora import KIND_LORA
 from ..errors import LoraFileError
 from .file import LoraFile, LoraModule
 from .keys import (
-    PEFT_WRAPPER_PREFIX, SCHEME_DIFFUSERS, STYLE_DIFFUSERS, STYLE_LEGACY, STYLE_MOCHI, STYLE_PEFT, STYLE_PEFT_NAMED,
-    STYLE_TRANSFORMERS, split_key,
+    PEFT_WRAPPER_PREFIX,
+    SCHEME_DIFFUSERS,
+    STYLE_DIFFUSERS,
+    STYLE_LEGACY,
+    STYLE_MOCHI,
+    STYLE_PEFT,
+    STYLE_PEFT_NAMED,
+    STYLE_TRANSFORMERS,
+    split_key,
 )
 
 logger = logging.getLogger(__name__)

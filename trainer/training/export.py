@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 import safetensors.torch
 import torch
 
-from .config import TrainConfig
 from ..errors import LoraExportError, LoraValueError
-from .trainable_lora import LoraAdapterSet
 from ..safetensors_io import write_safetensors_atomic
+from .config import TrainConfig
+from .trainable_lora import LoraAdapterSet
 
 SAVE_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .config import LoraShape
-from ..errors import ConfigError, LoraTargetError
 from ..adapters.lora import lora_delta
+from ..errors import ConfigError, LoraTargetError
+from .config import LoraShape
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,14 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from trainer.data.buckets import (batches_by_bucket, centre_crop_box, cover_size, make_buckets, nearest_bucket,
-                             validate_resolution)
+from trainer.data.buckets import (
+    batches_by_bucket,
+    centre_crop_box,
+    cover_size,
+    make_buckets,
+    nearest_bucket,
+    validate_resolution,
+)
 from trainer.errors import DatasetError
 
 

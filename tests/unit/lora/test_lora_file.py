@@ -8,8 +8,17 @@ import pytest
 import torch
 
 from scripts.lora_fixtures import (
-    FORMATS, SD1_TARGETS, Target, write_format, write_full_checkpoint, write_html, write_nan, write_pickle_pt,
-    write_rank_mismatch, write_sdxl_only, write_truncated,
+    FORMATS,
+    SD1_TARGETS,
+    Target,
+    write_format,
+    write_full_checkpoint,
+    write_html,
+    write_nan,
+    write_pickle_pt,
+    write_rank_mismatch,
+    write_sdxl_only,
+    write_truncated,
 )
 from trainer.errors import LoraFileError, LoraShapeError, LoraValueError, NotALoraError
 from trainer.lora.file import FORMAT_NAMES, load_lora_file, parse_lora

@@ -20,7 +20,7 @@ import sys
 import types
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 HOST = REPO / ".host" / "ComfyUI"
 PACK = "loralab_pack"  # the synthetic package the repository is imported as
 HOST_MODULES = ("comfy.model_management", "comfy.lora", "comfy.lora_convert", "comfy.model_base",

@@ -5,7 +5,7 @@ import functools
 import time
 
 from scripts.graphs import Graph, checkpoint, out
-from tests.support.host_import import import_pack_module
+from scripts.host_import import import_pack_module
 
 TRIGGER = "lrlring"
 # What these tests set differently from the defaults: fp32 and few sampler steps, so runs are quick and

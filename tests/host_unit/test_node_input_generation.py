@@ -8,7 +8,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.support.host_import import REPO, import_pack_module
+from scripts.host_import import REPO, import_pack_module
 
 # Settings no node input sets: a run always saves its resume state with its checkpoints.
 NOT_ON_A_NODE = {("Checkpointing", "save_resume_state")}
