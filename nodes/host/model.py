@@ -70,8 +70,18 @@ def _takes_adm(model) -> bool:
     return type(model.model).encode_adm is not comfy.model_base.BaseModel.encode_adm
 
 
+def compute_dtype(model) -> torch.dtype:
+    """The dtype the host's denoiser computes in: its manual-cast dtype when the weights are stored in another
+    one (fp8 weights, or fp16/bf16 ones on a device that does not compute in them), else the weights' dtype.
+    The host's own layers cast each weight to it as they run (`comfy.ops.cast_bias_weight`), as its
+    `BaseModel._apply_model` casts the inputs; the stored weights stay as they are."""
+    manual_cast = model.model.manual_cast_dtype
+    return manual_cast if manual_cast is not None else model.model.get_dtype()
+
+
 def denoiser_for(model, encode_captions=None):
-    """denoiser(x_t, timesteps, condition) -> the model's raw prediction, in fp32, computed in the model's dtype.
+    """denoiser(x_t, timesteps, condition) -> the model's raw prediction, in fp32, computed in the host's
+    compute dtype for this model (`compute_dtype`: fp32 for fp8 weights on the CPU, never the fp8 storage dtype).
 
     The condition is the captions' context (a tensor, or {"context", "pooled"}), or the captions themselves,
     encoded here by `encode_captions` (when the text encoder trains, its LoRA needs the encoding inside the
@@ -81,7 +91,7 @@ def denoiser_for(model, encode_captions=None):
     their sigma, scaled), and Flux's guidance input.
     """
     unet = diffusion_module(model)
-    dtype = model.model.get_dtype()
+    dtype = compute_dtype(model)
     sampling = model.get_model_object("model_sampling")
     flow = model.model.model_type in FLOW_MODEL_TYPES
     takes_adm = _takes_adm(model)

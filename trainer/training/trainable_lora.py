@@ -3,7 +3,14 @@
 A = down, B = up: `down` maps the layer input to `rank` channels (Linear(in, r), or a Conv2d with the
 layer's kernel/stride/padding/dilation), `up` maps back to the output (Linear(r, out), or a 1x1 Conv2d),
 and the hook returns `base(x) + multiplier * (alpha / rank) * up(down(dropout(x)))`. The base layer's
-weights are only ever read, never modified.
+weights are only ever read, never modified, and never copied to another dtype: a base stored in fp8, fp16 or
+bf16 computes through its own layers (a host casts such weights per layer to its compute dtype), while the
+LoRA branch runs in fp32: its input is cast to fp32 and its output back to the base layer's output dtype.
+
+Layers a LoRA trains: `nn.Linear`, `nn.Conv2d` (groups = 1), and linear layers of other types (a host's
+quantized linear layers) that declare `in_features` / `out_features` and hold a weight of shape
+[out_features, in_features]. Any other layer type with a weight matrix where a target sits is refused by
+`select_targets`, naming its type, rather than silently left out.
 """
 
 from __future__ import annotations
@@ -59,16 +66,58 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(re.search(p, name) for p in patterns)
 
 
+def is_linear_layer(module: nn.Module) -> bool:
+    """nn.Linear, or another linear layer type (e.g. a host's quantized one) with in/out features and a
+    [out_features, in_features] weight: a LoRA hooks onto its output whatever computes it."""
+    if isinstance(module, nn.Linear):
+        return True
+    in_features, out_features = getattr(module, "in_features", None), getattr(module, "out_features", None)
+    weight = getattr(module, "weight", None)
+    return (isinstance(in_features, int) and isinstance(out_features, int) and isinstance(weight, torch.Tensor)
+            and tuple(weight.shape) == (out_features, in_features))
+
+
+def _is_conv_layer(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups == 1
+
+
+def _unsupported_layer(name: str, module: nn.Module, targets_kind: str) -> bool:
+    """A layer with a weight matrix or kernel where a LoRA of `targets_kind` would train, of a type it cannot
+    train through (not Linear-like, not a torch convolution)."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim < 2 or is_linear_layer(module):
+        return False
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return False  # grouped, 1-D, 3-D and transposed convolutions: not LoRA targets here
+    if _matches(name, ATTENTION_PATTERNS) or (targets_kind != "attention" and _matches(name, FEED_FORWARD_PATTERNS)):
+        return True
+    return (targets_kind == "attention_ff_conv" and weight.ndim == 4
+            and not _matches(name, CONV_EXCLUDED_PATTERNS))
+
+
 def select_targets(model: nn.Module, targets_kind: str) -> list[str]:
-    """Names of the Linear/Conv2d modules of `model` that a LoRA of `targets_kind` trains, in model order."""
+    """Names of the Linear/Conv2d modules of `model` that a LoRA of `targets_kind` trains, in model order.
+
+    Raises LoraTargetError, before anything is attached, when a layer in a target position is of a type the
+    LoRA cannot train through (its output would come out unchanged, or wrong).
+    """
     kinds = ("attention", "attention_ff", "attention_ff_conv")
     if targets_kind not in kinds:
         raise ConfigError(f"targets = {targets_kind!r} is not allowed; expected one of {', '.join(kinds)}.")
     selected = []
     for name, module in model.named_modules():
-        is_linear = isinstance(module, nn.Linear)
-        is_conv = isinstance(module, nn.Conv2d) and module.groups == 1
-        if not (is_linear or is_conv) or not name or _matches(name, EMBEDDER_PATTERNS):
+        if not name or _matches(name, EMBEDDER_PATTERNS):
+            continue
+        is_linear = is_linear_layer(module)
+        is_conv = _is_conv_layer(module)
+        if not (is_linear or is_conv):
+            if _unsupported_layer(name, module, targets_kind):
+                kind = type(module)
+                raise LoraTargetError(
+                    f"layer '{name}' is a {kind.__module__}.{kind.__qualname__}, a layer type LoRA Lab cannot "
+                    "train a LoRA on (it trains Linear and Conv2d layers, and linear layers that declare "
+                    "in_features/out_features with a matching weight). Load the model with another weight "
+                    "dtype (e.g. weight_dtype 'default'), or choose targets that leave this layer out.")
             continue
         if _matches(name, ATTENTION_PATTERNS) and is_linear:
             selected.append(name)
@@ -88,8 +137,9 @@ class LoraAdapter(nn.Module):
     lora_up: nn.Linear | nn.Conv2d
     alpha: torch.Tensor
 
-    def __init__(self, base: nn.Linear | nn.Conv2d, rank: int, alpha: float, dropout: float, name: str,
+    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float, name: str,
                  generator: torch.Generator | None = None) -> None:
+        """`base`: an nn.Conv2d or a linear layer (`is_linear_layer`)."""
         super().__init__()
         if isinstance(base, nn.Conv2d):
             if base.groups != 1:
@@ -104,9 +154,9 @@ class LoraAdapter(nn.Module):
                 bias=False, padding_mode=base.padding_mode, device="meta")
             self.lora_up = nn.Conv2d(rank, base.out_channels, (1, 1), bias=False, device="meta")
         else:
-            in_size, out_size = base.in_features, base.out_features
-            self.lora_down = nn.Linear(base.in_features, rank, bias=False, device="meta")
-            self.lora_up = nn.Linear(rank, base.out_features, bias=False, device="meta")
+            in_size, out_size = int(base.in_features), int(base.out_features)
+            self.lora_down = nn.Linear(in_size, rank, bias=False, device="meta")
+            self.lora_up = nn.Linear(rank, out_size, bias=False, device="meta")
         if rank > min(in_size, out_size):
             raise LoraTargetError(
                 f"rank = {rank} is larger than layer '{name}' allows: it maps {in_size} inputs to "
@@ -128,8 +178,9 @@ class LoraAdapter(nn.Module):
         return float(self.alpha) / self.rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Parameters stay fp32 for stable updates; the base may run fp16/bf16, so cast the input here.
-        # Under CUDA autocast the matmuls still run in the autocast dtype.
+        # Parameters stay fp32 for stable updates; the base may compute in fp16/bf16, so cast the input here
+        # (the hook casts the result back to the base layer's output dtype). Under CUDA autocast the
+        # matmuls still run in the autocast dtype.
         x = x.to(self.lora_down.weight.dtype)
         if self.training and self.dropout > 0:
             x = F.dropout(x, p=self.dropout, training=True)
@@ -152,7 +203,7 @@ def lora_parameter_count(model: nn.Module, module_names: list[str], rank: int) -
             kh, kw = base.kernel_size
             count += rank * (base.in_channels * kh * kw + base.out_channels)
         else:
-            count += rank * (base.in_features + base.out_features)
+            count += rank * (int(base.in_features) + int(base.out_features))
     return count
 
 
@@ -194,7 +245,7 @@ class LoraAdapterSet:
         model.requires_grad_(False)
         for name in module_names:
             base = modules.get(name)
-            if not isinstance(base, (nn.Linear, nn.Conv2d)):
+            if base is None or not (isinstance(base, nn.Conv2d) or is_linear_layer(base)):
                 found = "not found" if base is None else f"a {type(base).__name__}"
                 raise LoraTargetError(f"layer '{name}' is {found}; LoRA targets must be Linear or Conv2d layers.")
             key = key_prefix + name
