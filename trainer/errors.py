@@ -148,3 +148,9 @@ class RunHalted(LoraLabError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"training was {reason}")
         self.reason = reason
+
+
+# --- LoRA tools (trainer/tools/*) -------------------------------------------------------------------------
+
+class LoraToolError(LoraLabError, ValueError):
+    """A merge or resize cannot be done as asked (a layer kind concat cannot join, a bad rank or rule, DoRA)."""

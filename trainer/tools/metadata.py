@@ -1,0 +1,84 @@
+"""The metadata of a tool's output file: kohya `ss_*` and `modelspec.*` fields, plus `loralab.tool.*` provenance.
+
+Fields a loader or a model site reads (base model, architecture, trigger phrase) are carried over from the
+sources when they agree; `loralab.tool.*` says what the file was made from and how (sources with their
+hashes and strengths, method, rank rule, achieved ranks, kept share and error per layer).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Sequence
+
+from .layer import LayerReport
+from .sources import Source
+
+# Source fields carried over when every source that has them agrees.
+CARRIED = ("ss_base_model_version", "ss_v2", "ss_sd_model_name", "modelspec.architecture",
+           "modelspec.implementation", "modelspec.prediction_type", "modelspec.resolution", "ss_resolution")
+
+
+def _agreed(sources: Sequence[Source], key: str) -> str | None:
+    values = {s.lora.metadata[key] for s in sources if key in s.lora.metadata}
+    return values.pop() if len(values) == 1 else None
+
+
+def _trigger_phrase(sources: Sequence[Source]) -> str:
+    seen: list[str] = []
+    for source in sources:
+        phrase = source.lora.metadata.get("modelspec.trigger_phrase", "").strip()
+        if phrase and phrase not in seen:
+            seen.append(phrase)
+    return ", ".join(seen)
+
+
+def tool_metadata(method: str, output_name: str, sources: Sequence[Source], reports: Sequence[LayerReport],
+                  rank_label: str, alpha: float | None, comment: str,
+                  now: datetime.datetime | None = None) -> dict[str, str]:
+    """All metadata of the output file (hashes are added when it is saved)."""
+    ranks = {r.prefix: r.rank for r in reports if r.rank}
+    distinct = sorted(set(ranks.values()))
+    dim = str(distinct[0]) if len(distinct) == 1 else "Dynamic"
+    if alpha is not None:
+        alpha_text = str(float(alpha))
+    else:
+        alpha_text = f"{float(distinct[0])}" if len(distinct) == 1 else "Dynamic"
+    now = now or datetime.datetime.now()
+    conv = {r.rank for r in reports if r.rank and r.conv}
+    metadata = {
+        "ss_output_name": output_name,
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": dim,
+        "ss_network_alpha": alpha_text,
+        "ss_network_args": json.dumps({"conv_dim": str(max(conv)), "conv_alpha": alpha_text} if conv else {}),
+        "ss_training_comment": comment,
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.title": output_name,
+        "modelspec.date": now.replace(microsecond=0).isoformat(),
+        "loralab.tool.method": method,
+        "loralab.tool.rank_rule": rank_label,
+        "loralab.tool.sources": json.dumps([
+            {"name": s.name, "sha256": s.sha256, "strength_model": s.strength_model,
+             "strength_clip": s.strength_clip} for s in sources]),
+        "loralab.tool.ranks": json.dumps(ranks),
+        "loralab.tool.kept_share": json.dumps({r.prefix: round(r.kept_share, 6) for r in reports if r.rank}),
+        "loralab.tool.error": json.dumps({r.prefix: r.error for r in reports if r.rank}),
+        "loralab.tool.mean_kept_share": f"{mean_kept_share(reports):.6f}",
+    }
+    for key in CARRIED:
+        value = _agreed(sources, key)
+        if value is not None:
+            metadata[key] = value
+    if "modelspec.architecture" in metadata and not metadata["modelspec.architecture"].endswith("/lora"):
+        metadata["modelspec.architecture"] += "/lora"
+    phrase = _trigger_phrase(sources)
+    if phrase:
+        metadata["modelspec.trigger_phrase"] = phrase
+    return metadata
+
+
+def mean_kept_share(reports: Sequence[LayerReport]) -> float:
+    """The mean over factorised layers of the kept Frobenius share (1.0 when there are none)."""
+    shares = [r.kept_share for r in reports if r.rank]
+    return sum(shares) / len(shares) if shares else 1.0
