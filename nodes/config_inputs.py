@@ -51,6 +51,13 @@ INPUT_FIELDS: dict[str, tuple[type, str]] = {
     "sample_scheduler": (Sampling, "scheduler"),
     "train_text_encoder": (LoraShape, "train_text_encoder"),
     "text_encoder_lr": (LoraShape, "text_encoder_lr"),
+    "optimizer_class": (Optimisation, "optimizer_class"),
+    "optimizer_args": (Optimisation, "optimizer_args"),
+    "optimizer_fallback": (Optimisation, "optimizer_fallback"),
+    "lr_cycles": (Optimisation, "lr_cycles"),
+    "lr_power": (Optimisation, "lr_power"),
+    "decay_steps": (Optimisation, "decay_steps"),
+    "min_lr_ratio": (Optimisation, "min_lr_ratio"),
 }
 
 _KINDS: dict[type, str] = {int: "INT", float: "FLOAT", bool: "BOOLEAN", str: "STRING"}

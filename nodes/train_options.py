@@ -15,7 +15,8 @@ REQUIRED = ("targets", "dropout", "schedule", "warmup_steps", "grad_accumulation
             "checkpoint_every", "resume", "sample_every", "sample_prompts", "sample_steps", "sample_cfg",
             "sample_sampler", "sample_scheduler")
 # Optional: workflows and API prompts saved before these existed keep working, with the defaults.
-OPTIONAL = ("train_text_encoder", "text_encoder_lr", "keep_last")
+OPTIONAL = ("train_text_encoder", "text_encoder_lr", "keep_last", "optimizer_class", "optimizer_args",
+            "optimizer_fallback", "lr_cycles", "lr_power", "decay_steps", "min_lr_ratio")
 
 
 class LoraLabTrainOptions:

@@ -90,6 +90,11 @@ class LoraExportError(LoraLabError, ValueError):
     """The LoRA cannot be exported as asked (a layer without a kohya name, duplicate names)."""
 
 
+class OptimizerError(LoraLabError, ValueError):
+    """The chosen optimizer cannot be built here: its package or module is missing, it needs a GPU, the class is
+    not an optimizer, or it refuses the given arguments (the message names the setting and the fix)."""
+
+
 # --- Resume state (trainer/training/resume_state.py) ------------------------------------------------------
 
 class ResumeStateError(LoraLabError, ValueError):

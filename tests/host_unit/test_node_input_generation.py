@@ -87,4 +87,6 @@ def test_saved_workflow_widgets_keep_their_positions(pack: dict[str, ModuleType]
     assert config.lora.train_text_encoder is False and config.lora.text_encoder_lr == 0
     types = pack["options"].LoraLabTrainOptions.INPUT_TYPES()
     assert list(types["required"]) == list(pack["options"].REQUIRED)
-    assert list(types["optional"]) == ["train_text_encoder", "text_encoder_lr", "keep_last"]
+    assert list(types["optional"]) == ["train_text_encoder", "text_encoder_lr", "keep_last", "optimizer_class",
+                                       "optimizer_args", "optimizer_fallback", "lr_cycles", "lr_power",
+                                       "decay_steps", "min_lr_ratio"]

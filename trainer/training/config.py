@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import json
@@ -14,8 +15,15 @@ from typing import Any, TypeVar
 from ..errors import ConfigError
 
 TARGET_KINDS: tuple[str, ...] = ("attention", "attention_ff", "attention_ff_conv")
-SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine")
-OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw8bit")
+SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "inverse_sqrt",
+                              "warmup_stable_decay", "rex")
+# trainer/training/optimizers.py builds each; "custom" is any torch.optim-style class named by optimizer_class.
+OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw8bit", "lion", "adafactor", "prodigy", "adamw_schedulefree",
+                               "sgd_nesterov", "custom")
+# Optimizers that train at one point and are used at another (train()/eval()): no schedule on top of theirs.
+SCHEDULE_FREE_OPTIMIZERS = frozenset({"adamw_schedulefree"})
+# warmup_stable_decay with decay_steps = 0 decays over this share of the steps after warmup.
+DEFAULT_DECAY_SHARE = 0.2
 MIXED_PRECISION: tuple[str, ...] = ("no", "fp16", "bf16")
 
 # Bumped when a field changes meaning; from_metadata refuses newer versions rather than misreading them.
@@ -123,12 +131,39 @@ class Optimisation:
                                         "grad_accumulation.", min=1, max=1024)
     max_grad_norm: float = setting(1.0, "Clip the gradient norm to this value (0 = no clipping).",
                                    min=0.0, max=1000.0, step=0.1)
-    schedule: str = setting("constant", "Learning-rate schedule after warmup: constant, linear or cosine.",
+    schedule: str = setting("constant", "Learning-rate schedule after warmup: constant; linear, cosine or "
+                                        "polynomial (lr_power) decay; cosine_with_restarts (lr_cycles); "
+                                        "inverse_sqrt (x sqrt(warmup / step)); warmup_stable_decay (constant, "
+                                        "then a cosine decay over decay_steps); rex. Decays end at min_lr_ratio.",
                             choices=SCHEDULES)
     warmup_steps: int = setting(0, "Steps of linear learning-rate warmup from near 0.", min=0, max=100_000)
-    optimizer: str = setting("adamw", "adamw, or adamw8bit (needs bitsandbytes and a CUDA GPU; falls back to "
-                                      "adamw otherwise).", choices=OPTIMIZERS)
-    weight_decay: float = setting(0.01, "AdamW decoupled weight decay.", min=0.0, max=1.0, step=0.001)
+    optimizer: str = setting("adamw", "adamw; adamw8bit (bitsandbytes, CUDA GPU only); lion (lion-pytorch; use "
+                                      "a 3-10x lower lr than AdamW); adafactor (torch's; lr is its upper bound); "
+                                      "prodigy (prodigyopt; estimates the lr itself: learning_rate is a "
+                                      "multiplier, set 1.0); adamw_schedulefree (schedulefree; needs schedule "
+                                      "constant); sgd_nesterov (momentum 0.9); custom (optimizer_class). "
+                                      "pip install \"comfyui-lora-lab[optimizers]\" brings the packages.",
+                             choices=OPTIMIZERS)
+    optimizer_class: str = setting("", "With optimizer custom: the optimizer class by dotted name, e.g. "
+                                       "torch.optim.RAdam or bitsandbytes.optim.Lion8bit (a torch.optim.Optimizer "
+                                       "subclass; the module must be installed).")
+    optimizer_args: str = setting("", "Extra keyword arguments of the optimizer, as sd-scripts' --optimizer_args: "
+                                      "comma-separated key=value with Python literals, e.g. betas=(0.9, 0.99), "
+                                      "eps=1e-8 or d_coef=2, use_bias_correction=True. They override the "
+                                      "defaults, weight_decay included.")
+    optimizer_fallback: bool = setting(False, "If the optimizer needs a package or a CUDA GPU that is missing, "
+                                              "train with AdamW instead of stopping (not for prodigy or custom, "
+                                              "whose learning rates mean something else).")
+    weight_decay: float = setting(0.01, "Decoupled weight decay of the optimizer (0 = off).",
+                                  min=0.0, max=1.0, step=0.001)
+    lr_cycles: int = setting(1, "cosine_with_restarts: number of cosine cycles, each restarting at the peak "
+                                "learning rate.", min=1, max=1000)
+    lr_power: float = setting(1.0, "polynomial: power of the decay (1 = linear, 2 = quadratic).",
+                              min=0.1, max=10.0, step=0.1)
+    decay_steps: int = setting(0, "warmup_stable_decay: steps of the final decay (0 = the last 20% of the steps "
+                                  "after warmup).", min=0, max=1_000_000)
+    min_lr_ratio: float = setting(0.0, "Where the decaying schedules end, as a share of the peak learning rate "
+                                       "(0 = decay to near 0).", min=0.0, max=1.0, step=0.01)
     min_snr_gamma: float = setting(0.0, "Min-SNR loss weighting gamma (Hang et al. 2023), e.g. 5; 0 = off.",
                                    min=0.0, max=100.0, step=0.5)
     noise_offset: float = setting(0.0, "Per-channel noise offset (helps very dark/bright images), e.g. 0.05; "
@@ -145,6 +180,55 @@ class Optimisation:
         _check_fields(self)
         if self.warmup_steps >= self.steps:
             raise _invalid("warmup_steps", self.warmup_steps, f"fewer warmup steps than steps ({self.steps})")
+        after_warmup = self.steps - self.warmup_steps
+        if self.schedule == "warmup_stable_decay" and self.decay_steps > after_warmup:
+            raise _invalid("decay_steps", self.decay_steps, f"at most the {after_warmup} steps after warmup "
+                                                            f"(steps {self.steps} - warmup_steps {self.warmup_steps})")
+        if self.optimizer in SCHEDULE_FREE_OPTIMIZERS and self.schedule != "constant":
+            raise _invalid("schedule", self.schedule, f"'constant' with optimizer {self.optimizer!r}: a schedule-free "
+                                                      "optimizer replaces the schedule (warmup_steps still applies)")
+        if self.optimizer == "custom" and not _is_dotted_name(self.optimizer_class):
+            raise _invalid("optimizer_class", self.optimizer_class, "with optimizer 'custom', the optimizer class "
+                                                                    "by dotted name, e.g. 'torch.optim.RAdam'")
+        parse_optimizer_args(self.optimizer_args)  # raises ConfigError naming the bad argument
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        """optimizer_args as keyword arguments (validated when the config was made)."""
+        return parse_optimizer_args(self.optimizer_args)
+
+
+def _is_dotted_name(text: str) -> bool:
+    parts = text.split(".")
+    return len(parts) >= 2 and all(part.isidentifier() for part in parts)
+
+
+def parse_optimizer_args(text: str) -> dict[str, Any]:
+    """`key=value, ...` -> {key: value}, each value a Python literal read by ast.literal_eval (nothing is run).
+
+    Parsed as the keyword arguments of a call, so commas inside tuples and strings need no escaping.
+    """
+    if not text.strip():
+        return {}
+    try:
+        call = ast.parse(f"f({text})", mode="eval").body
+    except SyntaxError as e:
+        raise _invalid("optimizer_args", text, "comma-separated key=value pairs with Python literal values, "
+                                               "e.g. betas=(0.9, 0.99), eps=1e-8") from e
+    if not isinstance(call, ast.Call) or call.args or any(k.arg is None for k in call.keywords):
+        raise _invalid("optimizer_args", text, "only key=value pairs (no bare values, no **), "
+                                               "e.g. betas=(0.9, 0.99), eps=1e-8")
+    parsed: dict[str, Any] = {}
+    for keyword in call.keywords:
+        assert keyword.arg is not None
+        if keyword.arg in parsed:
+            raise _invalid("optimizer_args", text, f"each key once ({keyword.arg} is given twice)")
+        try:
+            parsed[keyword.arg] = ast.literal_eval(keyword.value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
+            raise _invalid("optimizer_args", ast.get_source_segment(f"f({text})", keyword) or keyword.arg,
+                           f"a Python literal value for {keyword.arg} (number, True/False/None, tuple, list, "
+                           "'quoted text')") from e
+    return parsed
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import torch
 from ..errors import LoraExportError, LoraValueError
 from ..safetensors_io import write_safetensors_atomic
 from .config import TrainConfig
+from .optimizers import OPTIMIZER_KINDS, kind_for, optimizer_kwargs
 from .trainable_lora import LoraAdapterSet
 
 SAVE_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -116,18 +117,26 @@ def _network_args(config: TrainConfig) -> dict[str, str]:
     return {}
 
 
+def _kohya_optimizer(config: TrainConfig, optimizer_name: str | None) -> str:
+    """kohya's ss_optimizer: the class path, then the keyword arguments it was built with, e.g.
+    `torch.optim.adamw.AdamW(weight_decay=0.01)`. `optimizer_name` is the kind actually used (after a fallback)."""
+    opt = config.optimisation
+    kind = kind_for(opt) if optimizer_name in (None, opt.optimizer) else OPTIMIZER_KINDS[optimizer_name]
+    kwargs = optimizer_kwargs(kind, opt) if kind.name == opt.optimizer else {"weight_decay": opt.weight_decay}
+    return f"{kind.recorded_class}({','.join(f'{k}={v}' for k, v in kwargs.items())})"
+
+
 def kohya_metadata(config: TrainConfig, summary: TrainingSummary, base_model_version: str,
-                   prediction_type: str = "epsilon", optimizer_name: str = "adamw",
+                   prediction_type: str = "epsilon", optimizer_name: str | None = None,
                    now: datetime.datetime | None = None) -> dict[str, str]:
     """`ss_*` (kohya train_network.py) and `modelspec.*` (SAI model spec) metadata, plus the loralab.* config.
 
     `base_model_version` uses kohya's values: sd_v1, sd_v2, sd_v2_v, sdxl_base_v1-0, flux1, ...
+    `optimizer_name` is the optimizer the run used (TrainResult.optimizer_name); None = the configured one.
     """
     lora, opt = config.lora, config.optimisation
     width, height = summary.resolution
     now = now or datetime.datetime.now()
-    optimizer_class = ("bitsandbytes.optim.adamw.AdamW8bit" if optimizer_name == "adamw8bit"
-                       else "torch.optim.adamw.AdamW")
     metadata = {
         "ss_output_name": summary.output_name,
         "ss_training_comment": summary.comment,
@@ -147,7 +156,10 @@ def kohya_metadata(config: TrainConfig, summary: TrainingSummary, base_model_ver
         "ss_max_train_steps": str(opt.steps),
         "ss_lr_scheduler": opt.schedule,
         "ss_lr_warmup_steps": str(opt.warmup_steps),
-        "ss_optimizer": f"{optimizer_class}(weight_decay={opt.weight_decay})",
+        "ss_lr_scheduler_num_cycles": str(opt.lr_cycles),
+        "ss_lr_scheduler_power": str(opt.lr_power),
+        "ss_optimizer": _kohya_optimizer(config, optimizer_name),
+        "ss_optimizer_args": opt.optimizer_args,
         "ss_max_grad_norm": str(opt.max_grad_norm),
         "ss_batch_size_per_device": str(opt.batch_size),
         "ss_gradient_accumulation_steps": str(opt.grad_accumulation),

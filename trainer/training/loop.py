@@ -1,4 +1,4 @@
-"""The training loop: knows nothing about the model; it calls a denoiser, steps AdamW, reports by callback.
+"""The training loop: knows nothing about the model; it calls a denoiser, steps the optimizer, reports by callback.
 
 Call it inside `torch.inference_mode(False)` (hosts such as ComfyUI run nodes in inference mode): the loop
 re-enters inference_mode(False) and enable_grad itself, but tensors the caller creates (weights, latents)
@@ -8,7 +8,6 @@ must not be inference tensors where autograd has to save them (see trainable_lor
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import math
 import time
@@ -21,6 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import NonFiniteLossError
+from . import optimizers
 from .config import Optimisation, TrainConfig
 from .objective import NoiseSchedule, diffusion_loss, sample_noise, sample_timesteps
 from .resume_state import TrainState, check_layers, check_optimizer, check_resumable, optimizer_state_for
@@ -73,11 +73,11 @@ def _base_lr(group_name: str, config: TrainConfig) -> float:
 
 def build_optimizer(adapters: LoraAdapterSet,
                     config: TrainConfig) -> tuple[torch.optim.Optimizer, str, list[list[str]]]:
-    """AdamW (or bitsandbytes AdamW8bit on CUDA) with one param group per adapter group.
+    """The configured optimizer (optimizers.build_optimizer) with one param group per adapter group.
 
-    Returns the optimizer, the name of the one actually used, and each group's parameter names.
+    Returns the optimizer, the name of the kind actually used (another only with optimizer_fallback on),
+    and each group's parameter names.
     """
-    opt = config.optimisation
     names_by_group: dict[str, list[str]] = {}
     params_by_group: dict[str, list[nn.Parameter]] = {}
     for name, param in adapters.named_parameters():
@@ -87,16 +87,8 @@ def build_optimizer(adapters: LoraAdapterSet,
     groups = [{"params": params_by_group[g], "lr": _base_lr(g, config), "base_lr": _base_lr(g, config),
                "group_name": g} for g in sorted(params_by_group)]
     group_names = [names_by_group[g] for g in sorted(names_by_group)]
-    if opt.optimizer == "adamw8bit":
-        if adapters.device.type == "cuda" and importlib.util.find_spec("bitsandbytes") is not None:
-            try:
-                import bitsandbytes as bnb
-                return bnb.optim.AdamW8bit(groups, weight_decay=opt.weight_decay), "adamw8bit", group_names
-            except (ImportError, RuntimeError) as e:  # a broken CUDA setup makes bitsandbytes raise at import
-                logger.warning("bitsandbytes could not be loaded (%s); using AdamW instead of AdamW8bit", e)
-        else:
-            logger.warning("AdamW8bit needs bitsandbytes and a CUDA GPU; using AdamW instead")
-    return torch.optim.AdamW(groups, weight_decay=opt.weight_decay), "adamw", group_names
+    optimizer, kind = optimizers.build_optimizer(groups, config.optimisation, adapters.device)
+    return optimizer, kind.name, group_names
 
 
 @contextlib.contextmanager
@@ -250,7 +242,10 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
     it gracefully: that update is discarded and the result holds the state after the last whole one.
     on_checkpoint(state) is called every checkpointing.every_n_steps updates (not after the last one:
     the result carries the final state). Raises NonFiniteLossError without applying the bad update, and
-    ResumeStateError (before any work) if start_state cannot continue this run.
+    ResumeStateError (before any work) if start_state cannot continue this run, and OptimizerError if the
+    optimizer cannot be built here. With a schedule-free optimizer the adapters hold its averaged weights (the
+    ones to save and use) during on_step / on_checkpoint and after the return; `result.state` holds the
+    training point, from which a resumed run continues.
     """
     opt = config.optimisation
     device = adapters.device
@@ -277,6 +272,10 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
     stopped_early: str | None = None
     started = time.perf_counter()
     adapters.train(True)
+    # Schedule-free optimizers step at their training point; callbacks and the caller see the averaged weights.
+    averaged = optimizers.has_averaged_weights(optimizer)
+    if averaged:
+        optimizer.train()  # type: ignore[attr-defined]
     try:
         with torch.inference_mode(False), torch.enable_grad(), gradient_checkpointing(checkpoint_modules):
             while step < opt.steps:
@@ -306,20 +305,27 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
                 step += 1
                 history.append(loss_value)
                 smoothed = loss_value if smoothed is None else SMOOTHING * smoothed + (1 - SMOOTHING) * loss_value
-                on_step(StepRecord(step=step, total=opt.steps, loss=loss_value, smoothed_loss=smoothed,
-                                   lr=opt.learning_rate * multiplier, grad_norm=grad_norm,
-                                   seconds_per_step=time.perf_counter() - step_started))
+                record = StepRecord(step=step, total=opt.steps, loss=loss_value, smoothed_loss=smoothed,
+                                    lr=opt.learning_rate * multiplier, grad_norm=grad_norm,
+                                    seconds_per_step=time.perf_counter() - step_started)
+                with optimizers.averaged_weights(optimizer, params):  # samples and "save now" use these
+                    on_step(record)
                 every = config.checkpointing.every_n_steps
                 if on_checkpoint is not None and every > 0 and step % every == 0 and step < opt.steps:
-                    on_checkpoint(snapshot())
+                    state = snapshot()  # the training weights: a resumed run continues from them
+                    with optimizers.averaged_weights(optimizer, params):
+                        on_checkpoint(state)
+        final_state = snapshot()
     except NonFiniteLossError:
         optimizer.zero_grad(set_to_none=True)  # drop the bad gradients; no parameter was touched
         raise
     finally:
         adapters.train(False)  # dropout off for whatever runs the model next
+        if averaged:
+            optimizer.eval()  # type: ignore[attr-defined]  # the adapters now hold the weights to save and use
     return TrainResult(steps_completed=step, total_steps=opt.steps, loss_history=tuple(history),
                        smoothed_loss=smoothed, stopped_early=stopped_early, optimizer_name=optimizer_name,
-                       seconds=time.perf_counter() - started, state=snapshot())
+                       seconds=time.perf_counter() - started, state=final_state)
 
 
 def evaluate(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedule: NoiseSchedule,

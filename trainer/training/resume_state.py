@@ -1,10 +1,10 @@
 """Resumable training state in one .safetensors file (tensors + JSON in the header), never pickle.
 
-Layout: `lora::<key>` LoRA tensors, `optim::<param name>::<stat>` optimizer tensors (AdamW exp_avg,
-exp_avg_sq, step), `rng::generator` the torch.Generator state (uint8), `history::loss` (float64);
-header metadata holds the step, smoothed loss, optimizer scalars/param groups, GradScaler state, the
-base model when the caller names it, and the TrainConfig (`TrainConfig.to_metadata`). Keys use `::` so
-no LoRA loader mistakes the file for a LoRA.
+Layout: `lora::<key>` LoRA tensors, `optim::<param name>::<stat>` optimizer tensors (whatever tensors the
+optimizer keeps: AdamW exp_avg, exp_avg_sq, step), `rng::generator` the torch.Generator state (uint8),
+`history::loss` (float64); header metadata holds the step, smoothed loss, optimizer scalars/param groups,
+GradScaler state, the base model when the caller names it, and the TrainConfig (`TrainConfig.to_metadata`).
+Keys use `::` so no LoRA loader mistakes the file for a LoRA.
 
 Reading trusts nothing: a damaged, partial or foreign file, or one saved by a run with other settings,
 raises ResumeStateError naming the file and the problem, never a raw KeyError or JSONDecodeError.
@@ -24,7 +24,7 @@ import torch
 
 from ..errors import LoraFileError, LoraWriteError, ResumeStateError, ResumeStateWriteError
 from ..safetensors_io import read_metadata, read_safetensors, write_safetensors_atomic
-from .config import LoraShape, TrainConfig
+from .config import OPTIMIZERS, LoraShape, TrainConfig
 from .trainable_lora import LoraAdapterSet
 
 logger = logging.getLogger(__name__)
@@ -35,9 +35,11 @@ _META = "loralab.state."
 # LoraShape fields a run may change on resume; every other one (rank, alpha, targets, text encoder, and
 # any field added later) decides the LoRA's tensors, so a state trained with another value cannot continue.
 _FREE_LORA_FIELDS = frozenset({"dropout", "text_encoder_lr"})
-# Optimizer statistics shaped like their parameter (AdamW); others (step, 8-bit blocks) are not checked.
-_PARAM_SHAPED_STATS = ("exp_avg", "exp_avg_sq")
-_OPTIMIZERS = ("adamw", "adamw8bit")
+# Optimizer statistics shaped like their parameter (AdamW, Lion, Prodigy, SGD momentum, schedule-free z); others
+# (step, 8-bit blocks, Adafactor's factored rows and columns, Prodigy's flattened s and p0) are not checked.
+_PARAM_SHAPED_STATS = ("exp_avg", "exp_avg_sq", "momentum_buffer", "z")
+# Optimisation fields that decide what the saved optimizer statistics mean: a run cannot continue with others.
+_OPTIMIZER_FIELDS = ("optimizer", "optimizer_class", "optimizer_args")
 _NEW_RUN = "The run's LoRA checkpoints are not affected; turn resume off to start a new run."
 
 
@@ -249,9 +251,8 @@ def _optimizer_from_file(path: str, tensors: dict[str, torch.Tensor], optim_json
         raise _damaged(path, f"{_META}optimizer lacks its parameter groups")
     groups = []
     for group in groups_json:
-        entry = dict(group)
-        if isinstance(entry.get("betas"), list):
-            entry["betas"] = tuple(entry["betas"])
+        # JSON has no tuples: hyperparameters such as betas or Adafactor's eps were tuples when saved.
+        entry = {k: tuple(v) if isinstance(v, list) else v for k, v in group.items()}
         entry["params"] = [position(name, "param_groups") for name in group["params"]]
         groups.append(entry)
     return {"state": per_param, "param_groups": groups}
@@ -309,8 +310,8 @@ def load_state(path: str | os.PathLike[str], expected_config: TrainConfig | None
     if smoothed is not None and not math.isfinite(smoothed):
         raise _damaged(path, f"{_META}smoothed_loss is {smoothed!r}, not a finite number")
     optimizer_name = _meta(metadata, "optimizer_name", path)
-    if optimizer_name not in _OPTIMIZERS:
-        raise _damaged(path, f"{_META}optimizer_name is {optimizer_name!r}, expected one of {', '.join(_OPTIMIZERS)}")
+    if optimizer_name not in OPTIMIZERS:
+        raise _damaged(path, f"{_META}optimizer_name is {optimizer_name!r}, expected one of {', '.join(OPTIMIZERS)}")
     return TrainState(
         step=step,
         config=config,
@@ -346,6 +347,13 @@ def check_resumable(saved: TrainConfig, current: TrainConfig, saved_step: int,
     if current.optimisation.steps < saved_step:
         raise ResumeStateError(f"{where} is at step {saved_step}, but steps = {current.optimisation.steps}. "
                                f"Set steps to {saved_step} or more to continue.", path=source)
+    other_optimizer = [f"{name}: saved {getattr(saved.optimisation, name)!r}, "
+                       f"now {getattr(current.optimisation, name)!r}" for name in _OPTIMIZER_FIELDS
+                       if getattr(saved.optimisation, name) != getattr(current.optimisation, name)]
+    if other_optimizer:
+        raise ResumeStateError(f"{where} was trained with another optimizer (" + "; ".join(other_optimizer)
+                               + "): its statistics do not fit this one. Set the optimizer settings back, or turn "
+                               "resume off to start a new run.", path=source)
     changed = [name for name, value in vars(current.optimisation).items()
                if getattr(saved.optimisation, name) != value]
     if changed:
@@ -392,8 +400,9 @@ def check_optimizer(state: TrainState, optimizer_name: str) -> None:
     if state.optimizer_name != optimizer_name:
         raise ResumeStateError(
             f"{_where(state)} holds {state.optimizer_name} optimizer state, but this run uses {optimizer_name} "
-            "(adamw8bit needs bitsandbytes and a CUDA GPU, otherwise LoRA Lab falls back to adamw). Resume where "
-            "the saved run's optimizer is available, or turn resume off to start a new run.", path=state.source)
+            "(with optimizer_fallback on, an optimizer whose package or GPU is missing is replaced by adamw). "
+            "Resume where the saved run's optimizer is available, or turn resume off to start a new run.",
+            path=state.source)
 
 
 def optimizer_state_for(state: TrainState, group_names: list[list[str]]) -> dict[str, Any]:

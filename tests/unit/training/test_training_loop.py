@@ -18,7 +18,7 @@ from tests.support.tiny_models import (
     make_model,
     text_denoiser,
 )
-from trainer.errors import NonFiniteLossError
+from trainer.errors import NonFiniteLossError, OptimizerError
 from trainer.training.config import LoraShape, TrainConfig
 from trainer.training.loop import StepRecord, evaluate, gradient_checkpointing, train
 from trainer.training.objective import NoiseSchedule
@@ -170,8 +170,10 @@ def test_gradient_checkpointing_context_restores_instance_forward() -> None:
     assert module.forward is own
 
 
-def test_adamw8bit_falls_back_on_cpu() -> None:
-    _, _, result, _ = _run(config(steps=1, optimizer="adamw8bit"))
+def test_adamw8bit_on_cpu_is_refused_unless_fallback_is_asked_for() -> None:
+    with pytest.raises(OptimizerError, match="adamw8bit needs a CUDA GPU.*optimizer_fallback"):
+        _run(config(steps=1, optimizer="adamw8bit"))
+    _, _, result, _ = _run(config(steps=1, optimizer="adamw8bit", optimizer_fallback=True))
     assert result.optimizer_name == "adamw"
 
 
