@@ -364,7 +364,3 @@ class JobRegistry:
         others = [jid for jid in self._jobs if jid not in ended]
         for jid in (ended + others)[:excess]:  # oldest ended jobs first, running ones only if all else is gone
             del self._jobs[jid]
-
-
-JOBS = JobRegistry()
-"""The process-wide registry: the trainer node creates jobs here, the routes read them."""

@@ -24,8 +24,9 @@ from typing import Any
 from aiohttp import web
 
 from ...trainer.errors import LoraFileError, LoraNameError
-from ...trainer.jobs import ACTIONS, JOBS, Job, JobError, is_job_id, is_sample_name
+from ...trainer.jobs import ACTIONS, Job, JobError, is_job_id, is_sample_name
 from ...trainer.lora import info as lora_info
+from .jobs import JOBS
 from .lora_files import check_lora_name, lora_names, parsed_loras
 
 logger = logging.getLogger(__name__)

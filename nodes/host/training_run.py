@@ -20,7 +20,7 @@ import torch
 from ...trainer.data.latents import LatentBatches
 from ...trainer.data.spec import DatasetSpec
 from ...trainer.errors import RunHalted, TrainingStopped
-from ...trainer.jobs import JOBS, Job
+from ...trainer.jobs import Job
 from ...trainer.lora.file import parse_lora
 from ...trainer.training.checkpoint_pruning import checkpoints_to_delete
 from ...trainer.training.config import TrainConfig
@@ -37,6 +37,7 @@ from ...trainer.training.trainable_lora import (
 )
 from . import model as host_model
 from .encoded_dataset import encode_dataset
+from .jobs import JOBS
 from .patching import patch_model_and_clip
 from .run_control import CANCELLED, RunControl
 from .run_files import RunFiles
