@@ -2,7 +2,9 @@
 effects; the root __init__ registers the routes."""
 from .dataset import LoraLabDataset
 from .load_lora import LoraLabLoadLora
+from .merge_loras import LoraLabMergeLoras
 from .preview_samples import LoraLabPreviewSamples
+from .resize_lora import LoraLabResizeLora
 from .stack_loras import LoraLabStackLoras
 from .train_lora import LoraLabTrainLora
 from .train_options import LoraLabTrainOptions
@@ -14,6 +16,8 @@ NODE_CLASS_MAPPINGS = {
     "LoraLabTrainLora": LoraLabTrainLora,
     "LoraLabTrainOptions": LoraLabTrainOptions,
     "LoraLabPreviewSamples": LoraLabPreviewSamples,
+    "LoraLabMergeLoras": LoraLabMergeLoras,
+    "LoraLabResizeLora": LoraLabResizeLora,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -23,4 +27,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LoraLabTrainLora": "Train LoRA (LoRA Lab)",
     "LoraLabTrainOptions": "Train LoRA Options (LoRA Lab)",
     "LoraLabPreviewSamples": "Preview Samples (LoRA Lab)",
+    "LoraLabMergeLoras": "Merge LoRAs (LoRA Lab)",
+    "LoraLabResizeLora": "Resize LoRA (LoRA Lab)",
 }

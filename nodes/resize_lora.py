@@ -1,0 +1,57 @@
+"""Resize LoRA node: one LoRA -> a new file at a smaller rank, fixed or chosen per layer (sd-scripts' methods)."""
+from __future__ import annotations
+
+import comfy.model_management
+
+from ..trainer.tools.rank import RANK_METHODS, RankRule
+from ..trainer.tools.resize import resize_lora
+from ..trainer.tools.sources import file_sha256
+from .host.lora_files import check_lora_name, lora_names, parsed_loras, resolve_lora_path
+from .host.run_files import RunFiles
+from .merge_loras import ALPHA, PRECISION, RANK, layer_progress, write_result
+
+
+class LoraLabResizeLora:
+    """Re-factorises every layer of a LoRA by SVD to a smaller rank; writes the achieved ranks and errors."""
+
+    DESCRIPTION = ("Shrinks a LoRA to a smaller rank. fixed keeps `rank` per layer; sv_ratio, sv_fro and "
+                   "sv_cumulative (as sd-scripts resize_lora) choose each layer's rank from its singular values, "
+                   "with `rank` as the cap.")
+    CATEGORY = "LoRA Lab"
+    FUNCTION = "resize"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING", "STRING")
+    RETURN_NAMES = ("lora_name", "report")
+    OUTPUT_TOOLTIPS = ("The new file's name in the loras folder (for Load LoRA).",
+                       "Per layer: old and new rank and the share of the change kept.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "lora_name": (lora_names(), {"tooltip": "The LoRA to resize."}),
+                "rank": ("INT", {**RANK, "tooltip": "fixed: the new rank. Dynamic methods: the most any layer keeps."}),
+                "method": (list(RANK_METHODS), {"default": "fixed", "tooltip":
+                           "fixed; sv_ratio: keep values above S_max / param; sv_fro: keep a Frobenius share "
+                           "param; sv_cumulative: keep a share param of the sum of singular values."}),
+                "param": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 1000.0, "step": 0.01, "tooltip":
+                          "sv_ratio: a ratio >= 1 (e.g. 8); sv_fro / sv_cumulative: a share in (0, 1]."}),
+                "output_name": ("STRING", {"default": "resized", "tooltip":
+                                "File name in the loras folder (.safetensors is added); an existing file is kept."}),
+                "precision": PRECISION,
+                "alpha": ("FLOAT", ALPHA),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, lora_name):
+        return check_lora_name(lora_name) or True
+
+    def resize(self, lora_name, rank, method, param, output_name, precision, alpha):
+        files = RunFiles.for_name(output_name)
+        rule = RankRule(rank, method, param if method != "fixed" else 0.0)
+        result = resize_lora(parsed_loras.get(lora_name), rule, output_name=files.name,
+                             sha256=file_sha256(resolve_lora_path(lora_name)), alpha=alpha or None,
+                             save_dtype=precision, device=comfy.model_management.get_torch_device(),
+                             on_layer=layer_progress())
+        return write_result(files, result)

@@ -1,0 +1,97 @@
+"""Merge LoRAs and Resize LoRA in a real ComfyUI: the written files load in native LoraLoader with no key left,
+a concat merge renders as the stacked sources, a resize changes the image and loads like natively."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from scripts import lora_fixtures as fx
+from scripts.comfy_host import error_message
+from scripts.graphs import Graph, checkpoint, out, render, saved_images
+from scripts.tiny_checkpoint import TINY_TARGETS
+from trainer.safetensors_io import read_metadata
+
+SOURCES = [("tools_a.safetensors", 0.9, 0.6), ("tools_b.safetensors", -0.5, 1.1)]
+
+
+def _write_sources(host) -> None:
+    for seed, (name, _, _) in enumerate(SOURCES):
+        fx.write_format("kohya", host.loras_dir / name, TINY_TARGETS, rank=4, alpha=2.0,
+                        gen=fx.default_generator(70 + seed))
+
+
+def _stack_rows(rows) -> str:
+    return json.dumps([{"lora": n, "strength_model": sm, "strength_clip": sc} for n, sm, sc in rows])
+
+
+def _native(g: Graph, ckpt: str, rows) -> tuple[list, list]:
+    model, clip = out(ckpt, 0), out(ckpt, 1)
+    for name, sm, sc in rows:
+        lora = g.add("LoraLoader", model=model, clip=clip, lora_name=name, strength_model=sm, strength_clip=sc)
+        model, clip = out(lora, 0), out(lora, 1)
+    return model, clip
+
+
+def _run_logged(host, g: Graph) -> tuple[dict, str]:
+    before = len(host.log_text())
+    entry = host.run(g.nodes)
+    return entry, host.log_text()[before:]
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> None:
+    assert int(np.abs(a.astype(int) - b.astype(int)).max()) <= 1
+
+
+def test_concat_merge_renders_as_the_stack_and_resize_loads_natively(host):
+    _write_sources(host)
+    g = Graph()
+    stack = g.add("LoraLabStackLoras", loras=_stack_rows(SOURCES))
+    merge = g.add("LoraLabMergeLoras", lora_stack=out(stack, 2), mode="concat", rank=16,
+                  output_name="tools_merged", precision="fp32", alpha=0.0)
+    g.add("PreviewAny", source=out(merge, 1))
+    entry = host.run(g.nodes)
+    assert entry["outputs"][merge]["text"][0].startswith("tools_merged.safetensors")
+    metadata = read_metadata(host.loras_dir / "tools_merged.safetensors")
+    assert metadata["loralab.tool.method"] == "merge_concat" and metadata["ss_network_dim"] == "8"
+    assert [s["name"] for s in json.loads(metadata["loralab.tool.sources"])] == [n for n, _, _ in SOURCES]
+    assert all(len(s["sha256"]) == 64 for s in json.loads(metadata["loralab.tool.sources"]))
+
+    resize = Graph()
+    node = resize.add("LoraLabResizeLora", lora_name="tools_merged.safetensors", rank=2, method="fixed", param=0.9,
+                      output_name="tools_small", precision="fp16", alpha=0.0)
+    resize.add("PreviewAny", source=out(node, 1))
+    host.run(resize.nodes)
+    assert read_metadata(host.loras_dir / "tools_small.safetensors")["ss_network_dim"] == "2"
+
+    g = Graph()
+    ckpt = checkpoint(g)
+    vae = out(ckpt, 2)
+    stacked = render(g, *_native(g, ckpt, SOURCES), vae, "tools_stacked")
+    merged = render(g, *_native(g, ckpt, [("tools_merged.safetensors", 1.0, 1.0)]), vae, "tools_merged")
+    small_native = render(g, *_native(g, ckpt, [("tools_small.safetensors", 1.0, 1.0)]), vae, "tools_small_native")
+    ours = g.add("LoraLabLoadLora", model=out(ckpt, 0), clip=out(ckpt, 1), lora_name="tools_small.safetensors",
+                 strength_model=1.0, strength_clip=1.0)
+    small_ours = render(g, out(ours, 0), out(ours, 1), vae, "tools_small_ours")
+    base = render(g, out(ckpt, 0), out(ckpt, 1), vae, "tools_base")
+    entry, log = _run_logged(host, g)
+    images = {n: saved_images(host, entry, n)[0] for n in (stacked, merged, small_native, small_ours, base)}
+    assert "lora key not loaded" not in log
+    assert not np.array_equal(images[stacked], images[base])
+    _close(images[merged], images[stacked])
+    _close(images[small_ours], images[small_native])
+    assert not np.array_equal(images[small_native], images[base])
+
+
+def test_an_existing_output_is_never_overwritten(host):
+    _write_sources(host)
+    (host.loras_dir / "tools_taken.safetensors").write_bytes(b"keep me")
+    g = Graph()
+    stack = g.add("LoraLabStackLoras", loras=_stack_rows(SOURCES[:1]))
+    merge = g.add("LoraLabMergeLoras", lora_stack=out(stack, 2), mode="svd", rank=2, output_name="tools_taken",
+                  precision="fp16", alpha=0.0)
+    g.add("PreviewAny", source=out(merge, 0))
+    entry = host.wait(host.queue(g.nodes))
+    assert entry["status"]["status_str"] == "error"
+    assert "already exists" in error_message(entry)
+    assert (host.loras_dir / "tools_taken.safetensors").read_bytes() == b"keep me"
