@@ -12,7 +12,9 @@ from trainer.training import config
 
 KINDS = {int: "INT", float: "FLOAT", bool: "BOOLEAN", str: "STRING"}
 HOST_CHOICES = {"sample_sampler": "SAMPLERS", "sample_scheduler": "SCHEDULERS"}  # comfy.samplers.KSampler.<name>
-NEWER_OPTIONAL = ("train_text_encoder", "text_encoder_lr", "keep_last")  # not in prompts saved before them
+# Not in prompts saved before them.
+NEWER_OPTIONAL = ("train_text_encoder", "text_encoder_lr", "keep_last", "optimizer_class", "optimizer_args",
+                  "optimizer_fallback", "lr_cycles", "lr_power", "decay_steps", "min_lr_ratio")
 
 
 def _field(name: str) -> tuple[type, dataclasses.Field]:
