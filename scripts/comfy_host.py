@@ -26,6 +26,7 @@ PACK_NAME = "ComfyUI-LoRA-Lab"
 DEFAULT_COMFY_DIR = Path(os.environ.get("LORALAB_HOST_DIR", REPO / ".host" / "ComfyUI"))
 TINY_CHECKPOINT_NAME = "loralab-tiny-sd15.safetensors"
 TINY_CHECKPOINT = REPO / ".host" / "cache" / TINY_CHECKPOINT_NAME
+TINY_DIFFUSION_MODEL_NAME = "loralab-tiny-sd15-unet.safetensors"  # its UNet alone (Load Diffusion Model)
 
 
 class HostError(RuntimeError):
@@ -44,6 +45,33 @@ def ensure_tiny_checkpoint(comfy_dir: Path = DEFAULT_COMFY_DIR, path: Path = TIN
         subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_checkpoint.py"),
                         "--comfy-dir", str(comfy_dir), "--out", str(path)], check=True, cwd=comfy_dir)
     return path
+
+
+def ensure_tiny_diffusion_model(checkpoint: Path = TINY_CHECKPOINT) -> Path:
+    """The tiny checkpoint's UNet alone, as a diffusion-model file (keys without `model.diffusion_model.`),
+    for the host's Load Diffusion Model (UNETLoader); written once beside the checkpoint."""
+    path = checkpoint.with_name(TINY_DIFFUSION_MODEL_NAME)
+    if not path.exists():
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        prefix = "model.diffusion_model."
+        with safe_open(str(checkpoint), framework="pt") as f:
+            unet = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+        tmp = path.with_suffix(".partial")
+        save_file(unet, str(tmp))
+        tmp.replace(path)
+    return path
+
+
+def add_diffusion_model(base: Path, model: Path) -> str:
+    """Links a diffusion-model file into the base directory's models/diffusion_models; its name for UNETLoader."""
+    folder = base / "models" / "diffusion_models"
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / model.name
+    if not link.exists():
+        link.symlink_to(model)
+    return model.name
 
 
 def prepare_base_dir(base: Path, checkpoint: Path) -> Path:

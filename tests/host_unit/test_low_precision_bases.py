@@ -15,8 +15,9 @@ A tiny SD1.5-layout UNet is built in-process from the host's classes as its UNET
 - the exported file has the same keys and shapes as one trained on the fp32 base, and the host's own loader
   maps every key of it onto the stored-fp8 model.
 
-The host's mixed-precision quantized Linear (`comfy.ops.mixed_precision_ops`, not an nn.Linear) is trained
-through its own cast path; a layer type the LoRA cannot train through is refused before anything is attached.
+The host's scaled-fp8 layers (`comfy.ops.scaled_fp8_ops`) and its mixed-precision quantized Linear
+(`comfy.ops.mixed_precision_ops`, not an nn.Linear) are trained through their own cast paths; a layer type
+the LoRA cannot train through is refused before anything is attached.
 """
 from __future__ import annotations
 
@@ -66,10 +67,11 @@ def fp32_weights(host: SimpleNamespace) -> dict[str, torch.Tensor]:
 
 
 def _build(host: SimpleNamespace, stored: torch.dtype, weights: dict[str, torch.Tensor],
-           layer_quant_config: dict | None = None):
+           layer_quant_config: dict | None = None, scaled_fp8: torch.dtype | None = None):
     """The host's SD1.5 model as UNETLoader builds it for `stored` (model_options {"dtype": stored}), weights
     loaded inside inference mode (so every weight is an inference tensor, as in a running host)."""
     config = host.comfy.supported_models.SD15(dict(TINY_SD15_UNET))
+    config.scaled_fp8 = scaled_fp8  # what model_detection reads from a scaled-fp8 file's `scaled_fp8` key
     if layer_quant_config is not None:
         config.layer_quant_config = layer_quant_config
         manual_cast = host.comfy.model_management.unet_manual_cast(None, CPU, config.supported_inference_dtypes)
@@ -212,6 +214,34 @@ def test_the_hosts_mixed_precision_quantized_linears_train_through_their_cast_pa
     modules = dict(unet.named_modules())
     assert all(type(modules[n].weight).__name__ == "QuantizedTensor" for n in linears)
     assert all(torch.equal(_bits(modules[n].weight._qdata), before[n]) for n in linears)
+
+
+def test_a_scaled_fp8_checkpoint_trains_through_the_hosts_scaled_layers(host: SimpleNamespace,
+                                                                       fp32_weights) -> None:
+    """`comfy.ops.scaled_fp8_ops`: fp8 Linear weights with a per-layer `scale_weight` the host applies."""
+    linears = _linear_names(_build(host, torch.float32, {}))
+    weights, dequantised = dict(fp32_weights), dict(fp32_weights)
+    for name in linears:
+        fp8 = (fp32_weights[f"{name}.weight"] / 2.0).to(torch.float8_e4m3fn)
+        weights[f"{name}.weight"], weights[f"{name}.scale_weight"] = fp8, torch.tensor(2.0)
+        dequantised[f"{name}.weight"] = fp8.float() * 2.0
+    patcher = _patcher(host, _build(host, torch.float32, weights, scaled_fp8=torch.float8_e4m3fn))
+    modules = dict(host.host_model.diffusion_module(patcher).named_modules())
+    assert modules[linears[0]].weight.dtype == torch.float8_e4m3fn
+    assert float(modules[linears[0]].scale_weight) == 2.0
+
+    reference = _patcher(host, _build(host, torch.float32, dequantised))
+    x_t, timesteps, context, _ = _fixed_batch()
+    with torch.inference_mode(False), torch.no_grad():
+        prediction = host.host_model.denoiser_for(patcher)(x_t, timesteps, context)
+        expected = host.host_model.denoiser_for(reference)(x_t, timesteps, context)
+    assert torch.allclose(prediction, expected, atol=1e-5, rtol=1e-5)
+    before = {name: _bits(modules[name].weight) for name in linears}
+    _, losses = _train(host, patcher)
+    assert losses[-1] < 0.9 * losses[0], losses
+    modules = dict(host.host_model.diffusion_module(patcher).named_modules())
+    assert all(modules[n].weight.dtype == torch.float8_e4m3fn for n in linears)
+    assert all(torch.equal(_bits(modules[n].weight), before[n]) for n in linears)
 
 
 class OpaqueQuantizedLinear(nn.Module):
