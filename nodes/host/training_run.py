@@ -26,6 +26,7 @@ from ...trainer.training.checkpoint_pruning import checkpoints_to_delete
 from ...trainer.training.config import TrainConfig
 from ...trainer.training.export import TrainingSummary, export_lora, kohya_metadata, save_lora
 from ...trainer.training.inplace_guard import normalisation_inputs_copied
+from ...trainer.training.optimizers import check_optimizer
 from ...trainer.training.loop import NonFiniteLossError, StepRecord, TrainResult, evaluate, train
 from ...trainer.training.memory import estimate_training_memory, fits
 from ...trainer.training.resume_state import TrainState, load_state, save_state
@@ -159,6 +160,7 @@ class TrainingRun:
             self.name_map.update(host_model.clip_kohya_names(model, self.text_layers, TEXT_ENCODER_KEY_PREFIX))
             trainable += lora_parameter_count(self.text_encoder, self.text_layers, self.config.lora.rank)
         self.check_memory(trainable)
+        self.optimizer_name = check_optimizer(self.config.optimisation, comfy.model_management.get_torch_device())
         self.base_version, self.architecture = host_model.base_model_version(model)
 
     def encode(self) -> None:
@@ -306,7 +308,8 @@ class TrainingRun:
                                   resolution=(self.spec.resolution, self.spec.resolution), steps_completed=steps_done,
                                   tag_frequency=self.spec.tag_frequency(), trigger_phrase=self.spec.trigger_word,
                                   started_at=self.started, finished_at=time.time())
-        md = kohya_metadata(self.config, summary, self.base_version, self.schedule.prediction_type)
+        md = kohya_metadata(self.config, summary, self.base_version, self.schedule.prediction_type,
+                            optimizer_name=self.optimizer_name)
         md["modelspec.architecture"] = self.architecture
         return md
 

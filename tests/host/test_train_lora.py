@@ -136,7 +136,7 @@ def test_existing_output_name_is_not_overwritten(host, rings):
 
 
 def test_cancel_keeps_a_checkpoint_and_resume_finishes_like_an_uninterrupted_run(host, rings):
-    steps = 10
+    steps = 30  # the cancel lands at step 2 of 30: the run cannot have finished, however fast the machine
     # Uninterrupted reference run.
     host.run(train_graph("straight", steps=steps, options={})[0].nodes, timeout=900)
     # The same run, cancelled part-way through.

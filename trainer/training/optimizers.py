@@ -172,3 +172,12 @@ def averaged_weights(optimizer: torch.optim.Optimizer, params: Sequence[nn.Param
         with torch.no_grad():
             for param, kept in zip(params, training, strict=True):
                 param.copy_(kept)
+
+
+def check_optimizer(opt: Optimisation, device: torch.device) -> str:
+    """The name of the optimizer a run of `opt` on `device` will use, found by building it over one probe
+    parameter: so a missing package or GPU, or arguments the class refuses, stop the run before any work.
+    Raises OptimizerError as build_optimizer does."""
+    probe = [{"params": [nn.Parameter(torch.zeros(1, device=device))], "lr": opt.learning_rate,
+              "base_lr": opt.learning_rate, "group_name": "probe"}]
+    return build_optimizer(probe, opt, device)[1].name

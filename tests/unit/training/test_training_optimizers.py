@@ -286,3 +286,14 @@ def test_metadata_records_the_optimizer_its_arguments_and_the_schedule() -> None
     fell_back = kohya_metadata(config(optimizer="adamw8bit", optimizer_fallback=True),
                                TrainingSummary("x", 1, (8, 8), 1), "sd_v1", optimizer_name="adamw")
     assert fell_back["ss_optimizer"] == "torch.optim.adamw.AdamW(weight_decay=0.01)"
+
+
+def test_check_optimizer_refuses_before_any_work_and_names_what_a_fallback_uses() -> None:
+    """Train LoRA calls it while preparing the run, before the dataset is encoded."""
+    cpu = torch.device("cpu")
+    assert optimizers.check_optimizer(Optimisation(optimizer="lion", learning_rate=1e-4), cpu) == "lion"
+    with pytest.raises(OptimizerError, match="CUDA GPU"):
+        optimizers.check_optimizer(Optimisation(optimizer="adamw8bit"), cpu)
+    assert optimizers.check_optimizer(Optimisation(optimizer="adamw8bit", optimizer_fallback=True), cpu) == "adamw"
+    with pytest.raises(OptimizerError, match="no_such_module"):
+        optimizers.check_optimizer(Optimisation(optimizer="custom", optimizer_class="no_such_module.Opt"), cpu)
