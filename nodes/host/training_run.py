@@ -26,9 +26,9 @@ from ...trainer.training.checkpoint_pruning import checkpoints_to_delete
 from ...trainer.training.config import TrainConfig
 from ...trainer.training.export import TrainingSummary, export_lora, kohya_metadata, save_lora
 from ...trainer.training.inplace_guard import normalisation_inputs_copied
-from ...trainer.training.optimizers import check_optimizer
 from ...trainer.training.loop import NonFiniteLossError, StepRecord, TrainResult, evaluate, train
 from ...trainer.training.memory import estimate_training_memory, fits
+from ...trainer.training.optimizers import check_optimizer
 from ...trainer.training.resume_state import TrainState, load_state, save_state
 from ...trainer.training.trainable_lora import (
     LoraAdapterSet,
