@@ -1,6 +1,9 @@
 """Load LoRA node: one file from the loras folders, any format, applied through the host's own patches."""
 from __future__ import annotations
 
+from ..trainer.errors import BlockWeightsError
+from ..trainer.lora.block_weights import HELP as BLOCK_WEIGHTS_HELP
+from ..trainer.lora.block_weights import parse_block_weights
 from .host.lora_files import check_lora_name, lora_names
 from .host.patching import apply_named_lora
 
@@ -32,15 +35,27 @@ class LoraLabLoadLora:
                 }),
                 "strength_clip": ("FLOAT", {**STRENGTH, "tooltip": "How strongly the LoRA changes the text encoder."}),
             },
-            "optional": {"clip": ("CLIP", {"tooltip": "The text encoder; leave unconnected to patch only the model."})},
+            "optional": {
+                "clip": ("CLIP", {"tooltip": "The text encoder; leave unconnected to patch only the model."}),
+                "block_weights": ("STRING", {"default": "", "tooltip": BLOCK_WEIGHTS_HELP}),
+            },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, lora_name):
+    def VALIDATE_INPUTS(cls, lora_name, block_weights=None):
         # Named here so a LoRA written since the list was built is accepted; the name is checked instead.
-        return check_lora_name(lora_name) or True
+        problem = check_lora_name(lora_name)
+        if problem:
+            return problem
+        if isinstance(block_weights, str):  # None when the input is linked: checked when the node runs
+            try:
+                parse_block_weights(block_weights)
+            except BlockWeightsError as e:
+                return str(e)
+        return True
 
-    def load(self, model, lora_name, strength_model, strength_clip, clip=None):
-        new_model, new_clip, words = apply_named_lora(model, clip, lora_name, strength_model, strength_clip)
+    def load(self, model, lora_name, strength_model, strength_clip, clip=None, block_weights=""):
+        new_model, new_clip, words = apply_named_lora(model, clip, lora_name, strength_model, strength_clip,
+                                                      parse_block_weights(block_weights))
         text = ", ".join(words)
         return {"ui": {"trigger_words": [text]}, "result": (new_model, new_clip, text)}

@@ -1,12 +1,14 @@
 """Stack LoRAs node: unlimited rows with toggles and two strengths, LORA_STACK in and out, trigger words out."""
 from __future__ import annotations
 
+from ..trainer.lora.block_weights import parse_block_weights
 from ..trainer.lora.stack import StackRowsError, entries_from_lora_stack, join_trigger_words, parse_rows
 from .host.lora_files import check_lora_name
 from .host.patching import apply_named_lora
 
 ROWS_HELP = ('The rows, as JSON: [{"lora": "file.safetensors", "on": true, "strength_model": 1.0, '
-             '"strength_clip": 1.0}, ...]. The graph editor shows them as a table.')
+             '"strength_clip": 1.0}, ...], each with an optional "block_weights" (per-block strengths as in Load '
+             'LoRA, e.g. "INS" or "MID=0"). The graph editor shows them as a table.')
 
 
 class LoraLabStackLoras:
@@ -19,7 +21,8 @@ class LoraLabStackLoras:
     RETURN_NAMES = ("MODEL", "CLIP", "LORA_STACK", "trigger_words")
     OUTPUT_TOOLTIPS = ("The model with every enabled LoRA applied (None if no MODEL was connected).",
                        "The text encoder with every enabled LoRA applied (None if no CLIP was connected).",
-                       "The enabled LoRAs as (name, strength_model, strength_clip) tuples, incoming stack first.",
+                       "The enabled LoRAs as (name, strength_model, strength_clip) tuples, incoming stack first "
+                       "(block weights reach a later Stack LoRAs node; other packs apply the whole LoRA).",
                        "The trigger words of the enabled LoRAs, comma-separated, each once.")
 
     @classmethod
@@ -50,7 +53,7 @@ class LoraLabStackLoras:
         words = []
         for entry in entries:
             model, clip, entry_words = apply_named_lora(model, clip, entry.name, entry.strength_model,
-                                                        entry.strength_clip)
+                                                        entry.strength_clip, parse_block_weights(entry.block_weights))
             words.append(entry_words)
         text = join_trigger_words(words)
         stack_out = [e.as_tuple() for e in entries]

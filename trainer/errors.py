@@ -159,3 +159,10 @@ class RunHalted(LoraLabError):
 
 class LoraToolError(LoraLabError, ValueError):
     """A merge or resize cannot be done as asked (a layer kind concat cannot join, a bad rank or rule, DoRA)."""
+
+
+# --- Block weights (trainer/lora/block_weights.py) --------------------------------------------------------
+
+class BlockWeightsError(LoraLabError, ValueError):
+    """Per-block strengths that cannot be read: a wrong count of values, an unknown preset or block, not a number,
+    or a layout that does not fit the LoRA's model family."""

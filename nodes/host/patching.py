@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import comfy.lora
 
 from ...trainer.errors import LoraMismatchError, LoraShapeError
+from ...trainer.lora.block_weights import BlockWeights, block_of
 from ...trainer.lora.file import LoraFile
 from ...trainer.lora.host_keys import host_modules, module_delta_numel
 from ...trainer.lora.info import base_model_hint, base_model_label, trigger_words
@@ -68,8 +69,33 @@ def _check_shapes(lora: LoraFile, modules: dict, key_map: dict, model, clip) -> 
                 path=lora.source_name, key=prefix)
 
 
-def patch_model_and_clip(model, clip, lora: LoraFile, strength_model: float, strength_clip: float):
-    """(patched MODEL, patched CLIP, PatchReport): clones carry the LoRA as host patches; the inputs stay untouched."""
+def _target_key(patch_key) -> str:
+    return patch_key if isinstance(patch_key, str) else patch_key[0]  # (key, offset[, function]) of a fused weight
+
+
+def _by_block_weight(patches: dict, weights: BlockWeights, lora: LoraFile) -> dict[float, dict]:
+    """The host patches grouped by their layer's block multiplier (one `add_patches` call per group)."""
+    blocks = {key: block_of(_target_key(key)) for key in patches}
+    weights.check_fits(set(blocks.values()))
+    present = set(blocks.values())
+    hits = (set(weights.blocks) & present) | {b for b in present if b and any(b.startswith(k) for k in weights.groups)}
+    if weights.layout is None and (weights.blocks or weights.groups) and not hits:
+        log.warning("LoRA Lab: %s: the block weights '%s' name no block this LoRA has layers in (%s)",
+                    lora.source_name, weights.text, ", ".join(sorted(b for b in present if b)))
+    groups: dict[float, dict] = {}
+    for key, patch in patches.items():
+        groups.setdefault(weights.weight(blocks[key]), {})[key] = patch
+    return groups
+
+
+def patch_model_and_clip(model, clip, lora: LoraFile, strength_model: float, strength_clip: float,
+                         block_weights: BlockWeights | None = None):
+    """(patched MODEL, patched CLIP, PatchReport): clones carry the LoRA as host patches; the inputs stay untouched.
+
+    With `block_weights`, each layer's strength is multiplied by its block's weight: the host patches are
+    added once per distinct weight (a weight of 0 adds none), so the host computes
+    `W + strength * weight * delta`, as if those layers had been scaled in the file.
+    """
     modules = host_modules(lora)
     considered = {p: t for p, t in modules.items()
                   if (clip is not None if _is_text_encoder(p) else model is not None)}
@@ -96,15 +122,23 @@ def patch_model_and_clip(model, clip, lora: LoraFile, strength_model: float, str
     patches = comfy.lora.load_lora(flat, {p: key_map[p] for p in matched})
     new_model = model.clone() if model is not None else None
     new_clip = clip.clone() if clip is not None else None
-    if new_model is not None:
-        new_model.add_patches(patches, strength_model)
-    if new_clip is not None:
-        new_clip.add_patches(patches, strength_clip)
+    groups = {1.0: patches}
+    if block_weights is not None and not block_weights.is_identity:
+        groups = _by_block_weight(patches, block_weights, lora)
+    for weight, group in groups.items():
+        if weight == 0:
+            continue
+        # add_patches keeps only the keys the patcher's model has: the UNet's for MODEL, the encoders' for CLIP.
+        if new_model is not None:
+            new_model.add_patches(group, strength_model * weight)
+        if new_clip is not None:
+            new_clip.add_patches(group, strength_clip * weight)
     return new_model, new_clip, PatchReport(applied=len(matched), considered=len(considered), unmatched=unmatched)
 
 
-def apply_named_lora(model, clip, name: str, strength_model: float, strength_clip: float):
-    """(MODEL, CLIP, trigger words): the named LoRA applied.
+def apply_named_lora(model, clip, name: str, strength_model: float, strength_clip: float,
+                     block_weights: BlockWeights | None = None):
+    """(MODEL, CLIP, trigger words): the named LoRA applied (each block's layers scaled by `block_weights`).
 
     The inputs come back as they are when both strengths are 0 or nothing is connected (a stack that
     only collects names and trigger words).
@@ -113,5 +147,5 @@ def apply_named_lora(model, clip, name: str, strength_model: float, strength_cli
     words = trigger_words(lora.metadata)
     if (strength_model == 0 and strength_clip == 0) or (model is None and clip is None):
         return model, clip, words
-    new_model, new_clip, _ = patch_model_and_clip(model, clip, lora, strength_model, strength_clip)
+    new_model, new_clip, _ = patch_model_and_clip(model, clip, lora, strength_model, strength_clip, block_weights)
     return new_model, new_clip, words

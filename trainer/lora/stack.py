@@ -5,21 +5,38 @@ import json
 import math
 from dataclasses import dataclass
 
-from ..errors import StackRowsError
+from ..errors import BlockWeightsError, StackRowsError
+from .block_weights import parse_block_weights
 
-ROW_KEYS = {"lora", "on", "strength_model", "strength_clip", "strength"}
+ROW_KEYS = {"lora", "on", "strength_model", "strength_clip", "strength", "block_weights"}
+
+
+class StackItem(tuple):
+    """A LORA_STACK item: the plain `(name, strength_model, strength_clip)` other packs read, which also carries
+    this pack's per-block strengths (`block_weights`, block weight text) to a later Stack LoRAs node."""
+
+    block_weights: str
+
+    def __new__(cls, name: str, strength_model: float, strength_clip: float, block_weights: str = ""):
+        item = super().__new__(cls, (name, strength_model, strength_clip))
+        item.block_weights = block_weights
+        return item
 
 
 @dataclass(frozen=True)
 class StackEntry:
-    """One LoRA of a stack; `(name, strength_model, strength_clip)` is the LORA_STACK tuple."""
+    """One LoRA of a stack; `(name, strength_model, strength_clip)` is the LORA_STACK tuple.
+
+    `block_weights` is per-block strength text (trainer/lora/block_weights.py); empty = every block at 1.
+    """
     name: str
     strength_model: float
     strength_clip: float
     on: bool = True
+    block_weights: str = ""
 
     def as_tuple(self) -> tuple[str, float, float]:
-        return (self.name, self.strength_model, self.strength_clip)
+        return StackItem(self.name, self.strength_model, self.strength_clip, self.block_weights)
 
 
 def _number(row_no: int, key: str, value: object) -> float:
@@ -31,7 +48,8 @@ def _number(row_no: int, key: str, value: object) -> float:
 def parse_rows(text: str) -> list[StackEntry]:
     """Rows from the node's JSON text: a list of {"lora", "on", "strength_model", "strength_clip"} objects.
 
-    "strength" may stand for both strengths; "on" defaults to true, "strength_clip" to "strength_model".
+    "strength" may stand for both strengths; "on" defaults to true, "strength_clip" to "strength_model";
+    an optional "block_weights" string gives per-block strengths (checked here, applied by the node).
     """
     if not text or not text.strip():
         return []
@@ -61,8 +79,22 @@ def parse_rows(text: str) -> list[StackEntry]:
         strength_model = _number(row_no, "strength_model", row.get("strength_model", both))
         strength_clip = _number(row_no, "strength_clip",
                                 row.get("strength_clip", strength_model if "strength" not in row else both))
-        entries.append(StackEntry(name, strength_model, strength_clip, on))
+        entries.append(StackEntry(name, strength_model, strength_clip, on, _block_weights(row_no, row)))
     return entries
+
+
+def _block_weights(row_no: int, row: dict) -> str:
+    text = row.get("block_weights", "")
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        raise StackRowsError(f"LoRA stack row {row_no}: 'block_weights' must be text such as \"INS\" or "
+                             f"\"1,0,0,0,1,1,1,1,1,1,1,1,0,0,0,0,0\", got {text!r}")
+    try:
+        parse_block_weights(text)
+    except BlockWeightsError as e:
+        raise StackRowsError(f"LoRA stack row {row_no}: {e}") from e
+    return text
 
 
 def entries_from_lora_stack(stack: object) -> list[StackEntry]:
@@ -76,7 +108,8 @@ def entries_from_lora_stack(stack: object) -> list[StackEntry]:
     for i, item in enumerate(stack, start=1):
         if not isinstance(item, (list, tuple)) or len(item) != 3 or not isinstance(item[0], str):
             raise StackRowsError(f"LORA_STACK item {i} must be (name, strength_model, strength_clip), got {item!r}")
-        entries.append(StackEntry(item[0], _number(i, "strength_model", item[1]), _number(i, "strength_clip", item[2])))
+        entries.append(StackEntry(item[0], _number(i, "strength_model", item[1]), _number(i, "strength_clip", item[2]),
+                                  block_weights=getattr(item, "block_weights", "")))
     return entries
 
 
