@@ -15,7 +15,7 @@ import { createStackTable } from "./lib/stack_table.js";
 const NODE_TYPE = "LoraLabStackLoras";
 const ROWS_WIDGET = "loras";
 const EDITOR_WIDGET = "loralab_stack_editor";
-const MIN_WIDTH = 420;
+const MIN_WIDTH = 480;
 
 /** Takes a widget out of sight and out of the layout while it still saves and serialises. */
 function hideWidget(widget) {
@@ -56,6 +56,7 @@ function attachEditor(node) {
       commit(stack.setName(state.rows, i, name));
     },
     strength: (i, which, text) => commit(stack.setStrength(state.rows, i, which, text)),
+    blockWeights: (i, text) => commit(stack.setBlockWeights(state.rows, i, text)),
   });
   node.addDOMWidget(EDITOR_WIDGET, "loralab_stack", table.element, {
     serialize: false, // the rows already travel in `loras`

@@ -2,7 +2,7 @@
 //
 // The node's `loras` widget holds the rows as JSON text; that text is what saved workflows and API
 // prompts carry, so every function here returns a new array and `serializeRows` is the only writer.
-// Field names and defaults mirror the backend's parser (trainer/lora_stack.py: parse_rows).
+// Field names and defaults mirror the backend's parser (trainer/lora/stack.py: parse_rows).
 
 export const STRENGTH_MIN = -100;
 export const STRENGTH_MAX = 100;
@@ -22,12 +22,15 @@ function normalizeRow(raw) {
   const both = clampStrength(raw.strength) ?? 1;
   const model = clampStrength(raw.strength_model) ?? both;
   const clip = clampStrength(raw.strength_clip) ?? ("strength" in raw ? both : model);
-  return {
+  const row = {
     lora: typeof raw.lora === "string" ? raw.lora : "",
     on: typeof raw.on === "boolean" ? raw.on : true,
     strength_model: model,
     strength_clip: clip,
   };
+  // Per-block strengths (trainer/lora/block_weights.py), kept as typed; absent = every block at 1.
+  const blocks = typeof raw.block_weights === "string" ? raw.block_weights.trim() : "";
+  return blocks ? { ...row, block_weights: blocks } : row;
 }
 
 /**
@@ -49,10 +52,12 @@ export function parseRows(text) {
   return { rows, error: skipped ? `${skipped} entr${skipped === 1 ? "y is" : "ies are"} not row objects` : null };
 }
 
-/** The JSON text the backend reads: a list of {lora, on, strength_model, strength_clip}. */
+/** The JSON text the backend reads: a list of {lora, on, strength_model, strength_clip[, block_weights]}. */
 export function serializeRows(rows) {
   return JSON.stringify(rows.map((r) => ({
     lora: r.lora, on: r.on, strength_model: r.strength_model, strength_clip: r.strength_clip,
+    // Written only when set, so rows without block weights read as they did before the field existed.
+    ...(r.block_weights ? { block_weights: r.block_weights } : {}),
   })));
 }
 
@@ -104,4 +109,12 @@ export function setStrength(rows, index, which, value) {
 
 export function setName(rows, index, name) {
   return typeof name === "string" ? updateRow(rows, index, { lora: name }) : [...rows];
+}
+
+/** Sets a row's block weights text (e.g. "INS", "MID=0"); empty text removes them (every block at 1). */
+export function setBlockWeights(rows, index, text) {
+  if (typeof text !== "string" || !inRange(rows, index)) return [...rows];
+  const { block_weights: _old, ...rest } = rows[index];
+  const blocks = text.trim();
+  return rows.map((r, i) => (i === index ? (blocks ? { ...rest, block_weights: blocks } : rest) : r));
 }

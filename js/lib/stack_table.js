@@ -20,6 +20,16 @@ function strengthInput(doc, which, value) {
   });
 }
 
+const BLOCK_WEIGHTS_TITLE = "Per-block strengths: a preset (INS, MIDD, OUTALL, ALL0.5, ...), 17 values for SD1.x, "
+  + "12 for SDXL, 61 for Flux, or block=value entries such as MID=0, OUT03-OUT05=0.5. Empty: every block at 1.";
+
+function blockWeightsInput(doc, value) {
+  return el(doc, "input", {
+    type: "text", value: value ?? "", placeholder: "all", className: "loralab-stack-blocks",
+    title: BLOCK_WEIGHTS_TITLE, dataset: { testid: "loralab-stack-blocks", action: "blocks" },
+  });
+}
+
 function loraPicker(doc, current, names) {
   const select = el(doc, "select", {
     className: "loralab-stack-lora", title: current || "choose a LoRA",
@@ -55,7 +65,8 @@ function rowElements(doc, row, index, count, names, info) {
     dataset: { testid: "loralab-stack-on", action: "toggle" },
   });
   const cells = [toggle, loraPicker(doc, row.lora, names), strengthInput(doc, "model", row.strength_model),
-    strengthInput(doc, "clip", row.strength_clip), el(doc, "span", { className: "loralab-stack-tools" },
+    strengthInput(doc, "clip", row.strength_clip), blockWeightsInput(doc, row.block_weights),
+    el(doc, "span", { className: "loralab-stack-tools" },
       [up, down, button(doc, "remove", "✕", "Remove this row")])];
   const off = row.on ? "" : " loralab-stack-row-off";
   return [
@@ -63,20 +74,20 @@ function rowElements(doc, row, index, count, names, info) {
       cells.map((c) => el(doc, "td", {}, [c]))),
     // The file's rank, alpha, base model and trigger words, under its controls and as wide as the table.
     el(doc, "tr", { className: `loralab-stack-info-row${off}`, dataset: { index: String(index) } },
-      [el(doc, "td"), el(doc, "td", { colSpan: 4 }, [loraInfoElement(doc, info)])]),
+      [el(doc, "td"), el(doc, "td", { colSpan: 5 }, [loraInfoElement(doc, info)])]),
   ];
 }
 
 /**
  * Builds the editor element. `intents` receives {add()}, {remove,moveUp,moveDown,toggle(i, on)},
- * {name(i, value)}, {strength(i, "model"|"clip", text)}; the owner applies them and calls render() with
+ * {name(i, value)}, {strength(i, "model"|"clip", text)}, {blockWeights(i, text)}; the owner applies them and calls render() with
  * the state and `info`, each row's file info (lib/lora_metadata.js) in row order.
  */
 export function createStackTable(doc, intents) {
   ensureStyle(doc);
   const error = el(doc, "div", { className: "loralab-stack-error", dataset: { testid: "loralab-stack-error" } });
   const body = el(doc, "tbody");
-  const head = el(doc, "thead", {}, [el(doc, "tr", {}, ["on", "LoRA", "model", "clip", ""].map(
+  const head = el(doc, "thead", {}, [el(doc, "tr", {}, ["on", "LoRA", "model", "clip", "blocks", ""].map(
     (t) => el(doc, "th", { textContent: t })))]);
   const table = el(doc, "table", { className: "loralab-stack-table" }, [head, body]);
   const add = button(doc, "add", "+ Add LoRA", "Add a row");
@@ -99,6 +110,7 @@ export function createStackTable(doc, intents) {
     if (target.dataset.action === "toggle") intents.toggle(index, target.checked);
     else if (target.dataset.action === "name") intents.name(index, target.value);
     else if (target.dataset.action === "strength") intents.strength(index, target.dataset.which, target.value);
+    else if (target.dataset.action === "blocks") intents.blockWeights?.(index, target.value);
   });
 
   return {

@@ -10,13 +10,15 @@ const CSS = `
 .loralab-stack-table th { height: 20px; font-weight: normal; opacity: 0.7; text-align: left; padding: 0 2px; }
 .loralab-stack-table th:nth-child(1) { width: 26px; }
 .loralab-stack-table th:nth-child(3), .loralab-stack-table th:nth-child(4) { width: 58px; }
-.loralab-stack-table th:nth-child(5) { width: 78px; }
+.loralab-stack-table th:nth-child(5) { width: 64px; }
+.loralab-stack-table th:nth-child(6) { width: 78px; }
 .loralab-stack-table td { height: 28px; padding: 0 2px; box-sizing: border-box; }
-.loralab-stack-row-off td:nth-child(n+2):nth-child(-n+4) { opacity: 0.45; } /* dim the settings and info line, not the tools */
-.loralab-stack select, .loralab-stack input[type=number], .loralab-stack-btn, .loralab-trigger-words {
+.loralab-stack-row-off td:nth-child(n+2):nth-child(-n+5) { opacity: 0.45; } /* dim the settings and info line, not the tools */
+.loralab-stack select, .loralab-stack input[type=number], .loralab-stack input[type=text], .loralab-stack-btn,
+.loralab-trigger-words {
   box-sizing: border-box; height: 24px; font: inherit; color: inherit;
   background: var(--comfy-input-bg, #222); border: 1px solid var(--border-color, #444); border-radius: 4px; }
-.loralab-stack select, .loralab-stack input[type=number] { width: 100%; padding: 0 4px; }
+.loralab-stack select, .loralab-stack input[type=number], .loralab-stack input[type=text] { width: 100%; padding: 0 4px; }
 .loralab-stack-tools { display: flex; gap: 2px; }
 .loralab-stack-btn { cursor: pointer; min-width: 24px; padding: 0 4px; }
 .loralab-stack-btn:disabled { opacity: 0.35; cursor: default; }

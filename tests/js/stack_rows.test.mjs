@@ -3,7 +3,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  addRow, clampStrength, moveRow, newRow, parseRows, removeRow, serializeRows, setName, setStrength, toggleRow,
+  addRow, clampStrength, moveRow, newRow, parseRows, removeRow, serializeRows, setBlockWeights, setName, setStrength,
+  toggleRow,
 } from "../../js/lib/stack_rows.js";
 
 const row = (lora, on = true, m = 1, c = 1) => ({ lora, on, strength_model: m, strength_clip: c });
@@ -94,6 +95,28 @@ test("setName changes only that row", () => {
 test("edits never mutate their input", () => {
   const before = structuredClone(abc);
   addRow(abc, ["x"]); removeRow(abc, 0); moveRow(abc, 0, 1); toggleRow(abc, 0);
-  setStrength(abc, 0, "model", 3); setName(abc, 0, "q");
+  setStrength(abc, 0, "model", 3); setName(abc, 0, "q"); setBlockWeights(abc, 0, "INS");
   assert.deepEqual(abc, before);
+});
+
+test("block weights survive parse -> edit -> serialise, and rows without them are written as before", () => {
+  const text = '[{"lora":"a","on":true,"strength_model":1,"strength_clip":1,"block_weights":" MID=0, OUT05=0.5 "},'
+    + '{"lora":"b","block_weights":""},{"lora":"c","block_weights":17}]';
+  const { rows } = parseRows(text);
+  assert.deepEqual(rows, [{ ...row("a"), block_weights: "MID=0, OUT05=0.5" }, row("b"), row("c")]);
+  const edited = setStrength(rows, 0, "model", 0.5); // an edit elsewhere keeps them
+  assert.deepEqual(JSON.parse(serializeRows(edited))[0],
+    { lora: "a", on: true, strength_model: 0.5, strength_clip: 1, block_weights: "MID=0, OUT05=0.5" });
+  assert.deepEqual(Object.keys(JSON.parse(serializeRows(edited))[1]), ["lora", "on", "strength_model", "strength_clip"]);
+  assert.equal(serializeRows(parseRows(serializeRows(edited)).rows), serializeRows(edited));
+});
+
+test("setBlockWeights sets, trims and clears one row's text", () => {
+  const set = setBlockWeights(abc, 1, "  INS ");
+  assert.equal(set[1].block_weights, "INS");
+  assert.deepEqual([set[0], set[2]], [abc[0], abc[2]]);
+  assert.deepEqual(setBlockWeights(set, 1, " "), abc);
+  assert.ok(!("block_weights" in setBlockWeights(set, 1, "")[1]));
+  assert.deepEqual(setBlockWeights(abc, 9, "INS"), abc);
+  assert.deepEqual(setBlockWeights(abc, 0, 5), abc);
 });
