@@ -1,6 +1,8 @@
 """The host adapter: LoRA Lab's node classes, registered under permanent ids. Importing it has no side
 effects; the root __init__ registers the routes."""
+from .bake_loras import LoraLabBakeLoras
 from .dataset import LoraLabDataset
+from .extract_lora import LoraLabExtractLora
 from .load_lora import LoraLabLoadLora
 from .merge_loras import LoraLabMergeLoras
 from .preview_samples import LoraLabPreviewSamples
@@ -18,6 +20,8 @@ NODE_CLASS_MAPPINGS = {
     "LoraLabPreviewSamples": LoraLabPreviewSamples,
     "LoraLabMergeLoras": LoraLabMergeLoras,
     "LoraLabResizeLora": LoraLabResizeLora,
+    "LoraLabExtractLora": LoraLabExtractLora,
+    "LoraLabBakeLoras": LoraLabBakeLoras,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -29,4 +33,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LoraLabPreviewSamples": "Preview Samples (LoRA Lab)",
     "LoraLabMergeLoras": "Merge LoRAs (LoRA Lab)",
     "LoraLabResizeLora": "Resize LoRA (LoRA Lab)",
+    "LoraLabExtractLora": "Extract LoRA (LoRA Lab)",
+    "LoraLabBakeLoras": "Bake LoRAs (LoRA Lab)",
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .layer import LayerReport
 from .sources import Source
@@ -33,10 +33,9 @@ def _trigger_phrase(sources: Sequence[Source]) -> str:
     return ", ".join(seen)
 
 
-def tool_metadata(method: str, output_name: str, sources: Sequence[Source], reports: Sequence[LayerReport],
-                  rank_label: str, alpha: float | None, comment: str,
-                  now: datetime.datetime | None = None) -> dict[str, str]:
-    """All metadata of the output file (hashes are added when it is saved)."""
+def layer_metadata(method: str, output_name: str, reports: Sequence[LayerReport], rank_label: str,
+                   alpha: float | None, comment: str, now: datetime.datetime | None = None) -> dict[str, str]:
+    """The fields every tool's LoRA file has, whatever it was made from: network shape, method, ranks, errors."""
     ranks = {r.prefix: r.rank for r in reports if r.rank}
     distinct = sorted(set(ranks.values()))
     dim = str(distinct[0]) if len(distinct) == 1 else "Dynamic"
@@ -58,14 +57,22 @@ def tool_metadata(method: str, output_name: str, sources: Sequence[Source], repo
         "modelspec.date": now.replace(microsecond=0).isoformat(),
         "loralab.tool.method": method,
         "loralab.tool.rank_rule": rank_label,
-        "loralab.tool.sources": json.dumps([
-            {"name": s.name, "sha256": s.sha256, "strength_model": s.strength_model,
-             "strength_clip": s.strength_clip} for s in sources]),
         "loralab.tool.ranks": json.dumps(ranks),
         "loralab.tool.kept_share": json.dumps({r.prefix: round(r.kept_share, 6) for r in reports if r.rank}),
         "loralab.tool.error": json.dumps({r.prefix: r.error for r in reports if r.rank}),
         "loralab.tool.mean_kept_share": f"{mean_kept_share(reports):.6f}",
     }
+    return metadata
+
+
+def tool_metadata(method: str, output_name: str, sources: Sequence[Source], reports: Sequence[LayerReport],
+                  rank_label: str, alpha: float | None, comment: str,
+                  now: datetime.datetime | None = None) -> dict[str, str]:
+    """All metadata of a file made from source LoRAs (hashes are added when it is saved)."""
+    metadata = layer_metadata(method, output_name, reports, rank_label, alpha, comment, now)
+    metadata["loralab.tool.sources"] = json.dumps([
+        {"name": s.name, "sha256": s.sha256, "strength_model": s.strength_model,
+         "strength_clip": s.strength_clip} for s in sources])
     for key in CARRIED:
         value = _agreed(sources, key)
         if value is not None:
@@ -82,3 +89,20 @@ def mean_kept_share(reports: Sequence[LayerReport]) -> float:
     """The mean over factorised layers of the kept Frobenius share (1.0 when there are none)."""
     shares = [r.kept_share for r in reports if r.rank]
     return sum(shares) / len(shares) if shares else 1.0
+
+
+def bake_metadata(output_name: str, precision: str, loras: Sequence[Mapping[str, object]],
+                  patched_layers: Mapping[str, int], now: datetime.datetime | None = None) -> dict[str, str]:
+    """What a baked checkpoint records of its making: the LoRAs (name, strengths, sha256; empty when the stack
+    was not connected), how many weights of each part carried patches, and the precision saved."""
+    now = now or datetime.datetime.now()
+    names = ", ".join(f"{lora['name']} ({lora['strength_model']:g}/{lora['strength_clip']:g})" for lora in loras)
+    return {
+        "modelspec.title": output_name,
+        "modelspec.date": now.replace(microsecond=0).isoformat(),
+        "loralab.tool.method": "bake",
+        "loralab.tool.precision": precision,
+        "loralab.tool.sources": json.dumps(list(loras)),
+        "loralab.tool.patched_layers": json.dumps(dict(patched_layers)),
+        "loralab.tool.comment": f"LoRAs baked by LoRA Lab: {names}" if names else "LoRAs baked by LoRA Lab",
+    }
