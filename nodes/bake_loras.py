@@ -17,8 +17,14 @@ STAGES = 2  # weights patched and gathered; file written
 
 
 def _baked_loras(lora_stack) -> list[dict]:
-    return [{"name": e.name, "strength_model": e.strength_model, "strength_clip": e.strength_clip,
-             "sha256": file_sha256(resolve_lora_path(e.name))} for e in entries_from_lora_stack(lora_stack)]
+    loras = []
+    for e in entries_from_lora_stack(lora_stack):
+        lora = {"name": e.name, "strength_model": e.strength_model, "strength_clip": e.strength_clip,
+                "sha256": file_sha256(resolve_lora_path(e.name))}
+        if e.block_weights:
+            lora["block_weights"] = e.block_weights
+        loras.append(lora)
+    return loras
 
 
 class LoraLabBakeLoras:

@@ -43,10 +43,14 @@ def model_type_fields(model) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     loader detects v-prediction, zero-terminal SNR and EDM sigmas again (comfy_extras.nodes_model_merging)."""
     metadata: dict[str, str] = {}
     base = model.model
-    if isinstance(base, comfy.model_base.SDXL):
+    if isinstance(base, comfy.model_base.SDXL_instructpix2pix):
+        metadata["modelspec.architecture"] = "stable-diffusion-xl-v1-edit"
+    elif isinstance(base, comfy.model_base.SDXL):
         metadata["modelspec.architecture"] = "stable-diffusion-xl-v1-base"
     elif isinstance(base, comfy.model_base.SDXLRefiner):
         metadata["modelspec.architecture"] = "stable-diffusion-xl-v1-refiner"
+    elif isinstance(base, comfy.model_base.SVD_img2vid):
+        metadata["modelspec.architecture"] = "stable-video-diffusion-img2vid-v1"
     elif isinstance(base, comfy.model_base.SD3):
         metadata["modelspec.architecture"] = "stable-diffusion-v3-medium"
     if metadata:

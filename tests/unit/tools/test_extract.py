@@ -12,6 +12,7 @@ from trainer.adapters.delta import delta_weight, module_delta_shape
 from trainer.errors import LoraShapeError, LoraToolError, LoraValueError
 from trainer.lora.host_keys import entry_roles, host_modules
 from trainer.tools.extract import ExtractPlan, extract_layer, extract_lora, quantile
+from trainer.tools.metadata import bake_metadata
 from trainer.tools.rank import RankRule
 
 CPU = torch.device("cpu")
@@ -139,3 +140,24 @@ def test_what_cannot_be_extracted_is_named():
         extract_lora([("lora_unet_norm", torch.zeros(4), torch.ones(4))], RankRule(2), device="cpu")
     with pytest.raises(LoraValueError, match="NaN/Inf"):
         extract_lora([("lora_unet_x", w, torch.full((4, 4), float("nan")))], RankRule(2), device="cpu")
+
+
+def test_bake_metadata_records_the_loras_and_the_patched_weights():
+    loras = [{"name": "a.safetensors", "strength_model": 0.8, "strength_clip": 0.5, "sha256": "0" * 64}]
+    metadata = bake_metadata("baked", "bf16", loras, {"model": 8, "clip": 2})
+    assert metadata["loralab.tool.method"] == "bake" and metadata["loralab.tool.precision"] == "bf16"
+    assert json.loads(metadata["loralab.tool.sources"]) == loras
+    assert json.loads(metadata["loralab.tool.patched_layers"]) == {"model": 8, "clip": 2}
+    assert metadata["loralab.tool.comment"] == "LoRAs baked by LoRA Lab: a.safetensors (0.8/0.5)"
+    assert json.loads(bake_metadata("baked", "fp16", [], {"model": 0, "clip": 0})["loralab.tool.sources"]) == []
+
+
+def test_stopping_in_on_layer_returns_nothing():
+    w = torch.zeros(4, 4)
+
+    def cancel(done, total, prefix):
+        raise KeyboardInterrupt  # the node raises the host's interrupt here; no result, so no file
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_lora([("lora_unet_x", w, w + 1), ("lora_unet_y", w, w + 1)], RankRule(1), device="cpu",
+                     on_layer=cancel)
