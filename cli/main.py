@@ -1,0 +1,113 @@
+"""`python <pack folder> train workflow.json`: a run designed in the graph editor, run without the editor.
+
+    train    runs the workflow's Train LoRA node (and the nodes it needs) in ComfyUI imported as a library
+    convert  writes the API graph the editor would queue for a UI-format workflow
+
+Options this parser does not know are ComfyUI's own (--cpu, --base-directory, --extra-model-paths-config,
+--lowvram, --listen...) and are parsed by ComfyUI's parser, with the same meaning as for main.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from .host import HostSetupError, find_comfy_dir, start_host
+from .workflow import WorkflowError, is_api_format, is_ui_format, set_input, train_lora_node, ui_to_api
+
+log = logging.getLogger(__name__)
+PACK_DIR = Path(__file__).resolve().parents[1]
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python ComfyUI-LoRA-Lab", description=__doc__.split("\n\n")[0],
+                                  epilog="Any other option is passed to ComfyUI's own parser "
+                                         "(e.g. --cpu, --base-directory DIR, --extra-model-paths-config FILE).")
+    commands = top.add_subparsers(dest="command", required=True)
+    for name, help_text in (("train", "run the workflow's Train LoRA node"),
+                            ("convert", "print the API graph the editor would queue for this workflow")):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("workflow", type=Path, help="a workflow .json saved by the editor (UI or API format)")
+        sub.add_argument("--comfy", metavar="DIR",
+                         help="the ComfyUI folder (default: $COMFYUI_DIR, or the ComfyUI whose custom_nodes/ "
+                              "holds this pack)")
+        sub.add_argument("--set", action="append", default=[], metavar="ID.INPUT=VALUE",
+                         help="change one input before running, e.g. --set 3.resume=true --set 4.steps=200 "
+                              "(VALUE is read as JSON when it parses, else as text)")
+    train, convert = commands.choices["train"], commands.choices["convert"]
+    train.add_argument("--node", metavar="ID", help="the Train LoRA node to run when the workflow has several")
+    train.add_argument("--serve", type=int, metavar="PORT",
+                       help="serve LoRA Lab's status routes (/loralab/jobs...) on this port while the run lasts, "
+                            "at ComfyUI's --listen address (default 127.0.0.1)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    convert.add_argument("-o", "--output", type=Path, help="write the API graph here (default: standard output)")
+    return top
+
+
+def read_workflow(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise WorkflowError(f"cannot read the workflow {path}: {e.strerror}") from e
+    except json.JSONDecodeError as e:
+        raise WorkflowError(f"{path} is not JSON ({e}); save the workflow from the editor (Save or "
+                            "Export (API))") from e
+    if isinstance(data, dict) and isinstance(data.get("prompt"), dict) and is_api_format(data["prompt"]):
+        data = data["prompt"]  # a /prompt request body
+    if not isinstance(data, dict) or not (is_ui_format(data) or is_api_format(data)):
+        raise WorkflowError(f"{path} is neither a workflow saved by the editor (with 'nodes' and 'links') nor an "
+                            "API-format graph (node id -> {class_type, inputs})")
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, host_argv = parser().parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        workflow = read_workflow(args.workflow)
+        comfy_dir = find_comfy_dir(args.comfy, PACK_DIR)
+        host = start_host(comfy_dir, host_argv, PACK_DIR)
+        logging.getLogger().setLevel(host.args.verbose)
+        ui = is_ui_format(workflow)
+        prompt = ui_to_api(workflow, host.input_types, host.display_names) if ui else workflow
+        for assignment in args.set:
+            set_input(prompt, assignment)
+        if args.command == "convert":
+            text = json.dumps(prompt, indent=2)
+            if args.output:
+                args.output.write_text(text + "\n", encoding="utf-8")
+            else:
+                print(text)
+            return 0
+        return train(host, prompt, args, {"extra_pnginfo": {"workflow": workflow}} if ui else {})
+    except (WorkflowError, HostSetupError) as e:
+        log.error("error: %s", e)
+        return 1
+
+
+def train(host, prompt: dict, args: argparse.Namespace, extra_data: dict) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from .progress import TrainingBar
+    from .run import execute, validate
+    from .serve import StatusServer
+
+    node_id = train_lora_node(prompt, args.node)
+    validate(host, prompt, node_id)
+    bar = TrainingBar(node_id, enabled=not args.no_progress)
+    host.server.listener = bar.on_event
+    status = None
+    if args.serve is not None:
+        addresses = [a for a in (host.args.listen or "127.0.0.1").split(",") if a]
+        status = StatusServer(host.server.routes, addresses, args.serve).start()
+    try:
+        with logging_redirect_tqdm():
+            outcome = execute(host, prompt, node_id, extra_data, bar)
+    finally:
+        if status is not None:
+            status.stop()
+    (log.info if outcome.exit_code == 0 else log.error)("%s", outcome.message)
+    return outcome.exit_code
