@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scripts.host_import import import_comfy
-from tests.host_unit.test_host_model_families import FLUX_DIT, SD3_MMDIT, SDXL_UNET
+from tests.support.tiny_host_models import FLUX_DIT, SD3_MMDIT, SDXL_UNET
 from trainer.lora.block_weights import LAYOUTS, block_of
 
 CPU = torch.device("cpu")

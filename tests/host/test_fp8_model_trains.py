@@ -3,7 +3,7 @@
 Bug (seen on ComfyUI 0.33): this graph failed with `"silu_cpu" not implemented for 'Float8_e4m3fn'`; the
 denoiser cast its inputs to the weights' storage dtype instead of the host's compute dtype. The UNet-only file
 is the tiny checkpoint's UNet; CLIP and VAE come from the checkpoint. That the stored weights stay fp8 through
-the run is checked on the host's own classes in tests/host_unit/test_low_precision_bases.py.
+the run is checked on the host's own classes, without a server, in tests/host_unit/test_low_precision_bases.py.
 """
 from __future__ import annotations
 

@@ -1,0 +1,27 @@
+"""Configs of tiny real SDXL, SD3 and Flux denoisers, built from the host's own classes by the host_unit tests."""
+from __future__ import annotations
+
+import torch
+
+# SDXL's UNet (comfy.model_detection's SDXL config) with 32/64/128 channels and one transformer per block
+# where SDXL has 2 or 10: same levels, res blocks, linear proj_in/out and label embedding (ADM) as the real one.
+# ADM input = a 32-wide pooled text embedding + the six 256-wide size embeddings the host's encode_adm adds.
+SDXL_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+             "legacy": False, "num_classes": "sequential", "adm_in_channels": 1536 + 32, "dtype": torch.float32,
+             "in_channels": 4, "model_channels": 32, "num_res_blocks": [2, 2, 2],
+             "transformer_depth": [0, 0, 1, 1, 1, 1], "channel_mult": [1, 2, 4], "transformer_depth_middle": 1,
+             "use_linear_in_transformer": True, "context_dim": 32, "num_head_channels": 16,
+             "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1],
+             "use_temporal_attention": False, "use_temporal_resblock": False}
+# SD3.5-medium-like MMDiT (what comfy.model_detection reads from a checkpoint): depth 2 -> hidden 128, 2 heads;
+# the last joint block's context block is pre-only (qkv, no proj/mlp); block 0 has the x-block attn2.
+SD3_MMDIT = {"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2, "input_size": None,
+             "adm_in_channels": 32,
+             "context_embedder_config": {"target": "torch.nn.Linear",
+                                         "params": {"in_features": 32, "out_features": 128}},
+             "num_patches": 64, "pos_embed_max_size": 8, "qk_norm": "rms", "pos_embed_scaling_factor": None,
+             "x_block_self_attn_layers": [0]}
+# Flux-dev's config (comfy.model_detection) with hidden 64 / 2 heads, one double and one single block.
+FLUX_DIT = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
+            "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+            "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True}
