@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from .host import HostSetupError, find_comfy_dir, start_host
-from .workflow import WorkflowError, is_api_format, is_ui_format, set_input, train_lora_node, ui_to_api
+from .workflow import (
+    WorkflowError,
+    is_api_format,
+    is_ui_format,
+    runnable_nodes,
+    set_input,
+    train_lora_node,
+    ui_to_api,
+)
 
 log = logging.getLogger(__name__)
 PACK_DIR = Path(__file__).resolve().parents[1]
@@ -68,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         workflow = read_workflow(args.workflow)
+        if args.command == "train":  # no or several Train LoRA nodes: refused before the host loads
+            train_lora_node(runnable_nodes(workflow), args.node)
         comfy_dir = find_comfy_dir(args.comfy, PACK_DIR)
         host = start_host(comfy_dir, host_argv, PACK_DIR)
         logging.getLogger().setLevel(host.args.verbose)

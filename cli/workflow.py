@@ -233,6 +233,15 @@ def set_input(prompt: dict[str, dict[str, Any]], assignment: str) -> None:
     prompt[node_id]["inputs"][name] = value
 
 
+def runnable_nodes(workflow: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The nodes that would be queued, by type and title only: enough to pick the Train LoRA node before the
+    host (and every node class) is loaded."""
+    if not is_ui_format(workflow):
+        return dict(workflow)
+    return {str(n["id"]): {"class_type": n["type"], "_meta": {"title": n.get("title")}} for n in workflow["nodes"]
+            if n["type"] not in NOT_NODES and n.get("mode", 0) not in (MODE_MUTED, MODE_BYPASSED)}
+
+
 def train_lora_node(prompt: Mapping[str, Mapping[str, Any]], chosen: str | None,
                     class_type: str = "LoraLabTrainLora") -> str:
     """The id of the Train LoRA node to run: the only one, or `chosen` (--node)."""
