@@ -23,7 +23,8 @@ from ..errors import NonFiniteLossError
 from . import optimizers
 from .config import Optimisation, TrainConfig
 from .objective import NoiseSchedule, diffusion_loss, sample_noise, sample_timesteps
-from .resume_state import TrainState, check_layers, check_optimizer, check_resumable, optimizer_state_for
+from .resume_checks import check_layers, check_optimizer, check_resumable
+from .resume_state import TrainState, optimizer_state_for
 from .schedules import lr_multiplier_at
 from .trainable_lora import LoraAdapterSet
 

@@ -12,7 +12,6 @@ raises ResumeStateError naming the file and the problem, never a raw KeyError or
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -24,22 +23,17 @@ import torch
 
 from ..errors import LoraFileError, LoraWriteError, ResumeStateError, ResumeStateWriteError
 from ..safetensors_io import read_metadata, read_safetensors, write_safetensors_atomic
-from .config import OPTIMIZERS, LoraShape, TrainConfig
-from .trainable_lora import LoraAdapterSet
+from .config import OPTIMIZERS, TrainConfig
+from .resume_checks import check_resumable, state_name
 
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = "loralab.resume_state"
 STATE_VERSION = 1
 _META = "loralab.state."
-# LoraShape fields a run may change on resume; every other one (rank, alpha, targets, text encoder, and
-# any field added later) decides the LoRA's tensors, so a state trained with another value cannot continue.
-_FREE_LORA_FIELDS = frozenset({"dropout", "text_encoder_lr"})
 # Optimizer statistics shaped like their parameter (AdamW, Lion, Prodigy, SGD momentum, schedule-free z); others
 # (step, 8-bit blocks, Adafactor's factored rows and columns, Prodigy's flattened s and p0) are not checked.
 _PARAM_SHAPED_STATS = ("exp_avg", "exp_avg_sq", "momentum_buffer", "z")
-# Optimisation fields that decide what the saved optimizer statistics mean: a run cannot continue with others.
-_OPTIMIZER_FIELDS = ("optimizer", "optimizer_class", "optimizer_args")
 _NEW_RUN = "The run's LoRA checkpoints are not affected; turn resume off to start a new run."
 
 
@@ -58,10 +52,6 @@ class TrainState:
     optimizer_name: str
     scaler_state: dict[str, Any] = field(default_factory=dict)
     source: str | None = None  # the file it was loaded from (for messages); None for a live snapshot
-
-
-def _where(state: TrainState) -> str:
-    return f"The resume state '{state.source}'" if state.source else "The resume state"
 
 
 # --- writing -----------------------------------------------------------------------------------------------
@@ -327,84 +317,6 @@ def load_state(path: str | os.PathLike[str], expected_config: TrainConfig | None
     )
 
 
-# --- can this run continue it? -----------------------------------------------------------------------------
-
-def _shape_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(LoraShape) if f.name not in _FREE_LORA_FIELDS]
-
-
-def check_resumable(saved: TrainConfig, current: TrainConfig, saved_step: int,
-                    path: str | os.PathLike[str] | None = None) -> None:
-    """Raise ResumeStateError if `current` cannot continue a run saved with `saved` at `saved_step`."""
-    where = f"The resume state '{os.fspath(path)}'" if path is not None else "The resume state"
-    source = os.fspath(path) if path is not None else None
-    problems = [f"{name}: saved {getattr(saved.lora, name)!r}, now {getattr(current.lora, name)!r}"
-                for name in _shape_fields() if getattr(saved.lora, name) != getattr(current.lora, name)]
-    if problems:
-        raise ResumeStateError(f"{where} was trained with a different LoRA shape (" + "; ".join(problems)
-                               + "). Use the same settings as the saved run, or turn resume off to start a new "
-                               "run.", path=source)
-    if current.optimisation.steps < saved_step:
-        raise ResumeStateError(f"{where} is at step {saved_step}, but steps = {current.optimisation.steps}. "
-                               f"Set steps to {saved_step} or more to continue.", path=source)
-    other_optimizer = [f"{name}: saved {getattr(saved.optimisation, name)!r}, "
-                       f"now {getattr(current.optimisation, name)!r}" for name in _OPTIMIZER_FIELDS
-                       if getattr(saved.optimisation, name) != getattr(current.optimisation, name)]
-    if other_optimizer:
-        raise ResumeStateError(f"{where} was trained with another optimizer (" + "; ".join(other_optimizer)
-                               + "): its statistics do not fit this one. Set the optimizer settings back, or turn "
-                               "resume off to start a new run.", path=source)
-    changed = [name for name, value in vars(current.optimisation).items()
-               if getattr(saved.optimisation, name) != value]
-    if changed:
-        # Allowed (e.g. more steps), but the continued run no longer equals an uninterrupted one.
-        logger.warning("resuming with changed optimisation settings %s; the result will differ from an "
-                       "uninterrupted run", changed)
-
-
-def _layer_fit_problem(key: str, saved: torch.Tensor, needed: torch.Size) -> str:
-    if key.endswith(".lora_down.weight") and saved.dim() == len(needed) and saved.shape[1:] == needed[1:]:
-        return f"rank {saved.shape[0]} in the file, this run's rank is {needed[0]}"
-    if key.endswith(".lora_up.weight") and saved.dim() == len(needed) and saved.shape[0] == needed[0]:
-        return f"rank {saved.shape[1]} in the file, this run's rank is {needed[1]}"
-    return f"shape {tuple(saved.shape)} in the file, this layer needs {tuple(needed)} (another model?)"
-
-
-def check_layers(state: TrainState, adapters: LoraAdapterSet) -> None:
-    """Raise ResumeStateError unless the state's LoRA tensors have exactly the adapters' keys and shapes."""
-    needed: dict[str, torch.Size] = {}
-    for key in adapters.keys():
-        adapter = adapters[key]
-        needed[f"{key}.lora_down.weight"] = adapter.lora_down.weight.shape
-        needed[f"{key}.lora_up.weight"] = adapter.lora_up.weight.shape
-        needed[f"{key}.alpha"] = adapter.alpha.shape
-    missing, unexpected = sorted(needed.keys() - state.lora.keys()), sorted(state.lora.keys() - needed.keys())
-    if missing or unexpected:
-        parts = []
-        if unexpected:
-            parts.append(f"holds {len(unexpected)} LoRA tensors this run does not train (e.g. '{unexpected[0]}')")
-        if missing:
-            parts.append(f"lacks {len(missing)} that this run trains (e.g. '{missing[0]}')")
-        raise ResumeStateError(f"{_where(state)} {' and '.join(parts)}: it was saved by a run on another model, or "
-                               "with other targets or text-encoder setting. Resume with the same model and settings, "
-                               "or turn resume off to start a new run.", path=state.source)
-    for key, shape in needed.items():
-        if state.lora[key].shape != shape:
-            raise ResumeStateError(f"{_where(state)} does not fit this run's LoRA: '{key}' has "
-                                   f"{_layer_fit_problem(key, state.lora[key], shape)}. Resume with the same model "
-                                   "and settings, or turn resume off to start a new run.", path=state.source)
-
-
-def check_optimizer(state: TrainState, optimizer_name: str) -> None:
-    """Raise ResumeStateError if the state's optimizer statistics are of another optimizer than this run's."""
-    if state.optimizer_name != optimizer_name:
-        raise ResumeStateError(
-            f"{_where(state)} holds {state.optimizer_name} optimizer state, but this run uses {optimizer_name} "
-            "(with optimizer_fallback on, an optimizer whose package or GPU is missing is replaced by adamw). "
-            "Resume where the saved run's optimizer is available, or turn resume off to start a new run.",
-            path=state.source)
-
-
 def optimizer_state_for(state: TrainState, group_names: list[list[str]]) -> dict[str, Any]:
     """The saved optimizer state laid out for an optimizer whose param groups hold `group_names`.
 
@@ -415,7 +327,7 @@ def optimizer_state_for(state: TrainState, group_names: list[list[str]]) -> dict
     saved_groups = [[state.param_names[i] for i in g["params"]] for g in saved["param_groups"]]
     if [sorted(g) for g in saved_groups] != [sorted(g) for g in group_names]:
         differing = sorted(set(state.param_names) ^ {n for g in group_names for n in g})
-        raise ResumeStateError(f"{_where(state)} holds optimizer state for other LoRA layers than this run's "
+        raise ResumeStateError(f"{state_name(state)} holds optimizer state for other LoRA layers than this run's "
                                f"({differing[:3]}); resume with the same model, targets and text-encoder setting, "
                                "or turn resume off to start a new run.", path=state.source)
     stats_by_name = {state.param_names[int(i)]: stats for i, stats in saved["state"].items()}
