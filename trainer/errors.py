@@ -166,3 +166,20 @@ class LoraToolError(LoraLabError, ValueError):
 class BlockWeightsError(LoraLabError, ValueError):
     """Per-block strengths that cannot be read: a wrong count of values, an unknown preset or block, not a number,
     or a layout that does not fit the LoRA's model family."""
+
+
+# --- Stack presets (trainer/lora/stack_presets.py) --------------------------------------------------------
+
+class StackPresetError(LoraLabError, ValueError):
+    """A stack preset cannot be saved as asked: a name that is not allowed, rows that are not valid, too many."""
+
+
+class StackPresetFileError(LoraLabError):
+    """The stack presets file exists but cannot be read (not JSON, not the documented layout); it is left as it is.
+
+    `path` is the presets file.
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path

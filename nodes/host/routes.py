@@ -6,10 +6,14 @@
     GET  /loralab/jobs/{job_id}/samples/{name}      a sample PNG the job registered, from its own folder
     POST /loralab/jobs/{job_id}/stop | save | sample   control request (optional JSON object body) -> snapshot
     GET  /loralab/loras/info?name=<name>            what a LoRA file holds (lora_info.summary, parsed once)
+    GET  /loralab/stack-presets                     every named stack preset: [{"name", "rows"}], by name
+    PUT  /loralab/stack-presets/{name}              {"rows": [...]} saved under that name (201 new, 200 replaced)
+    DELETE /loralab/stack-presets/{name}            removes that preset (404 when there is none)
 
 No route takes a path: jobs are found by an opaque id, samples by a name the job itself registered, LoRA
 files by a name the host lists in its loras folders (400 for a malformed name, 404 for one not listed,
-422 with the reason for a file that is not a readable LoRA).
+422 with the reason for a file that is not a readable LoRA). Stack presets live in one JSON file in the
+requesting user's folder (`<user directory>/<user>/loralab/`); a preset name is a key in it, never a path.
 Events: the registry's `loralab.*` snapshots are broadcast with the host's thread-safe `send_sync`.
 """
 
@@ -18,14 +22,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import folder_paths
 from aiohttp import web
 
-from ...trainer.errors import LoraFileError, LoraNameError
+from ...trainer.errors import LoraFileError, LoraNameError, LoraWriteError, StackPresetError, StackPresetFileError
 from ...trainer.jobs import ACTIONS, Job, JobError, is_job_id, is_sample_name
 from ...trainer.lora import info as lora_info
+from ...trainer.lora.stack_presets import StackPresetStore, check_name
 from .jobs import JOBS
 from .lora_files import check_lora_name, lora_names, parsed_loras
 
@@ -36,6 +43,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_SINCE = 10_000_000
 MAX_BODY_BYTES = 4096
 MAX_LORA_NAME = 1024
+MAX_PRESET_BODY_BYTES = 64 * 1024  # 64 rows with long names and 61 block weights each fit with room to spare
 NO_STORE = {"Cache-Control": "no-store"}
 _registered = False
 
@@ -169,6 +177,108 @@ async def _read_optional_json_object(request: web.Request) -> dict[str, Any] | w
     return data
 
 
+# --- stack presets --------------------------------------------------------------------------------------
+_preset_stores: dict[str, StackPresetStore] = {}  # one per user folder, so saves of one user queue on one lock
+
+
+def _preset_store(request: web.Request) -> StackPresetStore | web.Response:
+    """The store in the requesting user's folder (the host's user manager names the user), or a 403."""
+    from server import PromptServer
+
+    manager = getattr(PromptServer.instance, "user_manager", None)
+    try:
+        user = manager.get_request_user_id(request) if manager is not None else "default"
+    except KeyError:
+        return _error(403, "Unknown user: choose a user in the editor (the Comfy-User header names one the host has).")
+    root = os.path.abspath(folder_paths.get_user_directory())
+    public = getattr(folder_paths, "get_public_user_directory", None)  # refuses the host's system users
+    user_root = public(user) if public is not None else os.path.join(root, user)
+    if user_root is None or os.path.dirname(os.path.abspath(user_root)) != root:
+        return _error(403, "Unknown user: stack presets are kept in a user's own folder.")
+    folder = os.path.join(os.path.abspath(user_root), "loralab")
+    return _preset_stores.setdefault(folder, StackPresetStore(folder))
+
+
+def _preset_failure(store: StackPresetStore, error: StackPresetFileError | LoraWriteError) -> web.Response:
+    """A 500 for the host's own file (damaged or unwritable), naming it inside the user folder, not by full path."""
+    shown = os.path.relpath(store.path, os.path.dirname(os.path.dirname(store.folder)))
+    return _error(500, str(error).replace(store.path, shown))
+
+
+def _preset_name_or_error(request: web.Request) -> str | web.Response:
+    try:
+        return check_name(request.match_info.get("name", ""))
+    except StackPresetError as e:
+        return _error(400, str(e))
+
+
+async def list_stack_presets(request: web.Request) -> web.Response:
+    """GET /loralab/stack-presets: {"presets": [{"name", "rows"}, ...]} sorted by name."""
+    store = _preset_store(request)
+    if isinstance(store, web.Response):
+        return store
+    try:
+        presets = await asyncio.get_running_loop().run_in_executor(None, store.list)
+    except StackPresetFileError as e:
+        return _preset_failure(store, e)
+    return _json({"presets": presets})
+
+
+async def _read_rows_body(request: web.Request) -> object | web.Response:
+    """The "rows" of a {"rows": [...]} body (checked by the store), or the 400/413 answer to send instead."""
+    too_big = _error(413, f"A preset body is at most {MAX_PRESET_BODY_BYTES} bytes.")
+    if request.content_length is not None and request.content_length > MAX_PRESET_BODY_BYTES:
+        return too_big
+    body = await request.content.read(MAX_PRESET_BODY_BYTES + 1)
+    if len(body) > MAX_PRESET_BODY_BYTES:
+        return too_big
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return _error(400, 'The request body is not JSON; send {"rows": [...]} with the Stack LoRAs rows.')
+    if not isinstance(data, dict) or set(data) != {"rows"}:
+        return _error(400, 'The request body must be {"rows": [...]}: one key, the Stack LoRAs rows.')
+    return data["rows"]
+
+
+async def save_stack_preset(request: web.Request) -> web.Response:
+    """PUT /loralab/stack-presets/{name} with {"rows": [...]}: saves the rows under the name."""
+    name = _preset_name_or_error(request)
+    if isinstance(name, web.Response):
+        return name
+    rows = await _read_rows_body(request)
+    if isinstance(rows, web.Response):
+        return rows
+    store = _preset_store(request)
+    if isinstance(store, web.Response):
+        return store
+    try:
+        new = await asyncio.get_running_loop().run_in_executor(None, store.save, name, rows)
+        saved = await asyncio.get_running_loop().run_in_executor(None, store.get, name)
+    except StackPresetError as e:
+        return _error(400, str(e))
+    except (StackPresetFileError, LoraWriteError) as e:
+        return _preset_failure(store, e)
+    return _json({"name": name, "rows": saved}, 201 if new else 200)
+
+
+async def delete_stack_preset(request: web.Request) -> web.Response:
+    """DELETE /loralab/stack-presets/{name}: removes the preset."""
+    name = _preset_name_or_error(request)
+    if isinstance(name, web.Response):
+        return name
+    store = _preset_store(request)
+    if isinstance(store, web.Response):
+        return store
+    try:
+        deleted = await asyncio.get_running_loop().run_in_executor(None, store.delete, name)
+    except (StackPresetFileError, LoraWriteError) as e:
+        return _preset_failure(store, e)
+    if not deleted:
+        return _error(404, f"No stack preset named {name!r}.")
+    return _json({"deleted": name})
+
+
 def _control(action: str) -> Handler:
     """POST /loralab/jobs/{job_id}/<action>: queues the request for the trainer and returns the snapshot."""
     async def handler(request: web.Request) -> web.Response:
@@ -232,6 +342,11 @@ def register_routes() -> bool:
                           ("/loralab/loras/info", lora_file_info)):
         routes.get(path)(handler)
         routes.route("*", path)(_method_not_allowed("GET"))
+    routes.get("/loralab/stack-presets")(list_stack_presets)
+    routes.route("*", "/loralab/stack-presets")(_method_not_allowed("GET"))
+    routes.put("/loralab/stack-presets/{name}")(save_stack_preset)
+    routes.delete("/loralab/stack-presets/{name}")(delete_stack_preset)
+    routes.route("*", "/loralab/stack-presets/{name}")(_method_not_allowed("PUT, DELETE"))
     for action in sorted(ACTIONS):
         path = f"/loralab/jobs/{{job_id}}/{action}"
         routes.post(path)(_control(action))
