@@ -6,6 +6,7 @@ from typing import Any, TypeVar
 
 from ..trainer.training.config import (
     Checkpointing,
+    Ema,
     LoraShape,
     Optimisation,
     RunStart,
@@ -58,6 +59,18 @@ INPUT_FIELDS: dict[str, tuple[type, str]] = {
     "lr_power": (Optimisation, "lr_power"),
     "decay_steps": (Optimisation, "decay_steps"),
     "min_lr_ratio": (Optimisation, "min_lr_ratio"),
+    "timestep_sampling": (Optimisation, "timestep_sampling"),
+    "min_timestep": (Optimisation, "min_timestep"),
+    "max_timestep": (Optimisation, "max_timestep"),
+    "sigmoid_scale": (Optimisation, "sigmoid_scale"),
+    "logit_mean": (Optimisation, "logit_mean"),
+    "logit_std": (Optimisation, "logit_std"),
+    "discrete_flow_shift": (Optimisation, "discrete_flow_shift"),
+    "ema": (Ema, "enabled"),
+    "ema_decay": (Ema, "decay"),
+    "ema_every": (Ema, "every_n_steps"),
+    "ema_for_samples": (Ema, "for_samples"),
+    "ema_for_final": (Ema, "for_final"),
 }
 
 _KINDS: dict[type, str] = {int: "INT", float: "FLOAT", bool: "BOOLEAN", str: "STRING"}
@@ -94,4 +107,5 @@ def build_config(values: Mapping[str, Any]) -> TrainConfig:
     TrainConfig() by construction."""
     return TrainConfig(lora=section_from_inputs(LoraShape, values),
                        optimisation=section_from_inputs(Optimisation, values),
-                       checkpointing=section_from_inputs(Checkpointing, values))
+                       checkpointing=section_from_inputs(Checkpointing, values),
+                       ema=section_from_inputs(Ema, values))

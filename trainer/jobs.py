@@ -16,7 +16,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import JobError
@@ -34,6 +34,7 @@ MAX_JOBS = 50
 MAX_HISTORY_POINTS = 20_000  # beyond this the older half of the loss history is thinned to every other point
 PROGRESS_INTERVAL = 0.25  # seconds: at most ~4 progress events a second
 SPEED_SMOOTHING = 0.9  # EMA factor of seconds per step, so the ETA does not jump with each step's time
+TIMESTEP_BINS = 20  # bars of the histogram of the training timesteps drawn
 
 EVENT_STARTED = "loralab.started"
 EVENT_PROGRESS = "loralab.progress"
@@ -94,6 +95,8 @@ class Job:
         self._started_at: float | None = None
         self._updated_at = self._created_at
         self._last_progress_publish: float | None = None
+        self._timestep_counts = [0] * TIMESTEP_BINS
+        self._num_timesteps: int | None = None
 
     # --- written by the trainer -------------------------------------------------------------------
     def start(self) -> None:
@@ -153,6 +156,19 @@ class Job:
                 self._registry.progress_interval
         if due:
             self._publish(EVENT_PROGRESS)
+
+    def record_timesteps(self, timesteps: Sequence[int], num_timesteps: int) -> None:
+        """Counts training timesteps drawn (each in [0, num_timesteps)) into TIMESTEP_BINS equal bins; published
+        with the next progress event. A new num_timesteps starts the counts again."""
+        if int(num_timesteps) < 1:
+            raise JobError(f"record_timesteps got num_timesteps={num_timesteps}; expected at least 1.")
+        with self._lock:
+            if self._num_timesteps != int(num_timesteps):
+                self._num_timesteps, self._timestep_counts = int(num_timesteps), [0] * TIMESTEP_BINS
+            for t in timesteps:
+                if not 0 <= int(t) < self._num_timesteps:
+                    raise JobError(f"timestep {t} is outside [0, {self._num_timesteps}).")
+                self._timestep_counts[int(t) * TIMESTEP_BINS // self._num_timesteps] += 1
 
     def record_validation(self, step: int, loss: float) -> None:
         """Records the validation loss measured after `step` updates, and publishes it at once."""
@@ -288,6 +304,9 @@ class Job:
             "checkpoints": [dict(c) for c in self._checkpoints], "error": self._error,
             "lora_name": self._lora_name, "created_at": self._created_at, "started_at": self._started_at,
             "updated_at": self._updated_at, "pending_requests": sorted(self._requests),
+            # counts[i]: draws in [i * range / bins, (i + 1) * range / bins); None before any step
+            "timestep_histogram": None if self._num_timesteps is None else {
+                "range": [0, self._num_timesteps], "counts": list(self._timestep_counts)},
         }
 
     def _publish(self, event: str) -> None:

@@ -14,7 +14,9 @@ KINDS = {int: "INT", float: "FLOAT", bool: "BOOLEAN", str: "STRING"}
 HOST_CHOICES = {"sample_sampler": "SAMPLERS", "sample_scheduler": "SCHEDULERS"}  # comfy.samplers.KSampler.<name>
 # Not in prompts saved before them.
 NEWER_OPTIONAL = ("train_text_encoder", "text_encoder_lr", "keep_last", "optimizer_class", "optimizer_args",
-                  "optimizer_fallback", "lr_cycles", "lr_power", "decay_steps", "min_lr_ratio")
+                  "optimizer_fallback", "lr_cycles", "lr_power", "decay_steps", "min_lr_ratio", "timestep_sampling",
+                  "min_timestep", "max_timestep", "sigmoid_scale", "logit_mean", "logit_std", "discrete_flow_shift",
+                  "ema", "ema_decay", "ema_every", "ema_for_samples", "ema_for_final")
 
 
 def _field(name: str) -> tuple[type, dataclasses.Field]:

@@ -25,6 +25,8 @@ SCHEDULE_FREE_OPTIMIZERS = frozenset({"adamw_schedulefree"})
 # warmup_stable_decay with decay_steps = 0 decays over this share of the steps after warmup.
 DEFAULT_DECAY_SHARE = 0.2
 MIXED_PRECISION: tuple[str, ...] = ("no", "fp16", "bf16")
+# objective.sample_timesteps draws each; all but uniform are for flow-matching models (SD3, Flux).
+TIMESTEP_SAMPLINGS: tuple[str, ...] = ("uniform", "sigmoid", "logit_normal", "shift", "flux_shift")
 
 # Bumped when a field changes meaning; from_metadata refuses newer versions rather than misreading them.
 # 2: min_snr_gamma and text_encoder_lr say "off" / "same as the UNet" with 0 instead of null.
@@ -168,6 +170,26 @@ class Optimisation:
                                    min=0.0, max=100.0, step=0.5)
     noise_offset: float = setting(0.0, "Per-channel noise offset (helps very dark/bright images), e.g. 0.05; "
                                        "0 = off.", min=0.0, max=1.0, step=0.01)
+    timestep_sampling: str = setting("uniform", "How training timesteps are drawn in [min_timestep, max_timestep): "
+                                                "uniform; for flow models (SD3, Flux) also sigmoid "
+                                                "(sigmoid(sigmoid_scale x N(0,1))), logit_normal (sigmoid of "
+                                                "N(logit_mean, logit_std)), shift (sigmoid, then shifted towards "
+                                                "noise by discrete_flow_shift) and flux_shift (sigmoid, shifted by "
+                                                "Flux's resolution-dependent mu), as sd-scripts defines them.",
+                                     choices=TIMESTEP_SAMPLINGS)
+    min_timestep: int = setting(0, "Lowest training timestep drawn (0 = the least noise).", min=0, max=999)
+    max_timestep: int = setting(1000, "Training timesteps are drawn below this (1000 = up to the most noise; "
+                                      "capped at the model's number of timesteps).", min=1, max=1000)
+    sigmoid_scale: float = setting(1.0, "sigmoid, shift, flux_shift: scale of the normal draw before the "
+                                        "sigmoid (larger = closer to the ends).", min=0.0, max=100.0, step=0.1,
+                                   exclusive_min=True)
+    logit_mean: float = setting(0.0, "logit_normal: mean of the normal draw (SD3 paper: 0).",
+                                min=-10.0, max=10.0, step=0.1)
+    logit_std: float = setting(1.0, "logit_normal: standard deviation of the normal draw (SD3 paper: 1).",
+                               min=0.0, max=10.0, step=0.1, exclusive_min=True)
+    discrete_flow_shift: float = setting(3.0, "shift: t -> t x shift / (1 + (shift - 1) x t); above 1 draws "
+                                              "noisier timesteps (sd-scripts' default 3.0).",
+                                         min=0.0, max=100.0, step=0.1, exclusive_min=True)
     # bf16: what ComfyUI users run on a GPU (the host's own training node defaults to it); the CPU runs fp32.
     mixed_precision: str = setting("bf16", "Autocast dtype on CUDA: no (fp32), fp16 (with loss scaling) or "
                                            "bf16. CPU always runs fp32.", choices=MIXED_PRECISION)
@@ -191,6 +213,8 @@ class Optimisation:
             raise _invalid("optimizer_class", self.optimizer_class, "with optimizer 'custom', the optimizer class "
                                                                     "by dotted name, e.g. 'torch.optim.RAdam'")
         parse_optimizer_args(self.optimizer_args)  # raises ConfigError naming the bad argument
+        if self.min_timestep >= self.max_timestep:
+            raise _invalid("min_timestep", self.min_timestep, f"less than max_timestep ({self.max_timestep})")
 
     def optimizer_kwargs(self) -> dict[str, Any]:
         """optimizer_args as keyword arguments (validated when the config was made)."""
@@ -247,6 +271,25 @@ class Checkpointing:
 
 
 @dataclass(frozen=True)
+class Ema:
+    """An exponential moving average of the LoRA weights, kept beside the trained ones (fp32, on the CPU)."""
+
+    enabled: bool = setting(False, "Keep an EMA of the LoRA weights and save it beside each LoRA file as "
+                                   "<name>-ema.safetensors.")
+    decay: float = setting(0.99, "EMA decay per update: ema = decay x ema + (1 - decay) x weights. It averages "
+                                 "over about 1 / (1 - decay) updates (0.99: the last ~100); it starts at the "
+                                 "untrained LoRA, so keep that well below steps / ema_every.",
+                           min=0.0, max=0.99999, step=0.001, round=1e-5)
+    every_n_steps: int = setting(1, "Update the EMA every N steps.", min=1, max=10_000)
+    for_samples: bool = setting(False, "Render the samples during training with the EMA weights.")
+    for_final: bool = setting(False, "The node outputs (lora_name, patched MODEL) use <name>-ema.safetensors "
+                                     "instead of <name>.safetensors; both files are written either way.")
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
+
+@dataclass(frozen=True)
 class Sampling:
     """Sample images during a run, rendered as a KSampler would; they do not change what is trained."""
 
@@ -275,7 +318,8 @@ class RunStart:
         _check_fields(self)
 
 
-_SECTIONS: dict[str, type] = {"lora": LoraShape, "optimisation": Optimisation, "checkpointing": Checkpointing}
+_SECTIONS: dict[str, type] = {"lora": LoraShape, "optimisation": Optimisation, "checkpointing": Checkpointing,
+                              "ema": Ema}
 
 _T = TypeVar("_T")
 
@@ -315,6 +359,7 @@ class TrainConfig:
     lora: LoraShape = field(default_factory=LoraShape)
     optimisation: Optimisation = field(default_factory=Optimisation)
     checkpointing: Checkpointing = field(default_factory=Checkpointing)
+    ema: Ema = field(default_factory=Ema)
 
     def __post_init__(self) -> None:
         for name, cls in _SECTIONS.items():

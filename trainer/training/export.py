@@ -170,6 +170,13 @@ def kohya_metadata(config: TrainConfig, summary: TrainingSummary, base_model_ver
         "ss_noise_offset": str(opt.noise_offset) if opt.noise_offset > 0 else "None",
         "ss_min_snr_gamma": str(opt.min_snr_gamma) if opt.min_snr_gamma else "None",  # kohya writes None when off
         "ss_loss_type": "l2",
+        "ss_timestep_sampling": opt.timestep_sampling,
+        "ss_min_timestep": str(opt.min_timestep),
+        "ss_max_timestep": str(opt.max_timestep),
+        "ss_sigmoid_scale": str(opt.sigmoid_scale),
+        "ss_discrete_flow_shift": str(opt.discrete_flow_shift),
+        "ss_logit_mean": str(opt.logit_mean),
+        "ss_logit_std": str(opt.logit_std),
         "ss_cache_latents": "True",
         "ss_num_train_images": str(summary.num_train_images),
         "ss_num_reg_images": "0",

@@ -22,7 +22,8 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import NonFiniteLossError
 from . import optimizers
 from .config import Optimisation, TrainConfig
-from .objective import NoiseSchedule, diffusion_loss, sample_noise, sample_timesteps
+from .ema import AdapterEma
+from .objective import NoiseSchedule, TimestepSampling, diffusion_loss, sample_noise, sample_timesteps
 from .resume_checks import check_layers, check_optimizer, check_resumable
 from .resume_state import TrainState, optimizer_state_for
 from .schedules import lr_multiplier_at
@@ -49,6 +50,7 @@ class StepRecord:
     lr: float
     seconds_per_step: float
     grad_norm: float
+    timesteps: tuple[int, ...] = ()  # the training timesteps drawn in this update, every micro-batch's
 
 
 @dataclass(frozen=True)
@@ -156,47 +158,55 @@ def _seed_global_rng(seed: int, device: torch.device) -> None:
 
 def _batch_loss(denoiser: Denoiser, latents: torch.Tensor, cond: Any, schedule: NoiseSchedule,
                 generator: torch.Generator, device: torch.device, mixed_precision: str,
-                noise_offset: float, min_snr_gamma: float | None) -> torch.Tensor:
+                noise_offset: float, min_snr_gamma: float | None,
+                sampling: TimestepSampling | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's loss and the timesteps drawn for it."""
     latents = latents.to(device=device, dtype=torch.float32)
     if latents.is_inference():
         latents = latents.clone()
     # Noise and timesteps come from the CPU generator (small tensors) so its state alone fixes them.
     noise = sample_noise(tuple(latents.shape), generator, noise_offset).to(device)
-    timesteps = sample_timesteps(latents.shape[0], schedule, generator)
+    timesteps = sample_timesteps(latents.shape[0], schedule, generator, sampling,
+                                 latent_hw=(int(latents.shape[-2]), int(latents.shape[-1])))
     x_t = schedule.add_noise(latents, noise, timesteps)
     target = schedule.training_target(latents, noise, timesteps)
     with _autocast(device, mixed_precision):
         prediction = denoiser(x_t, timesteps.to(device), _map_tensors(lambda t: t.to(device), cond))
     weights = schedule.min_snr_weights(timesteps, min_snr_gamma) if min_snr_gamma else None
-    return diffusion_loss(prediction, target, weights)
+    return diffusion_loss(prediction, target, weights), timesteps
 
 
 def _accumulate_gradients(denoiser: Denoiser, batches: BatchFn, schedule: NoiseSchedule, opt: Optimisation,
                           generator: torch.Generator, device: torch.device, scaler: torch.amp.GradScaler,
-                          step: int) -> float:
-    """Forward and backward over the step's micro-batches; returns the step's loss (mean over them)."""
+                          step: int, sampling: TimestepSampling) -> tuple[float, tuple[int, ...]]:
+    """Forward and backward over the step's micro-batches; returns the step's loss (mean over them) and the
+    timesteps drawn."""
     # One seed per step from the run's generator drives LoRA dropout through the global RNG, inside
     # fork_rng so the host's RNG is untouched; checkpoint recompute replays that same RNG.
     step_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     loss_value = 0.0
+    drawn: list[int] = []
     with _fork_rng(device):
         _seed_global_rng(step_seed, device)
         for micro in range(opt.grad_accumulation):
             latents, cond = batches(step * opt.grad_accumulation + micro, generator)
             # Divided so the summed gradients equal those of one batch grad_accumulation times larger.
-            loss = _batch_loss(denoiser, latents, cond, schedule, generator, device, opt.mixed_precision,
-                               opt.noise_offset, opt.min_snr_gamma) / opt.grad_accumulation
+            loss, timesteps = _batch_loss(denoiser, latents, cond, schedule, generator, device, opt.mixed_precision,
+                                          opt.noise_offset, opt.min_snr_gamma, sampling)
+            loss = loss / opt.grad_accumulation
+            drawn.extend(int(t) for t in timesteps)
             micro_loss = loss.item()
             if not math.isfinite(micro_loss):
                 raise NonFiniteLossError(step + 1, micro_loss * opt.grad_accumulation)
             scaler.scale(loss).backward()
             loss_value += micro_loss
-    return loss_value
+    return loss_value, tuple(drawn)
 
 
 def _restore(start_state: TrainState, config: TrainConfig, adapters: LoraAdapterSet,
              optimizer: torch.optim.Optimizer, optimizer_name: str, group_names: list[list[str]],
-             generator: torch.Generator, scaler: torch.amp.GradScaler) -> tuple[int, list[float], float | None]:
+             generator: torch.Generator, scaler: torch.amp.GradScaler,
+             ema: AdapterEma | None) -> tuple[int, list[float], float | None]:
     """Load a saved state into the run's objects; returns (step, loss history, smoothed loss) to continue from.
 
     Every check runs before anything is changed, so a refused state leaves the adapters as they were.
@@ -205,6 +215,8 @@ def _restore(start_state: TrainState, config: TrainConfig, adapters: LoraAdapter
     check_layers(start_state, adapters)
     check_optimizer(start_state, optimizer_name)
     optimizer_state = optimizer_state_for(start_state, group_names)
+    if ema is not None:  # checks the saved averages before changing them
+        ema.load_state_dict(start_state.ema, start_state.source)
     adapters.load_state_dict(start_state.lora)
     optimizer.load_state_dict(optimizer_state)
     for group in optimizer.param_groups:  # the current config's lr wins over the saved one
@@ -235,7 +247,7 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
           should_stop: Callable[[], str | None] | None = None, start_state: TrainState | None = None,
           on_checkpoint: Callable[[TrainState], None] | None = None,
           checkpoint_modules: Sequence[nn.Module] | None = None,
-          interruptions: tuple[type[BaseException], ...] = ()) -> TrainResult:
+          interruptions: tuple[type[BaseException], ...] = (), ema: AdapterEma | None = None) -> TrainResult:
     """Train `adapters` for config.optimisation.steps updates (continuing from start_state if given).
 
     should_stop() is polled before every update; a non-empty reason ends the run gracefully. An exception
@@ -244,12 +256,20 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
     on_checkpoint(state) is called every checkpointing.every_n_steps updates (not after the last one:
     the result carries the final state). Raises NonFiniteLossError without applying the bad update, and
     ResumeStateError (before any work) if start_state cannot continue this run, and OptimizerError if the
-    optimizer cannot be built here. With a schedule-free optimizer the adapters hold its averaged weights (the
-    ones to save and use) during on_step / on_checkpoint and after the return; `result.state` holds the
-    training point, from which a resumed run continues.
+    optimizer cannot be built here, and ConfigError if the timestep sampling does not fit the schedule. With
+    config.ema.enabled the EMA of the weights is updated after each update (`ema`, or one the loop makes from
+    the adapters' weights) and saved in the state; pass your own to sample or export it. With a schedule-free
+    optimizer the adapters hold its averaged weights (the ones to save and use) during on_step / on_checkpoint
+    and after the return; `result.state` holds the training point, from which a resumed run continues.
     """
     opt = config.optimisation
     device = adapters.device
+    sampling = TimestepSampling.of(opt)
+    sampling.check(schedule)
+    if not config.ema.enabled:
+        ema = None
+    elif ema is None:
+        ema = AdapterEma(adapters, config.ema)
     generator = torch.Generator("cpu").manual_seed(opt.seed)
     optimizer, optimizer_name, group_names = build_optimizer(adapters, config)
     params = adapters.parameters()
@@ -257,7 +277,7 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
     step, history, smoothed = 0, [], None
     if start_state is not None:
         step, history, smoothed = _restore(start_state, config, adapters, optimizer, optimizer_name, group_names,
-                                           generator, scaler)
+                                           generator, scaler, ema)
 
     def snapshot() -> TrainState:
         return TrainState(step=step, config=config, lora=adapters.state_dict(),
@@ -266,7 +286,8 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
                           param_names=[n for names in group_names for n in names],
                           generator_state=generator.get_state(), loss_history=list(history),
                           smoothed_loss=smoothed, optimizer_name=optimizer_name,
-                          scaler_state=scaler.state_dict() if scaler.is_enabled() else {})
+                          scaler_state=scaler.state_dict() if scaler.is_enabled() else {},
+                          ema=ema.state_dict() if ema is not None else {})
 
     logger.info("training %d LoRA layers with %s, %s precision, %d steps", len(adapters), optimizer_name,
                 opt.mixed_precision if device.type == "cuda" else "fp32 (CPU)", opt.steps)
@@ -292,8 +313,8 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
                     group["lr"] = group["base_lr"] * multiplier
                 generator_before = generator.get_state()
                 try:
-                    loss_value = _accumulate_gradients(denoiser, batches, schedule, opt, generator, device,
-                                                       scaler, step)
+                    loss_value, timesteps = _accumulate_gradients(denoiser, batches, schedule, opt, generator,
+                                                                  device, scaler, step, sampling)
                 except interruptions as e:
                     # Nothing was applied yet: rewind the randomness so a resumed run redoes this update.
                     generator.set_state(generator_before)
@@ -304,11 +325,13 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
                     break
                 grad_norm = _apply_update(optimizer, scaler, params, opt, step)
                 step += 1
+                if ema is not None:
+                    ema.update(step, adapters)
                 history.append(loss_value)
                 smoothed = loss_value if smoothed is None else SMOOTHING * smoothed + (1 - SMOOTHING) * loss_value
                 record = StepRecord(step=step, total=opt.steps, loss=loss_value, smoothed_loss=smoothed,
                                     lr=opt.learning_rate * multiplier, grad_norm=grad_norm,
-                                    seconds_per_step=time.perf_counter() - step_started)
+                                    seconds_per_step=time.perf_counter() - step_started, timesteps=timesteps)
                 with optimizers.averaged_weights(optimizer, params):  # samples and "save now" use these
                     on_step(record)
                 every = config.checkpointing.every_n_steps
@@ -346,7 +369,7 @@ def evaluate(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, sch
             for index in range(num_batches):
                 latents, cond = batches(index, generator)
                 total += _batch_loss(denoiser, latents, cond, schedule, generator, device, mixed_precision,
-                                     0.0, None).item()
+                                     0.0, None)[0].item()
     finally:
         adapters.train(was_training)
     return total / num_batches

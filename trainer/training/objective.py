@@ -1,4 +1,4 @@
-"""The denoising objective: noise schedule, noised input, regression target, min-SNR weights, noise offset.
+"""The denoising objective: noise schedule, timestep draws, noised input, target, min-SNR weights, noise offset.
 
 All writes are x_t = a_t * x_0 + b_t * noise:
   DDPM ("epsilon", "v"): a_t = sqrt(alphas_cumprod[t]), b_t = sqrt(1 - alphas_cumprod[t]);
@@ -9,11 +9,18 @@ Targets: epsilon -> noise; v -> a_t * noise - b_t * x_0 (Salimans & Ho 2022); fl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
+from ..errors import ConfigError
+from .config import Optimisation
+
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v", "flow")
+# Flux's resolution-dependent shift (as sd-scripts' flux_shift and diffusers' dynamic shifting define it):
+# mu is linear in the image token count, 0.5 at 256 tokens and 1.15 at 4096; t -> e^mu / (e^mu + 1/t - 1).
+FLUX_BASE_SEQ, FLUX_BASE_SHIFT, FLUX_MAX_SEQ, FLUX_MAX_SHIFT = 256, 0.5, 4096, 1.15
 
 
 @dataclass(frozen=True)
@@ -105,9 +112,83 @@ class NoiseSchedule:
         return torch.clamp(snr, max=gamma) / (snr + 1.0)
 
 
-def sample_timesteps(batch_size: int, schedule: NoiseSchedule, generator: torch.Generator) -> torch.Tensor:
-    """Uniform integer timesteps in [0, T), int64 on the generator's device."""
-    return torch.randint(0, schedule.num_timesteps, (batch_size,), generator=generator, device=generator.device)
+@dataclass(frozen=True)
+class TimestepSampling:
+    """How training timesteps are drawn: a distribution of u in (0, 1), mapped onto [min_timestep, max_timestep).
+
+    uniform draws integers directly (torch.randint, as before these options existed). The others are for flow
+    models, where u is the noise level: sigmoid u = sigmoid(scale * z); logit_normal u = sigmoid(mean + std * z);
+    shift u = s * v / (1 + (s - 1) * v) with v the sigmoid draw; flux_shift u = e^mu / (e^mu + 1/v - 1) with
+    mu from the latent's token count (z ~ N(0, 1), sd-scripts' definitions).
+    """
+
+    kind: str = "uniform"
+    min_timestep: int = 0
+    max_timestep: int = 1000
+    sigmoid_scale: float = 1.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 3.0
+
+    @classmethod
+    def of(cls, opt: Optimisation) -> TimestepSampling:
+        """From the Optimisation config's timestep fields."""
+        return cls(opt.timestep_sampling, opt.min_timestep, opt.max_timestep, opt.sigmoid_scale, opt.logit_mean,
+                   opt.logit_std, opt.discrete_flow_shift)
+
+    def bounds(self, schedule: NoiseSchedule) -> tuple[int, int]:
+        """[low, high) in the schedule's timesteps (max_timestep capped at T)."""
+        return self.min_timestep, min(self.max_timestep, schedule.num_timesteps)
+
+    def check(self, schedule: NoiseSchedule) -> None:
+        """Raise ConfigError (naming the field) if this sampling cannot be used with `schedule`."""
+        if self.kind != "uniform" and schedule.prediction_type != "flow":
+            raise ConfigError(f"timestep_sampling = {self.kind!r} is for flow-matching models (SD3, Flux); this "
+                              f"model predicts {schedule.prediction_type}: use 'uniform'.")
+        low, high = self.bounds(schedule)
+        if low >= high:
+            raise ConfigError(f"min_timestep = {self.min_timestep} is not allowed; this model has "
+                              f"{schedule.num_timesteps} timesteps, so expected less than {high}.")
+
+
+def flux_shift_mu(latent_hw: tuple[int, int]) -> float:
+    """Flux's mu for a latent of (height, width): linear in its 2x2-patch token count."""
+    tokens = (latent_hw[0] // 2) * (latent_hw[1] // 2)
+    slope = (FLUX_MAX_SHIFT - FLUX_BASE_SHIFT) / (FLUX_MAX_SEQ - FLUX_BASE_SEQ)
+    return FLUX_BASE_SHIFT + slope * (tokens - FLUX_BASE_SEQ)
+
+
+def sample_unit_timesteps(batch_size: int, sampling: TimestepSampling, generator: torch.Generator,
+                          latent_hw: tuple[int, int] = (64, 64)) -> torch.Tensor:
+    """u in (0, 1) per sample (fp32, generator's device) from a continuous distribution (not uniform)."""
+    z = torch.randn((batch_size,), generator=generator, device=generator.device)
+    if sampling.kind == "logit_normal":
+        return torch.sigmoid(sampling.logit_mean + sampling.logit_std * z)
+    u = torch.sigmoid(sampling.sigmoid_scale * z)
+    if sampling.kind == "shift":
+        return u * sampling.shift / (1.0 + (sampling.shift - 1.0) * u)
+    if sampling.kind == "flux_shift":
+        exp_mu = math.exp(flux_shift_mu(latent_hw))
+        return exp_mu / (exp_mu + (1.0 / u - 1.0))
+    if sampling.kind != "sigmoid":
+        raise ValueError(f"no continuous distribution for timestep_sampling = {sampling.kind!r}")
+    return u
+
+
+def sample_timesteps(batch_size: int, schedule: NoiseSchedule, generator: torch.Generator,
+                     sampling: TimestepSampling | None = None,
+                     latent_hw: tuple[int, int] = (64, 64)) -> torch.Tensor:
+    """Integer timesteps in [min_timestep, min(max_timestep, T)), int64 on the generator's device.
+
+    Continuous draws u map to low + floor(u * (high - low)), as diffusers and sd-scripts' SD3 index the
+    schedule's timesteps; on a flow schedule timestep t has noise level (t + 1) / T, so that is about u.
+    """
+    sampling = sampling or TimestepSampling()
+    low, high = sampling.bounds(schedule)
+    if sampling.kind == "uniform":
+        return torch.randint(low, high, (batch_size,), generator=generator, device=generator.device)
+    u = sample_unit_timesteps(batch_size, sampling, generator, latent_hw)
+    return (low + (u * (high - low)).long()).clamp_(low, high - 1)
 
 
 def sample_noise(shape: tuple[int, ...], generator: torch.Generator, noise_offset: float = 0.0) -> torch.Tensor:

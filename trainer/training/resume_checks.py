@@ -25,6 +25,12 @@ logger = logging.getLogger(__name__)
 _FREE_LORA_FIELDS = frozenset({"dropout", "text_encoder_lr"})
 # Optimisation fields that decide what the saved optimizer statistics mean: a run cannot continue with others.
 _OPTIMIZER_FIELDS = ("optimizer", "optimizer_class", "optimizer_args")
+# Optimisation fields that decide which timesteps are drawn: the continued run would train another objective.
+_TIMESTEP_FIELDS = ("timestep_sampling", "min_timestep", "max_timestep", "sigmoid_scale", "logit_mean", "logit_std",
+                    "discrete_flow_shift")
+# Ema fields that decide the saved averages; for_samples and for_final only choose which weights are used.
+# Named in messages by their input names (ema, ema_decay, ema_every).
+_EMA_FIELDS = {"enabled": "ema", "decay": "ema_decay", "every_n_steps": "ema_every"}
 
 
 def state_name(state: TrainState) -> str:
@@ -57,6 +63,15 @@ def check_resumable(saved: TrainConfig, current: TrainConfig, saved_step: int,
         raise ResumeStateError(f"{where} was trained with another optimizer (" + "; ".join(other_optimizer)
                                + "): its statistics do not fit this one. Set the optimizer settings back, or turn "
                                "resume off to start a new run.", path=source)
+    other_math = [f"{name}: saved {getattr(saved.optimisation, name)!r}, now {getattr(current.optimisation, name)!r}"
+                  for name in _TIMESTEP_FIELDS
+                  if getattr(saved.optimisation, name) != getattr(current.optimisation, name)]
+    other_math += [f"{shown}: saved {getattr(saved.ema, name)!r}, now {getattr(current.ema, name)!r}"
+                   for name, shown in _EMA_FIELDS.items() if getattr(saved.ema, name) != getattr(current.ema, name)]
+    if other_math:
+        raise ResumeStateError(f"{where} was trained with other timestep or EMA settings (" + "; ".join(other_math)
+                               + "): continuing would not be the same run. Set them back, or turn resume off to "
+                               "start a new run.", path=source)
     changed = [name for name, value in vars(current.optimisation).items()
                if getattr(saved.optimisation, name) != value]
     if changed:

@@ -2,8 +2,10 @@
 
 Layout: `lora::<key>` LoRA tensors, `optim::<param name>::<stat>` optimizer tensors (whatever tensors the
 optimizer keeps: AdamW exp_avg, exp_avg_sq, step), `rng::generator` the torch.Generator state (uint8),
-`history::loss` (float64); header metadata holds the step, smoothed loss, optimizer scalars/param groups,
-GradScaler state, the base model when the caller names it, and the TrainConfig (`TrainConfig.to_metadata`).
+`history::loss` (float64), `ema::<param name>` the EMA of the weights (fp32; only with ema on, and then the
+state is version 2, so an older LoRA Lab refuses it rather than dropping the EMA); header metadata holds the
+step, smoothed loss, optimizer scalars/param groups, GradScaler state, the base model when the caller names it,
+and the TrainConfig (`TrainConfig.to_metadata`).
 Keys use `::` so no LoRA loader mistakes the file for a LoRA.
 
 Reading trusts nothing: a damaged, partial or foreign file, or one saved by a run with other settings,
@@ -29,7 +31,8 @@ from .resume_checks import check_resumable, state_name
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = "loralab.resume_state"
-STATE_VERSION = 1
+STATE_VERSION = 2
+_VERSION_WITHOUT_EMA = 1  # what a state without EMA is written as: LoRA Lab versions before EMA read it too
 _META = "loralab.state."
 # Optimizer statistics shaped like their parameter (AdamW, Lion, Prodigy, SGD momentum, schedule-free z); others
 # (step, 8-bit blocks, Adafactor's factored rows and columns, Prodigy's flattened s and p0) are not checked.
@@ -52,6 +55,7 @@ class TrainState:
     optimizer_name: str
     scaler_state: dict[str, Any] = field(default_factory=dict)
     source: str | None = None  # the file it was loaded from (for messages); None for a live snapshot
+    ema: dict[str, torch.Tensor] = field(default_factory=dict)  # the EMA of the weights by parameter name, if on
 
 
 # --- writing -----------------------------------------------------------------------------------------------
@@ -109,10 +113,11 @@ def save_state(path: str | os.PathLike[str], state: TrainState, base_model: str 
     tensors.update(optim_tensors)
     tensors["rng::generator"] = state.generator_state
     tensors["history::loss"] = torch.tensor(state.loss_history, dtype=torch.float64)
+    tensors.update({f"ema::{k}": v for k, v in state.ema.items()})
     metadata = state.config.to_metadata()
     metadata.update({
         f"{_META}format": STATE_FORMAT,
-        f"{_META}version": str(STATE_VERSION),
+        f"{_META}version": str(STATE_VERSION if state.ema else _VERSION_WITHOUT_EMA),
         f"{_META}step": str(state.step),
         f"{_META}smoothed_loss": json.dumps(state.smoothed_loss),
         f"{_META}optimizer_name": state.optimizer_name,
@@ -299,6 +304,10 @@ def load_state(path: str | os.PathLike[str], expected_config: TrainConfig | None
     smoothed = _meta_json(metadata, "smoothed_loss", path, (int, float, type(None)), "a number or null")
     if smoothed is not None and not math.isfinite(smoothed):
         raise _damaged(path, f"{_META}smoothed_loss is {smoothed!r}, not a finite number")
+    ema = {k[len("ema::"):]: v for k, v in tensors.items() if k.startswith("ema::")}
+    if config.ema.enabled and set(ema) != set(param_names):
+        raise _damaged(path, f"ema is on in its settings, but it holds the EMA of {len(ema)} of the "
+                             f"{len(param_names)} trained parameters")
     optimizer_name = _meta(metadata, "optimizer_name", path)
     if optimizer_name not in OPTIMIZERS:
         raise _damaged(path, f"{_META}optimizer_name is {optimizer_name!r}, expected one of {', '.join(OPTIMIZERS)}")
@@ -314,6 +323,7 @@ def load_state(path: str | os.PathLike[str], expected_config: TrainConfig | None
         optimizer_name=optimizer_name,
         scaler_state=_meta_json(metadata, "scaler", path, dict, "a JSON object"),
         source=path,
+        ema=ema,
     )
 
 

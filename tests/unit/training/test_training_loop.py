@@ -132,7 +132,7 @@ def test_grad_accumulation_equals_larger_batch(monkeypatch: pytest.MonkeyPatch) 
     # Noise and timesteps fixed per sample, so 2 micro-batches of 1 see exactly what 1 batch of 2 sees.
     monkeypatch.setattr(loop, "sample_noise", lambda shape, g, offset: torch.linspace(-2, 2, math.prod(shape[1:]))
                         .reshape(1, *shape[1:]).expand(shape).clone())
-    monkeypatch.setattr(loop, "sample_timesteps", lambda n, s, g: torch.full((n,), 400))
+    monkeypatch.setattr(loop, "sample_timesteps", lambda n, s, g, *args, **kwargs: torch.full((n,), 400))
     latents, cond = dataset()
     results = []
     for batch_size, accumulation in ((2, 1), (1, 2)):

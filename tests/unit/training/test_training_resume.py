@@ -270,7 +270,7 @@ def test_malformed_entries_are_reported(saved_run: Path, tmp_path: Path, metadat
 def test_newer_state_version_asks_to_update(saved_run: Path, tmp_path: Path) -> None:
     path = _altered_copy(saved_run, tmp_path / "future_state.safetensors", metadata={"loralab.state.version": "99"})
     with pytest.raises(ResumeStateError, match=r"future_state.safetensors' was written by a newer LoRA Lab \(state "
-                                               r"version 99, this one reads up to 1\); update LoRA Lab"):
+                                               r"version 99, this one reads up to 2\); update LoRA Lab"):
         load_state(path)
 
 
