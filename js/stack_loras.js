@@ -3,12 +3,16 @@
 // The hidden `loras` widget stays the single source of truth: it is what the workflow saves and what
 // the API prompt sends, so headless users and old workflows keep working without this file. The table
 // is a view of that text: every edit rewrites it, and every load rebuilds the table from it. Under each
-// row the table shows its file's rank, alpha, base model and trigger words (js/lora_library.js).
+// row the table shows its file's rank, alpha, base model and trigger words (js/lora_library.js); a row
+// naming a file the host does not list is marked missing. Under the rows, a preset menu saves the rows
+// under a name on the host and loads them into any Stack LoRAs node (js/lib/stack_presets.js).
 
+import { api } from "../../scripts/api.js";
 import { app } from "../../scripts/app.js";
 import { runAfter } from "./lib/node_hooks.js";
 import { loraInfo, loraNames } from "./lora_library.js";
 import { LOADING_INFO } from "./lib/lora_metadata.js";
+import { createPresetStore, loadedMessage, rowsFromPreset } from "./lib/stack_presets.js";
 import * as stack from "./lib/stack_rows.js";
 import { createStackTable } from "./lib/stack_table.js";
 
@@ -16,6 +20,15 @@ const NODE_TYPE = "LoraLabStackLoras";
 const ROWS_WIDGET = "loras";
 const EDITOR_WIDGET = "loralab_stack_editor";
 const MIN_WIDTH = 480;
+
+/** The host's stack presets, one list per page shared by every Stack LoRAs node. */
+const presets = createPresetStore({
+  async request(method, url, body) {
+    const init = body === undefined ? { method } : { method, body, headers: { "Content-Type": "application/json" } };
+    const resp = await api.fetchApi(url, init);
+    return { status: resp.status, body: await resp.json().catch(() => null) };
+  },
+});
 
 /** Takes a widget out of sight and out of the layout while it still saves and serialises. */
 function hideWidget(widget) {
@@ -29,7 +42,8 @@ function attachEditor(node) {
   if (!rowsWidget || node.loralabStack) return;
   hideWidget(rowsWidget);
 
-  const state = { rows: [], names: [], error: null, triggerWords: "" };
+  // names: null until the host has listed its LoRA files, so no row is marked missing before then.
+  const state = { rows: [], names: null, error: null, triggerWords: "" };
   let shownText = null; // the rows text the table currently shows
 
   const commit = (rows) => {
@@ -57,7 +71,30 @@ function attachEditor(node) {
     },
     strength: (i, which, text) => commit(stack.setStrength(state.rows, i, which, text)),
     blockWeights: (i, text) => commit(stack.setBlockWeights(state.rows, i, text)),
+    presetsOpen: () => presets.list(true).catch((e) => table.showPresets(presets.peek(), e.message, true)),
+    async presetSave(name) {
+      if (presets.find(name) && !window.confirm(`Replace the preset "${name}" with these rows?`)) return;
+      const { ok, message } = await presets.save(name, state.rows);
+      table.showPresets(presets.peek(), message, !ok);
+    },
+    async presetLoad(name) {
+      const preset = presets.find(name);
+      if (!preset) return;
+      const rows = rowsFromPreset(preset);
+      state.names = await loraNames(true); // a file added since the page loaded is not "missing"
+      commit(rows);
+      table.showPresets(presets.peek(), loadedMessage(name, rows, stack.missingRows(rows, state.names)));
+    },
+    async presetDelete(name) {
+      if (!window.confirm(`Delete the preset "${name}" from this host?`)) return;
+      const { ok, message } = await presets.remove(name);
+      table.showPresets(presets.peek(), message, !ok);
+    },
   });
+  const showPresets = (list) => table.showPresets(list);
+  const unsubscribe = presets.subscribe(showPresets);
+  showPresets(presets.peek());
+  presets.list().catch((e) => table.showPresets(null, `Could not list presets: ${e.message}`, true));
   node.addDOMWidget(EDITOR_WIDGET, "loralab_stack", table.element, {
     serialize: false, // the rows already travel in `loras`
     getMinHeight: () => table.minHeight(),
@@ -113,6 +150,11 @@ function attachEditor(node) {
     const result = onAdded?.apply(this, args);
     table.element.dataset.nodeId = String(this.id);
     return result;
+  };
+  const onRemoved = node.onRemoved;
+  node.onRemoved = function (...args) {
+    unsubscribe(); // a removed node's table no longer follows the preset list
+    return onRemoved?.apply(this, args);
   };
 
   node.loralabStack = {

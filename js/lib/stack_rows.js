@@ -118,3 +118,20 @@ export function setBlockWeights(rows, index, text) {
   const blocks = text.trim();
   return rows.map((r, i) => (i === index ? (blocks ? { ...rest, block_weights: blocks } : rest) : r));
 }
+
+/**
+ * Which rows name a LoRA the host does not list (moved file, a preset or workflow from another machine):
+ * one boolean per row. `names` null means the list is not known yet: no row is marked until it is.
+ * A row with no file chosen yet is not "missing".
+ */
+export function missingRows(rows, names) {
+  if (!Array.isArray(names)) return rows.map(() => false);
+  const listed = new Set(names);
+  return rows.map((r) => typeof r.lora === "string" && r.lora !== "" && !listed.has(r.lora));
+}
+
+/** The tooltip of a missing row: what is wrong and what to do, in the user's terms. */
+export function missingTitle(name) {
+  return `Missing: "${name}" is not in the host's loras folders (models/loras). Put the file back there `
+    + "(then choose it again), or choose another LoRA; until then a run stops at this row.";
+}

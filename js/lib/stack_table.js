@@ -5,10 +5,11 @@
 
 import { el } from "./dom.js";
 import { loraInfoElement, showLoraInfo } from "./lora_info_view.js";
+import { missingRows, missingTitle } from "./stack_rows.js";
 import { ensureStyle } from "./style.js";
 
 const ROW_HEIGHT = 28 + 18; // the controls, then the file's info line
-const CHROME_HEIGHT = 24 + 32 + 26; // header + add button + trigger-words line
+const CHROME_HEIGHT = 24 + 32 + 26 + 30 + 18; // header + add button + trigger-words line + presets bar + its status
 const ERROR_HEIGHT = 34;
 
 function strengthInput(doc, which, value) {
@@ -30,18 +31,21 @@ function blockWeightsInput(doc, value) {
   });
 }
 
-function loraPicker(doc, current, names) {
+/** `names` null: the host's list is not known yet, so nothing is marked missing. */
+function loraPicker(doc, current, names, missing) {
   const select = el(doc, "select", {
-    className: "loralab-stack-lora", title: current || "choose a LoRA",
+    className: `loralab-stack-lora${missing ? " loralab-stack-lora-missing" : ""}`,
+    title: missing ? missingTitle(current) : current || "choose a LoRA",
     dataset: { testid: "loralab-stack-lora", action: "name" },
   });
   // A saved name the host does not list (file moved, other machine) stays selectable, marked missing,
   // so loading a workflow never rewrites the user's choice behind their back.
-  const options = names.includes(current) || current === "" ? names : [current, ...names];
+  const listed = names ?? [];
+  const options = listed.includes(current) || current === "" ? listed : [current, ...listed];
   if (options.length === 0) select.append(el(doc, "option", { value: "", textContent: "(no LoRAs in models/loras)" }));
   for (const name of options) {
-    const missing = !names.includes(name);
-    select.append(el(doc, "option", { value: name, textContent: missing ? `${name} (missing)` : name }));
+    const lacking = names !== null && !listed.includes(name);
+    select.append(el(doc, "option", { value: name, textContent: lacking ? `${name} (missing)` : name }));
   }
   select.value = current;
   return select;
@@ -55,7 +59,7 @@ function button(doc, action, text, title) {
 }
 
 /** The row's controls and, beneath them, its file's info line (`info`: lib/lora_metadata.js, or null). */
-function rowElements(doc, row, index, count, names, info) {
+function rowElements(doc, row, index, count, names, info, missing) {
   const up = button(doc, "up", "↑", "Move up");
   const down = button(doc, "down", "↓", "Move down");
   up.disabled = index === 0;
@@ -64,24 +68,51 @@ function rowElements(doc, row, index, count, names, info) {
     type: "checkbox", checked: row.on, className: "loralab-stack-on", title: "Apply this LoRA",
     dataset: { testid: "loralab-stack-on", action: "toggle" },
   });
-  const cells = [toggle, loraPicker(doc, row.lora, names), strengthInput(doc, "model", row.strength_model),
+  const cells = [toggle, loraPicker(doc, row.lora, names, missing), strengthInput(doc, "model", row.strength_model),
     strengthInput(doc, "clip", row.strength_clip), blockWeightsInput(doc, row.block_weights),
     el(doc, "span", { className: "loralab-stack-tools" },
       [up, down, button(doc, "remove", "✕", "Remove this row")])];
   const off = row.on ? "" : " loralab-stack-row-off";
+  const lacking = missing ? " loralab-stack-row-missing" : "";
+  const rowData = { testid: "loralab-stack-row", index: String(index), ...(missing ? { missing: "true" } : {}) };
   return [
-    el(doc, "tr", { className: `loralab-stack-row${off}`, dataset: { testid: "loralab-stack-row", index: String(index) } },
-      cells.map((c) => el(doc, "td", {}, [c]))),
+    el(doc, "tr", { className: `loralab-stack-row${off}${lacking}`, dataset: rowData,
+      ...(missing ? { title: missingTitle(row.lora) } : {}) }, cells.map((c) => el(doc, "td", {}, [c]))),
     // The file's rank, alpha, base model and trigger words, under its controls and as wide as the table.
     el(doc, "tr", { className: `loralab-stack-info-row${off}`, dataset: { index: String(index) } },
       [el(doc, "td"), el(doc, "td", { colSpan: 5 }, [loraInfoElement(doc, info)])]),
   ];
 }
 
+function presetBar(doc) {
+  const select = el(doc, "select", {
+    className: "loralab-preset-select", title: "Stack presets saved on this host",
+    dataset: { testid: "loralab-preset-select", action: "preset-choose" },
+  });
+  const name = el(doc, "input", {
+    type: "text", className: "loralab-preset-name", placeholder: "preset name", maxLength: 64,
+    title: "Name to save the rows under: letters, digits, spaces or _ . + -, up to 64 characters",
+    dataset: { testid: "loralab-preset-name" },
+  });
+  const status = el(doc, "div", { className: "loralab-preset-status", dataset: { testid: "loralab-preset-status" } });
+  const presetButton = (action, text, title) => {
+    const b = button(doc, `preset-${action}`, text, title);
+    b.dataset.testid = `loralab-preset-${action}`;
+    return b;
+  };
+  const bar = el(doc, "div", { className: "loralab-presets", dataset: { testid: "loralab-presets" } }, [
+    select, presetButton("load", "Load", "Replace the rows with the chosen preset"),
+    presetButton("delete", "Delete", "Delete the chosen preset from this host"), name,
+    presetButton("save", "Save rows as", "Save these rows as a preset under the name on the left")]);
+  return { bar, select, name, status };
+}
+
 /**
  * Builds the editor element. `intents` receives {add()}, {remove,moveUp,moveDown,toggle(i, on)},
- * {name(i, value)}, {strength(i, "model"|"clip", text)}, {blockWeights(i, text)}; the owner applies them and calls render() with
- * the state and `info`, each row's file info (lib/lora_metadata.js) in row order.
+ * {name(i, value)}, {strength(i, "model"|"clip", text)}, {blockWeights(i, text)}, and the preset menu's
+ * {presetLoad(name), presetDelete(name), presetSave(name), presetsOpen()}; the owner applies them and calls
+ * render() with the state (`names` null while the host's list is unknown) and `info`, each row's file info
+ * (lib/lora_metadata.js) in row order, and showPresets() with the host's presets.
  */
 export function createStackTable(doc, intents) {
   ensureStyle(doc);
@@ -92,8 +123,9 @@ export function createStackTable(doc, intents) {
   const table = el(doc, "table", { className: "loralab-stack-table" }, [head, body]);
   const add = button(doc, "add", "+ Add LoRA", "Add a row");
   const words = el(doc, "div", { className: "loralab-trigger-words", dataset: { testid: "loralab-trigger-words" } });
+  const presets = presetBar(doc);
   const root = el(doc, "div", { className: "loralab-stack", dataset: { testid: "loralab-stack" } },
-    [error, table, add, words]);
+    [error, table, add, presets.bar, presets.status, words]);
   let rowCount = 0;
   let infoLines = []; // the rows' info elements, in row order
 
@@ -101,9 +133,18 @@ export function createStackTable(doc, intents) {
     const target = event.target.closest("button[data-action]");
     if (!target || target.disabled) return;
     const index = Number(target.closest("tr")?.dataset.index);
+    const preset = presets.select.value;
     ({ add: () => intents.add(), remove: () => intents.remove(index),
-      up: () => intents.move(index, -1), down: () => intents.move(index, 1) })[target.dataset.action]?.();
+      up: () => intents.move(index, -1), down: () => intents.move(index, 1),
+      "preset-load": () => preset && intents.presetLoad?.(preset),
+      "preset-delete": () => preset && intents.presetDelete?.(preset),
+      "preset-save": () => intents.presetSave?.(presets.name.value.trim()) })[target.dataset.action]?.();
   });
+  presets.name.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") intents.presetSave?.(presets.name.value.trim());
+  });
+  // Opening the menu asks the host again: a preset saved in another tab shows up.
+  presets.select.addEventListener("focus", () => intents.presetsOpen?.());
   root.addEventListener("change", (event) => {
     const target = event.target;
     const index = Number(target.closest("tr")?.dataset.index);
@@ -111,19 +152,49 @@ export function createStackTable(doc, intents) {
     else if (target.dataset.action === "name") intents.name(index, target.value);
     else if (target.dataset.action === "strength") intents.strength(index, target.dataset.which, target.value);
     else if (target.dataset.action === "blocks") intents.blockWeights?.(index, target.value);
+    else if (target.dataset.action === "preset-choose") {
+      if (target.value) presets.name.value = target.value; // saving again replaces it
+      showPresetButtons();
+    }
   });
+  const showPresetButtons = () => {
+    const chosen = presets.select.value !== "";
+    for (const action of ["preset-load", "preset-delete"]) root.querySelector(`[data-action=${action}]`).disabled = !chosen;
+  };
+  showPresetButtons();
 
   return {
     element: root,
     /** Redraws everything; cheap at the row counts people use, and no stale control survives. */
-    render({ rows, names, error: message, triggerWords, info = [] }) {
+    render({ rows, names = null, error: message, triggerWords, info = [] }) {
       rowCount = rows.length;
-      body.replaceChildren(...rows.flatMap((row, i) => rowElements(doc, row, i, rows.length, names, info[i] ?? null)));
+      const missing = missingRows(rows, names);
+      body.replaceChildren(...rows.flatMap((row, i) => rowElements(doc, row, i, rows.length, names, info[i] ?? null,
+        missing[i])));
       infoLines = [...body.querySelectorAll(".loralab-lora-info")];
       error.textContent = message ? `The rows text is ${message}; editing replaces it.` : "";
       error.hidden = !message;
       words.textContent = triggerWords ? `trigger words: ${triggerWords}` : "";
       words.title = triggerWords || "Trigger words of the enabled LoRAs appear here after a run";
+    },
+    /** Shows the host's presets (null: not listed yet) and a status line (`isError` in red); keeps the choice. */
+    showPresets(list, status = null, isError = false) {
+      const chosen = presets.select.value;
+      const names = (list ?? []).map((p) => p.name);
+      const key = JSON.stringify(list === null ? null : names);
+      // Rebuilt only when the list changed: the menu may be open while a refresh arrives.
+      if (presets.select.dataset.shown !== key) {
+        const first = list === null ? "presets: …" : names.length ? "presets…" : "no presets yet";
+        presets.select.replaceChildren(el(doc, "option", { value: "", textContent: first }),
+          ...names.map((n) => el(doc, "option", { value: n, textContent: n })));
+        presets.select.value = names.includes(chosen) ? chosen : "";
+        presets.select.dataset.shown = key;
+      }
+      showPresetButtons();
+      if (status !== null) {
+        presets.status.textContent = status;
+        presets.status.dataset.error = isError ? "true" : "false";
+      }
     },
     /** Updates only the rows' info lines (`info` in row order), leaving every control as it is. */
     showInfo(info) {

@@ -32,6 +32,14 @@ const CSS = `
 .loralab-lora-info[data-state=loading], .loralab-lora-info[data-state=none] { opacity: 0.55; }
 .loralab-lora-info[data-state=missing], .loralab-lora-info[data-state=invalid],
 .loralab-lora-info[data-state=error] { color: var(--error-text, #f66); opacity: 1; }
+.loralab-stack select.loralab-stack-lora-missing { border-color: var(--error-text, #f66); color: var(--error-text, #f66); }
+.loralab-presets { display: flex; gap: 4px; align-items: center; }
+.loralab-presets select { flex: 1 1 40%; min-width: 0; }
+.loralab-presets input[type=text] { flex: 1 1 30%; min-width: 0; }
+.loralab-presets .loralab-stack-btn { flex: none; }
+.loralab-preset-status { min-height: 14px; font: 11px sans-serif; opacity: 0.8; white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis; }
+.loralab-preset-status[data-error=true] { color: var(--error-text, #f66); opacity: 1; }
 .loralab-trigger-words { height: auto; min-height: 22px; padding: 3px 6px; border-style: dashed; opacity: 0.85;
   font: 12px sans-serif; color: var(--input-text, #ddd);
   overflow-wrap: anywhere; user-select: text; }

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from playwright.sync_api import expect
@@ -178,4 +179,74 @@ def test_queue_from_editor_runs_the_stack(editor, host, artifacts):
     shown = editor.stack(stack).get_by_test_id("loralab-trigger-words")
     expect(shown).to_contain_text(words[0], timeout=10_000)
     editor.page.screenshot(path=str(artifacts / "stack_editor_run.png"))
+    assert editor.pack_errors == []
+
+
+def test_presets_save_load_survive_a_reload_and_mark_missing_files(editor, host, artifacts):
+    editor.page.on("dialog", lambda dialog: dialog.accept())  # "Replace the preset ...?"
+    first, second = editor.add_node("LoraLabStackLoras", (100, 150)), editor.add_node("LoraLabStackLoras", (700, 150))
+    editor.add_rows(first, 2)
+    editor.row(first, 1).get_by_test_id("loralab-stack-lora").select_option(B)
+    editor.row(first, 1).get_by_test_id("loralab-stack-on").uncheck()
+    editor.set_strength(first, 0, "model", "0.6")
+    expected = [{"lora": A, "on": True, "strength_model": 0.6, "strength_clip": 1},
+                {"lora": B, "on": False, "strength_model": 1, "strength_clip": 1}]
+    assert json.loads(editor.widget_value(first, "loras")) == expected
+    editor.stack(first).get_by_test_id("loralab-preset-name").fill("browser set")
+    editor.stack(first).get_by_test_id("loralab-preset-save").click()
+    expect(editor.stack(first).get_by_test_id("loralab-preset-status")).to_have_text(
+        'Saved preset "browser set" (2 rows).')
+
+    def load(node: int, name: str) -> None:
+        select = editor.stack(node).get_by_test_id("loralab-preset-select")
+        select.focus()  # opening the menu lists the host's presets again
+        expect(select.locator(f'option[value="{name}"]')).to_have_count(1)
+        select.select_option(name)
+        editor.stack(node).get_by_test_id("loralab-preset-load").click()
+        expect(editor.stack(node).get_by_test_id("loralab-preset-status")).to_contain_text(f'Loaded preset "{name}"')
+
+    load(second, "browser set")
+    assert json.loads(editor.widget_value(second, "loras")) == expected
+    assert editor.shown_rows(second) == expected
+    assert editor.stack(second).locator("[data-missing]").count() == 0
+
+    # A preset saved elsewhere names a file this host lacks: the row says so before anything is queued.
+    gone = "elsewhere/gone.safetensors"
+    rows = [{"lora": gone, "on": True, "strength_model": 1, "strength_clip": 1},
+            {"lora": C, "on": True, "strength_model": 0.5, "strength_clip": 0.5}]
+    status, body, _ = host.request("PUT", "/loralab/stack-presets/from%20elsewhere",
+                                   json.dumps({"rows": rows}).encode(), {"Content-Type": "application/json"})
+    assert status == 201, body
+    load(second, "from elsewhere")
+    expect(editor.stack(second).get_by_test_id("loralab-preset-status")).to_contain_text("1 missing")
+    missing_row = editor.row(second, 0)
+    expect(missing_row).to_have_attribute("data-missing", "true")
+    expect(missing_row).to_have_class(re.compile(r"\bloralab-stack-row-missing\b"))
+    expect(missing_row.get_by_test_id("loralab-stack-lora")).to_have_attribute("title", re.compile("not in the host's"))
+    assert editor.row(second, 1).get_attribute("data-missing") is None
+    assert editor.shown_rows(second)[0]["lora"] == gone, "the missing name is kept, not replaced"
+    editor.page.screenshot(path=str(artifacts / "stack_presets.png"))
+
+    # The presets live on the host: a fresh page lists them and loads them into a new node.
+    editor.page.reload()
+    editor.page.wait_for_function("() => window.comfyAPI?.app?.app?.graph && window.comfyAPI.app.app.extensions"
+                                  "?.some(e => e.name === 'loralab.StackLoras')", timeout=120_000)
+    editor.dismiss_dialogs()
+    editor.js("app.graph.clear();")
+    third = editor.add_node("LoraLabStackLoras", (100, 150))
+    load(third, "browser set")
+    assert json.loads(editor.widget_value(third, "loras")) == expected
+
+    # A shared workflow naming a missing file is marked the same way when it is opened.
+    node = {"id": 9, "type": "LoraLabStackLoras", "pos": [700, 150], "size": [480, 300], "flags": {}, "order": 0,
+            "mode": 0, "properties": {}, "widgets_values": [json.dumps(rows)]}
+    editor.load_workflow_text(json.dumps({"last_node_id": 9, "last_link_id": 0, "nodes": [node], "links": [],
+                                          "groups": [], "config": {}, "extra": {}, "version": 0.4}))
+    expect(editor.row(9, 0)).to_have_attribute("data-missing", "true")
+    assert editor.row(9, 1).get_attribute("data-missing") is None
+
+    editor.stack(9).get_by_test_id("loralab-preset-select").select_option("browser set")
+    editor.stack(9).get_by_test_id("loralab-preset-delete").click()
+    expect(editor.stack(9).get_by_test_id("loralab-preset-status")).to_have_text('Deleted preset "browser set".')
+    assert "browser set" not in [p["name"] for p in host.get_json("/loralab/stack-presets")["presets"]]
     assert editor.pack_errors == []

@@ -3,7 +3,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  addRow, clampStrength, moveRow, newRow, parseRows, removeRow, serializeRows, setBlockWeights, setName, setStrength,
+  addRow, clampStrength, missingRows, missingTitle, moveRow, newRow, parseRows, removeRow, serializeRows, setBlockWeights,
+  setName, setStrength,
   toggleRow,
 } from "../../js/lib/stack_rows.js";
 
@@ -119,4 +120,13 @@ test("setBlockWeights sets, trims and clears one row's text", () => {
   assert.ok(!("block_weights" in setBlockWeights(set, 1, "")[1]));
   assert.deepEqual(setBlockWeights(abc, 9, "INS"), abc);
   assert.deepEqual(setBlockWeights(abc, 0, 5), abc);
+});
+
+test("rows naming a LoRA the host does not list are marked missing, once the list is known", () => {
+  const rows = [row("a.safetensors"), row("gone.safetensors"), row(""), row("sub/b.safetensors", false)];
+  assert.deepEqual(missingRows(rows, ["a.safetensors", "sub/b.safetensors"]), [false, true, false, false]);
+  assert.deepEqual(missingRows(rows, []), [true, true, false, true], "an empty loras folder lacks every file");
+  assert.deepEqual(missingRows(rows, null), [false, false, false, false], "not known yet: nothing is marked");
+  assert.deepEqual(missingRows([], ["a"]), []);
+  assert.match(missingTitle("gone.safetensors"), /"gone.safetensors" is not in the host's loras folders/);
 });

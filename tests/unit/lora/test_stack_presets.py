@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -153,3 +154,9 @@ def test_concurrent_saves_keep_every_preset(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert sorted(p["name"] for p in store.list()) == sorted(f"p{i}" for i in range(20))
+
+
+def test_the_editors_name_rule_has_the_same_limit() -> None:
+    js = (Path(__file__).resolve().parents[3] / "js" / "lib" / "stack_presets.js").read_text()
+    assert re.search(r"export const MAX_NAME = (\d+);", js).group(1) == str(MAX_NAME)
+    assert 'new Set([" ", "_", ".", "+", "-"])' in js, "the punctuation the backend allows: ' _.+-'"
