@@ -6,6 +6,7 @@ message says what was kept, and the host's MODEL and CLIP are left without LoRA 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -24,10 +25,12 @@ from ...trainer.jobs import Job
 from ...trainer.lora.file import parse_lora
 from ...trainer.training.checkpoint_pruning import checkpoints_to_delete
 from ...trainer.training.config import TrainConfig
+from ...trainer.training.ema import AdapterEma
 from ...trainer.training.export import TrainingSummary, export_lora, kohya_metadata, save_lora
 from ...trainer.training.inplace_guard import normalisation_inputs_copied
 from ...trainer.training.loop import NonFiniteLossError, StepRecord, TrainResult, evaluate, train
 from ...trainer.training.memory import estimate_training_memory, fits
+from ...trainer.training.objective import TimestepSampling
 from ...trainer.training.optimizers import check_optimizer
 from ...trainer.training.resume_state import TrainState, load_state, save_state
 from ...trainer.training.trainable_lora import (
@@ -47,6 +50,13 @@ from .training_samples import SamplePlan, TrainingSamples, preview_of
 log = logging.getLogger(__name__)
 EVAL_SEED = 1234  # fixed noise and timesteps: losses at different steps are comparable
 TEXT_ENCODER_KEY_PREFIX = "text_encoder:"  # keeps CLIP layer keys apart from the UNet's in one adapter set
+EMA_SUFFIX = "-ema"  # <name>-ema.safetensors beside <name>.safetensors (and beside each step checkpoint)
+
+
+def ema_file_name(lora_file: str) -> str:
+    """The EMA weights' file beside a LoRA file: run.safetensors -> run-ema.safetensors."""
+    stem, ext = os.path.splitext(lora_file)
+    return stem + EMA_SUFFIX + ext
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,7 @@ class TrainingRun:
         self.checkpoints: list[str] = []
         self.in_place_adders: list[torch.nn.Module] = []
         self.result: TrainResult | None = None
+        self.ema: AdapterEma | None = None
         self.saved: str | None = None  # the file that holds the run's last whole step, once written
         self.saved_step: int | None = None
         self.started = time.time()
@@ -160,6 +171,7 @@ class TrainingRun:
             self.name_map.update(host_model.clip_kohya_names(model, self.text_layers, TEXT_ENCODER_KEY_PREFIX))
             trainable += lora_parameter_count(self.text_encoder, self.text_layers, self.config.lora.rank)
         self.check_memory(trainable)
+        TimestepSampling.of(self.config.optimisation).check(self.schedule)  # e.g. sigmoid on an epsilon model
         self.optimizer_name = check_optimizer(self.config.optimisation, comfy.model_management.get_torch_device())
         self.base_version, self.architecture = host_model.base_model_version(model)
 
@@ -190,6 +202,8 @@ class TrainingRun:
             release_inference_tensors(self.text_encoder)
             self.adapters.attach(self.text_encoder, self.text_layers, key_prefix=TEXT_ENCODER_KEY_PREFIX,
                                  group="text_encoder")
+        if self.config.ema.enabled:  # from the untrained weights; a resumed run's saved EMA replaces them
+            self.ema = AdapterEma(self.adapters, self.config.ema)
         self.denoiser = host_model.denoiser_for(model,
                                                 host_model.caption_encoder_for(clip) if self.train_clip else None)
         self.samples = TrainingSamples(self.plan, model, clip, self.host.vae, self.adapters, self.job, self.job.folder)
@@ -213,7 +227,7 @@ class TrainingRun:
             self.result = train(self.denoiser, self.adapters, self.batches.batch, self.schedule, self.config,
                                 self.on_step, should_stop=self.control.should_stop, start_state=self.start_state,
                                 on_checkpoint=self.on_checkpoint,
-                                interruptions=(comfy.model_management.InterruptProcessingException,))
+                                interruptions=(comfy.model_management.InterruptProcessingException,), ema=self.ema)
         except NonFiniteLossError as e:
             kept = (f" The last good checkpoint is {self.checkpoints[-1]}." if self.checkpoints
                     else " No checkpoint was saved yet.")
@@ -249,10 +263,15 @@ class TrainingRun:
         assert self.result is not None and self.saved is not None
         stopped = self.control.halted or self.result.stopped_early
         self.job.finish("stopped" if stopped else "done", lora_name=self.saved)
-        trained = parse_lora(export_lora(self.adapters, self.name_map, dtype=torch.float32), {},
-                             source_name=self.saved)
+        lora_name = self.saved
+        use_ema = self.ema is not None and self.config.ema.for_final
+        with self.ema.applied(self.adapters) if use_ema else contextlib.nullcontext():
+            if use_ema:
+                lora_name = ema_file_name(self.saved)
+            trained = parse_lora(export_lora(self.adapters, self.name_map, dtype=torch.float32), {},
+                                 source_name=lora_name)
         new_model, new_clip, _ = patch_model_and_clip(self.host.model, self.host.clip, trained, 1.0, 1.0)
-        return RunResult(new_model, new_clip, self.saved, list(self.result.loss_history), self.eval_start,
+        return RunResult(new_model, new_clip, lora_name, list(self.result.loss_history), self.eval_start,
                          self.eval_end, self.validation, self.result.steps_completed, stopped, self.checkpoints)
 
     def end_halted(self, reason: str) -> None:
@@ -317,7 +336,12 @@ class TrainingRun:
         """The one writer of a run's files: the LoRA of `step` (final or a step checkpoint), then its resume state."""
         path = self.files.lora_path if final else self.files.checkpoint_path(step)
         name = os.path.basename(path)
-        save_lora(path, export_lora(self.adapters, self.name_map), self.metadata(step))
+        metadata = self.metadata(step)
+        save_lora(path, export_lora(self.adapters, self.name_map), {**metadata, "loralab.weights": "trained"})
+        if self.ema is not None:  # same keys and metadata, the averaged weights
+            with self.ema.applied(self.adapters):
+                save_lora(ema_file_name(path), export_lora(self.adapters, self.name_map),
+                          {**metadata, "loralab.weights": "ema"})
         if state is not None and self.keeps_resume_state:
             save_state(self.files.resume_path, state, base_model=self.base_version)
         if not final:
@@ -332,6 +356,8 @@ class TrainingRun:
         checkpoint that holds the resume state's step: it is the newest)."""
         for old in checkpoints_to_delete(self.checkpoints, self.config.checkpointing.keep_last):
             os.remove(os.path.join(self.files.folder, old))
+            if os.path.exists(os.path.join(self.files.folder, ema_file_name(old))):
+                os.remove(os.path.join(self.files.folder, ema_file_name(old)))
             self.checkpoints = [c for c in self.checkpoints if c != old]
             self.job.remove_checkpoint(old)
 
@@ -341,6 +367,7 @@ class TrainingRun:
     def on_step(self, record: StepRecord) -> None:
         self.job.record_step(record.step, record.total, record.loss, record.smoothed_loss, record.lr,
                              record.seconds_per_step, host_model.memory_in_use())
+        self.job.record_timesteps(record.timesteps, self.schedule.num_timesteps)
         # "save now": a loadable LoRA of this step (resume state comes with checkpoints)
         if self.control.save_requested:
             self.control.save_requested = False
@@ -349,8 +376,10 @@ class TrainingRun:
         if self.plan.prompts and (self.plan.due(record.step) or self.control.sample_requested):
             self.control.sample_requested = False
             self.job.set_phase("sampling", f"step {record.step}")
+            use_ema = self.ema is not None and self.config.ema.for_samples
             try:
-                strip = self.samples.render(record.step, before_each=self.control.check)
+                with self.ema.applied(self.adapters) if use_ema else contextlib.nullcontext():
+                    strip = self.samples.render(record.step, before_each=self.control.check)
             except RunHalted:
                 pass  # the loop sees control.halted before its next update
             except comfy.model_management.InterruptProcessingException as e:
