@@ -20,6 +20,7 @@ const NODE_TYPE = "LoraLabStackLoras";
 const ROWS_WIDGET = "loras";
 const EDITOR_WIDGET = "loralab_stack_editor";
 const MIN_WIDTH = 480;
+const NAMES_REFRESH_MS = 5000; // at most one names request per node this often, on pointer entry
 
 /** The host's stack presets, one list per page shared by every Stack LoRAs node. */
 const presets = createPresetStore({
@@ -44,6 +45,7 @@ function attachEditor(node) {
 
   // names: null until the host has listed its LoRA files, so no row is marked missing before then.
   const state = { rows: [], names: null, error: null, triggerWords: "" };
+  let namesAskedAt = 0;
   let shownText = null; // the rows text the table currently shows
 
   const commit = (rows) => {
@@ -71,6 +73,15 @@ function attachEditor(node) {
     },
     strength: (i, which, text) => commit(stack.setStrength(state.rows, i, which, text)),
     blockWeights: (i, text) => commit(stack.setBlockWeights(state.rows, i, text)),
+    async pointerEnter() {
+      if (Date.now() - namesAskedAt < NAMES_REFRESH_MS) return;
+      namesAskedAt = Date.now();
+      const names = await loraNames(true);
+      const marks = (list) => JSON.stringify(stack.missingRows(state.rows, list));
+      const changed = marks(names) !== marks(state.names);
+      state.names = names;
+      if (changed) redraw(false); // only then: a redraw would drop what the user is typing
+    },
     presetsOpen: () => presets.list(true).catch((e) => table.showPresets(presets.peek(), e.message, true)),
     async presetSave(name) {
       if (presets.find(name) && !window.confirm(`Replace the preset "${name}" with these rows?`)) return;

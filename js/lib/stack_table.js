@@ -110,7 +110,7 @@ function presetBar(doc) {
 /**
  * Builds the editor element. `intents` receives {add()}, {remove,moveUp,moveDown,toggle(i, on)},
  * {name(i, value)}, {strength(i, "model"|"clip", text)}, {blockWeights(i, text)}, and the preset menu's
- * {presetLoad(name), presetDelete(name), presetSave(name), presetsOpen()}; the owner applies them and calls
+ * {presetLoad(name), presetDelete(name), presetSave(name), presetsOpen()}, and {pointerEnter()}; the owner applies them and calls
  * render() with the state (`names` null while the host's list is unknown) and `info`, each row's file info
  * (lib/lora_metadata.js) in row order, and showPresets() with the host's presets.
  */
@@ -143,6 +143,9 @@ export function createStackTable(doc, intents) {
   presets.name.addEventListener("keydown", (event) => {
     if (event.key === "Enter") intents.presetSave?.(presets.name.value.trim());
   });
+  // The pointer coming over the table is the owner's cue to ask the host for its LoRA names again, so a
+  // file put back clears its row's "missing" mark before the user reaches the row.
+  root.addEventListener("pointerenter", () => intents.pointerEnter?.());
   // Opening the menu asks the host again: a preset saved in another tab shows up.
   presets.select.addEventListener("focus", () => intents.presetsOpen?.());
   root.addEventListener("change", (event) => {

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 
 from playwright.sync_api import expect
@@ -226,6 +227,19 @@ def test_presets_save_load_survive_a_reload_and_mark_missing_files(editor, host,
     assert editor.row(second, 1).get_attribute("data-missing") is None
     assert editor.shown_rows(second)[0]["lora"] == gone, "the missing name is kept, not replaced"
     editor.page.screenshot(path=str(artifacts / "stack_presets.png"))
+
+    # The file comes back: the mark clears when the pointer next comes over the node (names asked at most every 5 s).
+    back = host.loras_dir / gone
+    back.parent.mkdir()
+    shutil.copyfile(host.loras_dir / A, back)
+    try:
+        editor.page.wait_for_timeout(5_100)
+        editor.page.mouse.move(1300, 800)
+        editor.stack(second).get_by_test_id("loralab-trigger-words").hover()
+        expect(editor.row(second, 0)).not_to_have_attribute("data-missing", "true")
+    finally:
+        back.unlink()  # later tests expect the first listed LoRA to be A
+        back.parent.rmdir()
 
     # The presets live on the host: a fresh page lists them and loads them into a new node.
     editor.page.reload()
