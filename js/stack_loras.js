@@ -84,6 +84,10 @@ function attachEditor(node) {
     },
     presetsOpen: () => presets.list(true).catch((e) => table.showPresets(presets.peek(), e.message, true)),
     async presetSave(name) {
+      if (state.error) {
+        table.showPresets(presets.peek(), "The rows text cannot be read; edit the rows before saving them.", true);
+        return;
+      }
       if (presets.find(name) && !window.confirm(`Replace the preset "${name}" with these rows?`)) return;
       const { ok, message } = await presets.save(name, state.rows);
       table.showPresets(presets.peek(), message, !ok);

@@ -131,6 +131,10 @@ def test_unreadable_rows_text_is_reported_not_overwritten(editor):
     assert editor.stack(7).get_by_test_id("loralab-stack-error").is_visible()
     assert editor.rows(7).count() == 0
     assert editor.widget_value(7, "loras") == '[{"lora": "x.safetensors"', "loading must not rewrite the text"
+    editor.stack(7).get_by_test_id("loralab-preset-name").fill("unreadable")
+    editor.stack(7).get_by_test_id("loralab-preset-save").click()
+    expect(editor.stack(7).get_by_test_id("loralab-preset-status")).to_contain_text("cannot be read")
+    assert "unreadable" not in [p["name"] for p in editor.host.get_json("/loralab/stack-presets")["presets"]]
     editor.add_rows(7, 1)
     assert json.loads(editor.widget_value(7, "loras")) == [{"lora": A, "on": True, "strength_model": 1,
                                                             "strength_clip": 1}]
