@@ -155,6 +155,15 @@ class RunHalted(LoraLabError):
         self.reason = reason
 
 
+class PeerProcessError(LoraLabError):
+    """Data-parallel training (torchrun): another process failed, left, timed out or was interrupted during a step.
+    Every process drops that step and keeps the last whole one; `reason` is what the run records as its stop."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 # --- LoRA tools (trainer/tools/*) -------------------------------------------------------------------------
 
 class LoraToolError(LoraLabError, ValueError):

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import NonFiniteLossError
+from ..errors import NonFiniteLossError, PeerProcessError
 from . import optimizers
 from .config import Optimisation, TrainConfig
+from .distributed import DataParallel, describe_batch
 from .ema import AdapterEma
 from .objective import NoiseSchedule, TimestepSampling, diffusion_loss, sample_noise, sample_timesteps
 from .resume_checks import check_layers, check_optimizer, check_resumable
@@ -159,7 +160,8 @@ def _seed_global_rng(seed: int, device: torch.device) -> None:
 def _batch_loss(denoiser: Denoiser, latents: torch.Tensor, cond: Any, schedule: NoiseSchedule,
                 generator: torch.Generator, device: torch.device, mixed_precision: str,
                 noise_offset: float, min_snr_gamma: float | None,
-                sampling: TimestepSampling | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                sampling: TimestepSampling | None = None,
+                shard: DataParallel | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's loss and the timesteps drawn for it."""
     latents = latents.to(device=device, dtype=torch.float32)
     if latents.is_inference():
@@ -170,15 +172,19 @@ def _batch_loss(denoiser: Denoiser, latents: torch.Tensor, cond: Any, schedule: 
                                  latent_hw=(int(latents.shape[-2]), int(latents.shape[-1])))
     x_t = schedule.add_noise(latents, noise, timesteps)
     target = schedule.training_target(latents, noise, timesteps)
+    share = 1.0
+    if shard is not None:  # the draws above are the global batch's; this process computes its items
+        x_t, target, timesteps, cond, share = shard.take_shard(x_t, target, timesteps, cond)
     with _autocast(device, mixed_precision):
         prediction = denoiser(x_t, timesteps.to(device), _map_tensors(lambda t: t.to(device), cond))
     weights = schedule.min_snr_weights(timesteps, min_snr_gamma) if min_snr_gamma else None
-    return diffusion_loss(prediction, target, weights), timesteps
+    return diffusion_loss(prediction, target, weights) * share, timesteps
 
 
 def _accumulate_gradients(denoiser: Denoiser, batches: BatchFn, schedule: NoiseSchedule, opt: Optimisation,
                           generator: torch.Generator, device: torch.device, scaler: torch.amp.GradScaler,
-                          step: int, sampling: TimestepSampling) -> tuple[float, tuple[int, ...]]:
+                          step: int, sampling: TimestepSampling,
+                          shard: DataParallel | None = None) -> tuple[float, tuple[int, ...]]:
     """Forward and backward over the step's micro-batches; returns the step's loss (mean over them) and the
     timesteps drawn."""
     # One seed per step from the run's generator drives LoRA dropout through the global RNG, inside
@@ -187,16 +193,16 @@ def _accumulate_gradients(denoiser: Denoiser, batches: BatchFn, schedule: NoiseS
     loss_value = 0.0
     drawn: list[int] = []
     with _fork_rng(device):
-        _seed_global_rng(step_seed, device)
+        _seed_global_rng(step_seed + (shard.rank if shard is not None else 0), device)  # own dropout per process
         for micro in range(opt.grad_accumulation):
             latents, cond = batches(step * opt.grad_accumulation + micro, generator)
             # Divided so the summed gradients equal those of one batch grad_accumulation times larger.
             loss, timesteps = _batch_loss(denoiser, latents, cond, schedule, generator, device, opt.mixed_precision,
-                                          opt.noise_offset, opt.min_snr_gamma, sampling)
+                                          opt.noise_offset, opt.min_snr_gamma, sampling, shard=shard)
             loss = loss / opt.grad_accumulation
             drawn.extend(int(t) for t in timesteps)
             micro_loss = loss.item()
-            if not math.isfinite(micro_loss):
+            if not math.isfinite(micro_loss) and shard is None:  # sharded: every process raises after the sum
                 raise NonFiniteLossError(step + 1, micro_loss * opt.grad_accumulation)
             scaler.scale(loss).backward()
             loss_value += micro_loss
@@ -247,6 +253,7 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
           should_stop: Callable[[], str | None] | None = None, start_state: TrainState | None = None,
           on_checkpoint: Callable[[TrainState], None] | None = None,
           checkpoint_modules: Sequence[nn.Module] | None = None,
+          data_parallel: DataParallel | None = None,
           interruptions: tuple[type[BaseException], ...] = (), ema: AdapterEma | None = None) -> TrainResult:
     """Train `adapters` for config.optimisation.steps updates (continuing from start_state if given).
 
@@ -261,6 +268,11 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
     the adapters' weights) and saved in the state; pass your own to sample or export it. With a schedule-free
     optimizer the adapters hold its averaged weights (the ones to save and use) during on_step / on_checkpoint
     and after the return; `result.state` holds the training point, from which a resumed run continues.
+
+    With `data_parallel` (torchrun, distributed.py) `batches` returns the global batch (batch_size x
+    world_size items) and this process trains its shard of it; every process takes the same update, only
+    the main one calls on_step / on_checkpoint, and a lost process ends the run like a stop, with the last
+    whole step. Without it (one process) nothing changes.
     """
     opt = config.optimisation
     device = adapters.device
@@ -271,6 +283,8 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
     elif ema is None:
         ema = AdapterEma(adapters, config.ema)
     generator = torch.Generator("cpu").manual_seed(opt.seed)
+    if data_parallel is not None and not data_parallel.is_main:  # the main process reports and writes
+        on_step, on_checkpoint = (lambda record: None), None
     optimizer, optimizer_name, group_names = build_optimizer(adapters, config)
     params = adapters.parameters()
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and opt.mixed_precision == "fp16")
@@ -291,6 +305,7 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
 
     logger.info("training %d LoRA layers with %s, %s precision, %d steps", len(adapters), optimizer_name,
                 opt.mixed_precision if device.type == "cuda" else "fp32 (CPU)", opt.steps)
+    logger.info("effective %s", describe_batch(opt, data_parallel.world_size if data_parallel is not None else 1))
     stopped_early: str | None = None
     started = time.perf_counter()
     adapters.train(True)
@@ -302,6 +317,8 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
         with torch.inference_mode(False), torch.enable_grad(), gradient_checkpointing(checkpoint_modules):
             while step < opt.steps:
                 reason = should_stop() if should_stop is not None else None
+                if data_parallel is not None:  # every process stops at the same step
+                    reason = data_parallel.agree_to_stop(reason)
                 if reason:
                     stopped_early = reason
                     logger.info("stopping at step %d: %s", step, reason)
@@ -314,12 +331,16 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
                 generator_before = generator.get_state()
                 try:
                     loss_value, timesteps = _accumulate_gradients(denoiser, batches, schedule, opt, generator,
-                                                                  device, scaler, step, sampling)
-                except interruptions as e:
+                                                                  device, scaler, step, sampling, shard=data_parallel)
+                    if data_parallel is not None:  # the summed gradients and global loss, on every process
+                        loss_value = data_parallel.reduce_step(params, loss_value, step)
+                except (*interruptions, PeerProcessError) as e:
+                    if data_parallel is not None and not isinstance(e, PeerProcessError):
+                        data_parallel.abandon_step()  # the others drop this step too
                     # Nothing was applied yet: rewind the randomness so a resumed run redoes this update.
                     generator.set_state(generator_before)
                     optimizer.zero_grad(set_to_none=True)
-                    stopped_early = "interrupted"
+                    stopped_early = e.reason if isinstance(e, PeerProcessError) else "interrupted"
                     logger.info("interrupted during step %d (%s); keeping the state of step %d",
                                 step + 1, type(e).__name__, step)
                     break
