@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,17 @@ def read_workflow(path: Path) -> dict[str, Any]:
     return data
 
 
+def refuse_several_processes(environ: dict[str, str] | os._Environ[str]) -> None:
+    """torchrun with several processes is refused until Train LoRA passes them a process group: each would train
+    the whole set on its own and write the same files (the engine's part is trainer/training/distributed.py)."""
+    world = environ.get("WORLD_SIZE", "1")
+    if world.strip() not in ("", "1"):
+        raise WorkflowError(f"this command runs in {world} processes (WORLD_SIZE={world}, e.g. torchrun "
+                            "--nproc_per_node): training over several processes is not available from the command "
+                            "line yet, and every process would train the whole set and write the same files; run "
+                            "it as one process: python <pack folder> train workflow.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     args, host_argv = parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -78,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         workflow = read_workflow(args.workflow)
         if args.command == "train":  # no or several Train LoRA nodes: refused before the host loads
             train_lora_node(runnable_nodes(workflow), args.node)
+            refuse_several_processes(os.environ)
         comfy_dir = find_comfy_dir(args.comfy, PACK_DIR)
         host = start_host(comfy_dir, host_argv, PACK_DIR)
         logging.getLogger().setLevel(host.args.verbose)

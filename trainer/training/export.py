@@ -14,6 +14,7 @@ import torch
 from ..errors import LoraExportError, LoraValueError
 from ..safetensors_io import write_safetensors_atomic
 from .config import TrainConfig
+from .distributed import effective_batch_size
 from .optimizers import OPTIMIZER_KINDS, kind_for, optimizer_kwargs
 from .trainable_lora import LoraAdapterSet
 
@@ -108,6 +109,7 @@ class TrainingSummary:
     started_at: float | None = None  # epoch seconds
     finished_at: float | None = None
     title: str | None = None
+    world_size: int = 1  # training processes (torchrun); batch_size is per process
 
 
 def _network_args(config: TrainConfig) -> dict[str, str]:
@@ -162,6 +164,7 @@ def kohya_metadata(config: TrainConfig, summary: TrainingSummary, base_model_ver
         "ss_optimizer_args": opt.optimizer_args,
         "ss_max_grad_norm": str(opt.max_grad_norm),
         "ss_batch_size_per_device": str(opt.batch_size),
+        "ss_total_batch_size": str(effective_batch_size(opt, summary.world_size)),  # kohya: x accum x procs
         "ss_gradient_accumulation_steps": str(opt.grad_accumulation),
         "ss_gradient_checkpointing": str(opt.gradient_checkpointing),
         "ss_mixed_precision": opt.mixed_precision,

@@ -248,3 +248,22 @@ def test_one_process_has_no_group(monkeypatch: pytest.MonkeyPatch) -> None:
     assert DataParallel.from_env(torch.device("cpu")) is None
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert DataParallel.from_env(torch.device("cpu")) is None
+
+
+def test_metadata_records_the_total_batch() -> None:
+    from trainer.training.export import TrainingSummary, kohya_metadata
+    cfg = config(batch_size=2, grad_accumulation=4)
+    summary = TrainingSummary(output_name="x", num_train_images=4, resolution=(64, 64), steps_completed=1)
+    metadata = kohya_metadata(cfg, summary, "sd_v1")
+    assert metadata["ss_batch_size_per_device"] == "2" and metadata["ss_total_batch_size"] == "8"
+    two = TrainingSummary(output_name="x", num_train_images=4, resolution=(64, 64), steps_completed=1, world_size=2)
+    assert kohya_metadata(cfg, two, "sd_v1")["ss_total_batch_size"] == "16"  # kohya: x accumulation x processes
+
+
+def test_the_command_line_refuses_several_processes_until_train_lora_takes_a_group() -> None:
+    from cli.main import refuse_several_processes
+    from cli.workflow import WorkflowError
+    refuse_several_processes({})
+    refuse_several_processes({"WORLD_SIZE": "1"})
+    with pytest.raises(WorkflowError, match=r"runs in 2 processes \(WORLD_SIZE=2.*run it as one process"):
+        refuse_several_processes({"WORLD_SIZE": "2"})
