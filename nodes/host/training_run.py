@@ -365,9 +365,9 @@ class TrainingRun:
         self.write_files(state.step, state, final=False)
 
     def on_step(self, record: StepRecord) -> None:
+        self.job.record_timesteps(record.timesteps, self.schedule.num_timesteps)  # published with the step
         self.job.record_step(record.step, record.total, record.loss, record.smoothed_loss, record.lr,
                              record.seconds_per_step, host_model.memory_in_use())
-        self.job.record_timesteps(record.timesteps, self.schedule.num_timesteps)
         # "save now": a loadable LoRA of this step (resume state comes with checkpoints)
         if self.control.save_requested:
             self.control.save_requested = False

@@ -26,7 +26,9 @@ WORKFLOW = REPO / "workflows" / "train_lora_from_folder.json"
 SHIPPED_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 PROMPTS = "mytrigger, a photo of a cat\nmytrigger, a city street at night"
 OPTIONAL_OPTIONS = ("train_text_encoder", "text_encoder_lr", "keep_last", "optimizer_class", "optimizer_args",
-                    "optimizer_fallback", "lr_cycles", "lr_power", "decay_steps", "min_lr_ratio")
+                    "optimizer_fallback", "lr_cycles", "lr_power", "decay_steps", "min_lr_ratio", "timestep_sampling",
+                    "min_timestep", "max_timestep", "sigmoid_scale", "logit_mean", "logit_std", "discrete_flow_shift",
+                    "ema", "ema_decay", "ema_every", "ema_for_samples", "ema_for_final")
 
 
 def small_training(name: str) -> dict:
