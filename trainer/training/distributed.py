@@ -48,6 +48,13 @@ def describe_batch(opt: Optimisation, world_size: int = 1) -> str:
             f"process{'es' if world_size != 1 else ''} = {effective_batch_size(opt, world_size)}")
 
 
+def local_device() -> torch.device:
+    """This process's training device under torchrun: its own GPU (cuda:LOCAL_RANK) where there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def _take(value: Any, index: list[int], batch_size: int) -> Any:
     """The items `index` of a batched value: tensors (dim 0 = batch), captions, dicts and (named) tuples of them.
 
@@ -89,8 +96,9 @@ class DataParallel:
                  timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> DataParallel | None:
         """The process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); None for one process.
 
-        nccl when training on CUDA, gloo on the CPU. `timeout` bounds how long a process waits for the others
-        (the main process samples and saves between steps while they wait).
+        nccl when training on CUDA, gloo on the CPU; `device` is this process's own (see local_device()).
+        `timeout` bounds how long a process waits for the others (the main process samples and saves between
+        steps while they wait).
         """
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return None
@@ -152,12 +160,29 @@ class DataParallel:
         stopping = [r for r in range(self.world_size) if flags[r] > 0]
         if not stopping:
             return None
-        reasons = [reason]
         try:
-            dist.broadcast_object_list(reasons, src=stopping[0])
+            return self._broadcast_text(reason or "", src=stopping[0]) or "stop"
+        except PeerProcessError as e:
+            logger.error("%s", e.reason)
+            return e.reason
+
+    def _broadcast_text(self, text: str, src: int) -> str:
+        """`text` of process `src` on every process (as UTF-8 bytes: nothing is unpickled)."""
+        data = text.encode("utf-8") if self.rank == src else b""
+        length = torch.tensor([len(data)], dtype=torch.int64, device=self.device)
+        self._broadcast(length, src)
+        buffer = torch.zeros(int(length[0]), dtype=torch.uint8, device=self.device)
+        if self.rank == src:
+            buffer.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        self._broadcast(buffer, src)
+        return bytes(buffer.cpu().tolist()).decode("utf-8")
+
+    def _broadcast(self, tensor: torch.Tensor, src: int) -> None:
+        try:
+            dist.broadcast(tensor, src=src)
         except (RuntimeError, dist.DistBackendError) as e:
-            return f"stopped (and lost the other processes: {type(e).__name__})"
-        return reasons[0] or "stop"
+            raise PeerProcessError(f"training process {self.rank} of {self.world_size} lost the others while "
+                                   f"stopping ({type(e).__name__}); every process keeps the last whole step") from e
 
     def abandon_step(self) -> None:
         """Tell the others that this process drops the step in progress (it was interrupted); best effort."""

@@ -172,13 +172,13 @@ def _batch_loss(denoiser: Denoiser, latents: torch.Tensor, cond: Any, schedule: 
                                  latent_hw=(int(latents.shape[-2]), int(latents.shape[-1])))
     x_t = schedule.add_noise(latents, noise, timesteps)
     target = schedule.training_target(latents, noise, timesteps)
-    share = 1.0
+    share, drawn = 1.0, timesteps
     if shard is not None:  # the draws above are the global batch's; this process computes its items
         x_t, target, timesteps, cond, share = shard.take_shard(x_t, target, timesteps, cond)
     with _autocast(device, mixed_precision):
         prediction = denoiser(x_t, timesteps.to(device), _map_tensors(lambda t: t.to(device), cond))
     weights = schedule.min_snr_weights(timesteps, min_snr_gamma) if min_snr_gamma else None
-    return diffusion_loss(prediction, target, weights) * share, timesteps
+    return diffusion_loss(prediction, target, weights) * share, drawn  # drawn: every process's timesteps
 
 
 def _accumulate_gradients(denoiser: Denoiser, batches: BatchFn, schedule: NoiseSchedule, opt: Optimisation,

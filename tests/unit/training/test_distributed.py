@@ -20,6 +20,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from tests.support.tiny_models import attach, batch_fn, config, dataset, make_model
+from trainer.errors import NonFiniteLossError
 from trainer.training.config import LoraShape, TrainConfig
 from trainer.training.distributed import DataParallel, describe_batch, effective_batch_size
 from trainer.training.loop import StepRecord, TrainResult, train
@@ -66,7 +67,8 @@ def _write(out: Path, name: str, weights: dict[str, torch.Tensor], result: Train
     save_file({k: v.contiguous() for k, v in weights.items()}, str(out / f"{name}.safetensors"))
     (out / f"{name}.json").write_text(json.dumps({
         "loss_history": list(result.loss_history), "steps": result.steps_completed,
-        "stopped_early": result.stopped_early, "on_step_calls": len(records)}))
+        "stopped_early": result.stopped_early, "on_step_calls": len(records),
+        "timesteps": [list(r.timesteps) for r in records]}))
 
 
 def _read(out: Path, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -108,6 +110,24 @@ def _runs_worker(rank: int, port: int, out_dir: str) -> None:
             return cancelling
 
         _write(out, f"cancelled_{rank}", *_train(PER_PROCESS, 2, group, batches_wrapper=cancel_on_rank_1))
+
+        def nan_on_rank_1(batches):
+            calls = {"n": 0}
+
+            def poisoned(index: int, generator: torch.Generator):
+                calls["n"] += 1
+                latents, cond = batches(index, generator)
+                if rank == 1 and calls["n"] == 2 * STOP_AT + 1:
+                    latents = latents * float("nan")
+                return latents, cond
+            return poisoned
+
+        try:
+            _train(PER_PROCESS, 2, group, batches_wrapper=nan_on_rank_1)
+            raised = None
+        except NonFiniteLossError as e:
+            raised = str(e)
+        (out / f"nan_{rank}.json").write_text(json.dumps({"raised": raised}))
     finally:
         dist.destroy_process_group()
 
@@ -166,7 +186,8 @@ def _assert_close(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
 
 
 def test_two_processes_equal_one_with_twice_the_batch(runs: Path) -> None:
-    single, single_result, _ = _train(SINGLE, 2)
+    single, single_result, single_records = _train(SINGLE, 2)
+    assert _read(runs, "full_0")[1]["timesteps"] == [list(r.timesteps) for r in single_records]  # the whole batch's
     for rank in range(WORLD):
         weights, info = _read(runs, f"full_{rank}")
         assert info["steps"] == 8 and info["stopped_early"] is None
@@ -205,6 +226,12 @@ def test_a_cancel_on_one_process_stops_every_process_at_the_last_whole_step(runs
         weights, info = _read(runs, f"cancelled_{rank}")
         assert info["stopped_early"] == "interrupted" and info["steps"] == STOP_AT
         _assert_close(weights, single_at_3)
+
+
+def test_a_non_finite_loss_on_one_process_raises_on_every_process(runs: Path) -> None:
+    for rank in range(WORLD):
+        raised = json.loads((runs / f"nan_{rank}.json").read_text())["raised"]
+        assert raised is not None and f"step {STOP_AT + 1}" in raised, raised
 
 
 def test_a_killed_process_ends_the_other_with_the_last_whole_step(tmp_path: Path) -> None:
