@@ -346,8 +346,9 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
                     break
                 grad_norm = _apply_update(optimizer, scaler, params, opt, step)
                 step += 1
-                if ema is not None:
-                    ema.update(step, adapters)
+                if ema is not None:  # of the weights a file would hold (schedule-free: its average)
+                    with optimizers.averaged_weights(optimizer, params):
+                        ema.update(step, adapters)
                 history.append(loss_value)
                 smoothed = loss_value if smoothed is None else SMOOTHING * smoothed + (1 - SMOOTHING) * loss_value
                 record = StepRecord(step=step, total=opt.steps, loss=loss_value, smoothed_loss=smoothed,

@@ -50,24 +50,19 @@ def _train(cfg: TrainConfig, stop_at: int | None = None, start: TrainState | Non
 def test_ema_follows_the_direct_formula_every_n_steps() -> None:
     """ema_k = decay * ema_{k-1} + (1 - decay) * w_k at steps 2, 4, ...; from the untrained weights."""
     model = make_model()
-    adapters = attach(model, LORA, seed=7)
-    expected = {n: p.detach().clone().double() for n, p in adapters.named_parameters()}
-    ema_holder: dict[str, AdapterEma] = {}
-    cfg = CONFIG
+    live = attach(model, CONFIG.lora, seed=CONFIG.optimisation.seed)
+    expected = {n: p.detach().clone().double() for n, p in live.named_parameters()}
+    ema = AdapterEma(live, CONFIG.ema)
 
-    def check(live_adapters, record: StepRecord) -> None:
+    def check(record: StepRecord) -> None:
         if record.step % 2 == 0:
-            for n, p in live_adapters.named_parameters():
+            for n, p in live.named_parameters():
                 expected[n] = 0.8 * expected[n] + 0.2 * p.detach().double()
         for n, value in expected.items():
-            torch.testing.assert_close(ema_holder["ema"].shadow[n].double(), value, rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(ema.shadow[n].double(), value, rtol=1e-6, atol=1e-7)
 
-    live_model = make_model()
-    live = attach(live_model, cfg.lora, seed=cfg.optimisation.seed)
-    ema_holder["ema"] = AdapterEma(live, cfg.ema)
     latents, cond = dataset()
-    result = train(live_model, live, batch_fn(latents, cond, 2), SCHEDULE, cfg, lambda r: check(live, r),
-                   ema=ema_holder["ema"])
+    result = train(model, live, batch_fn(latents, cond, 2), SCHEDULE, CONFIG, check, ema=ema)
     assert result.steps_completed == 8
     assert set(result.state.ema) == {n for n, _ in live.named_parameters()}
     assert all(v.dtype == torch.float32 and v.device.type == "cpu" for v in result.state.ema.values())
@@ -181,3 +176,21 @@ def test_ema_settings_are_validated(field: str, value: object) -> None:
     from trainer.errors import ConfigError
     with pytest.raises(ConfigError, match=rf"{field} = {value!r} is not allowed"):
         Ema(**{field: value})  # type: ignore[arg-type]
+
+
+def test_with_a_schedule_free_optimizer_the_ema_averages_the_weights_a_file_holds() -> None:
+    """Schedule-free trains at one point and saves another (its average): the EMA follows the saved one."""
+    pytest.importorskip("schedulefree")
+    cfg = _with_ema(config(steps=5, lora=LORA, optimizer="adamw_schedulefree"), decay=0.5)
+    model = make_model()
+    live = attach(model, cfg.lora, seed=cfg.optimisation.seed)
+    expected = {n: p.detach().clone().double() for n, p in live.named_parameters()}
+    ema = AdapterEma(live, cfg.ema)
+
+    def check(record: StepRecord) -> None:  # on_step sees the averaged weights
+        for n, p in live.named_parameters():
+            expected[n] = 0.5 * expected[n] + 0.5 * p.detach().double()
+            torch.testing.assert_close(ema.shadow[n].double(), expected[n], rtol=1e-6, atol=1e-7)
+
+    latents, cond = dataset()
+    train(model, live, batch_fn(latents, cond, 2), SCHEDULE, cfg, check, ema=ema)
