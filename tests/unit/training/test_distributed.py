@@ -10,6 +10,7 @@ import datetime
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,8 @@ class HostCancelled(Exception):
 
 
 def _train(cfg: TrainConfig, global_batch: int, data_parallel: DataParallel | None = None,
-           stop_at: int | None = None, start=None, batches_wrapper=None) -> tuple[dict[str, torch.Tensor],
-                                                                               TrainResult, list[StepRecord]]:
+           stop_at: int | None = None, start=None, batches_wrapper=None,
+           should_stop=None) -> tuple[dict[str, torch.Tensor], TrainResult, list[StepRecord]]:
     model = make_model()
     adapters = attach(model, cfg.lora, seed=cfg.optimisation.seed)
     latents, cond = dataset()
@@ -56,7 +57,7 @@ def _train(cfg: TrainConfig, global_batch: int, data_parallel: DataParallel | No
     if batches_wrapper is not None:
         batches = batches_wrapper(batches)
     records: list[StepRecord] = []
-    stop = (lambda: "stop" if records and records[-1].step >= stop_at else None) if stop_at else None
+    stop = (lambda: "stop" if records and records[-1].step >= stop_at else None) if stop_at else should_stop
     result = train(model, adapters, batches, SCHEDULE, cfg, records.append, should_stop=stop, start_state=start,
                    data_parallel=data_parallel, interruptions=(HostCancelled,))
     return adapters.state_dict(), result, records
@@ -132,28 +133,40 @@ def _runs_worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _killed_worker(rank: int, port: int, out_dir: str) -> None:
-    """Rank 1 dies in the middle of step 4; rank 0 must end with the state of step 3."""
+def _lost_worker(rank: int, port: int, out_dir: str, how: str) -> None:
+    """Rank 1 dies in the middle of step 4 ("killed"), dies between steps 3 and 4 ("between_steps") or hangs in
+    step 4 ("hung", until rank 0 is done); rank 0 must end with the state of step 3."""
     out = Path(out_dir)
-    group = _join(rank, port, timeout_s=10)
+    group = _join(rank, port, timeout_s=3 if how == "hung" else 30)
+    polls = {"n": 0}
 
-    def dying(batches):
+    def poll() -> None:
+        polls["n"] += 1
+        if rank == 1 and how == "between_steps" and polls["n"] == STOP_AT + 1:  # after step 3, before step 4
+            os._exit(3)
+
+    def failing(batches):
         calls = {"n": 0}
 
         def batch(index: int, generator: torch.Generator):
             calls["n"] += 1
             if rank == 1 and calls["n"] == 2 * STOP_AT + 1:  # rank 1, first micro-batch of step 4
-                os._exit(3)
+                if how == "hung":
+                    while not (out / "killed_0.json").exists():
+                        time.sleep(0.05)
+                    os._exit(4)
+                if how == "killed":
+                    os._exit(3)
             return batches(index, generator)
         return batch
 
-    weights, result, records = _train(PER_PROCESS, 2, group, batches_wrapper=dying)
+    weights, result, records = _train(PER_PROCESS, 2, group, batches_wrapper=failing, should_stop=poll)
     save_state(out / "last_state.safetensors", result.state)
     _write(out, f"killed_{rank}", weights, result, records)
     # no destroy_process_group: the peer is gone
 
 
-def _spawn(worker, out: Path) -> list[int | None]:
+def _spawn(worker, out: Path, *extra: Any) -> list[int | None]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -162,7 +175,7 @@ def _spawn(worker, out: Path) -> list[int | None]:
     context = mp.get_context("forkserver")
     context.set_forkserver_preload(["torch", "torch.distributed", "trainer.training.loop", "tests.support.tiny_models",
                                     __name__])
-    processes = [context.Process(target=worker, args=(rank, port, str(out))) for rank in range(WORLD)]
+    processes = [context.Process(target=worker, args=(rank, port, str(out), *extra)) for rank in range(WORLD)]
     for p in processes:
         p.start()
     for p in processes:
@@ -234,8 +247,10 @@ def test_a_non_finite_loss_on_one_process_raises_on_every_process(runs: Path) ->
         assert raised is not None and f"step {STOP_AT + 1}" in raised, raised
 
 
-def test_a_killed_process_ends_the_other_with_the_last_whole_step(tmp_path: Path) -> None:
-    assert _spawn(_killed_worker, tmp_path) == [0, 3]
+@pytest.mark.parametrize(("how", "exit_code"), [("killed", 3), ("between_steps", 3), ("hung", 4)])
+def test_a_lost_process_ends_the_other_with_the_last_whole_step(tmp_path: Path, how: str, exit_code: int) -> None:
+    """A process killed mid-step or between steps (the connection closes) or hung (the 3 s timeout)."""
+    assert _spawn(_lost_worker, tmp_path, how) == [0, exit_code]
     weights, info = _read(tmp_path, "killed_0")
     assert info["steps"] == STOP_AT
     assert "lost the others" in info["stopped_early"] and "keeps the last whole step" in info["stopped_early"]
