@@ -7,6 +7,7 @@ from types import TracebackType
 
 from tqdm import tqdm
 
+from cli.progress import describe
 from scripts.comfy_host import ComfyHost, HostError
 
 END_STATES = ("done", "stopped", "interrupted", "error")  # trainer/jobs.py END_STATES
@@ -63,14 +64,3 @@ class JobProgress:
         return self.state
 
 
-def describe(job: dict) -> str:
-    """`loss 0.1234 (smoothed 0.1300), ETA 00:42` from a job snapshot, after its phase (if the job reports
-    one, e.g. `encoding 3/40`) or its state when it is not running."""
-    phase = " ".join(p for p in (job.get("phase"), job.get("phase_detail")) if p)
-    parts = [job["state"]] if job["state"] != "running" else [phase] if phase else []
-    if job.get("loss") is not None:
-        smoothed = job.get("smoothed_loss")
-        parts.append(f"loss {job['loss']:.4f}" + (f" (smoothed {smoothed:.4f})" if smoothed is not None else ""))
-    if job.get("eta_seconds") is not None:
-        parts.append(f"ETA {tqdm.format_interval(job['eta_seconds'])}")
-    return ", ".join(parts) or "starting"

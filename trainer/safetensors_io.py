@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
+from .atomic_file import write_bytes_atomic, write_failure
 from .errors import LoraFileError, LoraWriteError
 
 logger = logging.getLogger(__name__)
@@ -197,40 +196,6 @@ def _serialise(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
     return safetensors.torch.save(tensors, metadata=metadata)
 
 
-def _fsync_folder(folder: str) -> None:
-    # Makes the rename itself durable; the file is already complete, so a failure here is only logged.
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        logger.debug("could not fsync folder %s: %s", folder, e)
-
-
-_DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG})
-_NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
-
-
-def _write_failure(path: str, folder: str, error: Exception) -> LoraWriteError:
-    """The user's view of a failed write: what happened, that the old file is untouched, what to do."""
-    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-    code = getattr(error, "errno", None)
-    if code in _DISK_FULL:
-        problem, fix = f"the disk is full ({reason})", f"Free space on the disk that holds '{folder}', then try again."
-    elif code in _NOT_WRITABLE:
-        problem, fix = (f"the folder '{folder}' is not writable ({reason})",
-                        "Choose a folder you may write to, or fix its permissions, then try again.")
-    else:
-        problem, fix = reason, "Check free disk space and write permission for the folder, then try again."
-    kept = ("The previous file at that path is unchanged." if os.path.exists(path)
-            else "No file was created at that path.")
-    return LoraWriteError(f"Could not write '{path}': {problem}. {kept} {fix}", path=path)
-
-
 def write_safetensors_atomic(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor],
                              metadata: dict[str, str] | None = None) -> None:
     """Write tensors and metadata to `path` via a temp file, fsync and rename; all or nothing.
@@ -240,37 +205,11 @@ def write_safetensors_atomic(path: str | os.PathLike[str], tensors: dict[str, to
     """
     path = os.fspath(path)
     _check_for_write(path, tensors, metadata)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise LoraWriteError(f"Cannot write '{path}': the folder '{folder}' does not exist.", path=path)
-    tmp_path: str | None = None
     try:
         data = _serialise(_cpu_contiguous(tensors), metadata)
-        fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-        try:
-            f = os.fdopen(fd, "wb")
-        except (OSError, ValueError):
-            os.close(fd)  # fdopen failed, so nothing else owns the descriptor
-            raise
-        with f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-        tmp_path = None
-    except (OSError, SafetensorError, RuntimeError, ValueError) as e:
-        raise _write_failure(path, folder, e) from e
-    finally:
-        if tmp_path is not None:
-            _remove_quietly(tmp_path)
-    _fsync_folder(folder)
+    except (SafetensorError, RuntimeError, ValueError) as e:
+        raise write_failure(path, os.path.dirname(os.path.abspath(path)), e) from e
+    write_bytes_atomic(path, data)
     logger.debug("wrote %s (%d tensors)", path, len(tensors))
 
 
-def _remove_quietly(tmp_path: str) -> None:
-    try:
-        os.remove(tmp_path)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        logger.warning("could not remove temporary file %s: %s", tmp_path, e)

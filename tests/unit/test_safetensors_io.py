@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import trainer.atomic_file as atomic_file
 import trainer.safetensors_io as sio
 from scripts.lora_fixtures import write_empty, write_html, write_pickle_pt, write_truncated
 from trainer.errors import LoraFileError, LoraWriteError
@@ -286,7 +287,7 @@ def test_unwritable_folder_keeps_old_file(tmp_path: Path, monkeypatch: pytest.Mo
     def refused(*args: object, **kwargs: object) -> tuple[int, str]:
         raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".lora.safetensors.x.tmp"))
 
-    monkeypatch.setattr(sio.tempfile, "mkstemp", refused)
+    monkeypatch.setattr(atomic_file.tempfile, "mkstemp", refused)
     with pytest.raises(LoraWriteError, match=rf"Could not write '.*lora.safetensors': the folder '{tmp_path}' is "
                                              r"not writable \(Permission denied\)\. The previous file at that "
                                              r"path is unchanged\. Choose a folder you may write to"):

@@ -44,7 +44,8 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temp(tmp_path: Path, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(json_io.os, "replace", full_disk)
-    with pytest.raises(LoraWriteError, match="No space left.*previous file is unchanged") as info:
+    with pytest.raises(LoraWriteError,
+                       match="disk is full .No space left.*previous file at that path is unchanged") as info:
         write_json_atomic(tmp_path / "x.json", {"new": 2})
     assert info.value.path == str(tmp_path / "x.json")
     assert (tmp_path / "x.json").read_text() == '{"old": 1}' and os.listdir(tmp_path) == ["x.json"]

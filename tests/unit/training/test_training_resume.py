@@ -411,7 +411,7 @@ def test_failed_first_state_save_says_there_is_none(tmp_path: Path, monkeypatch:
 def test_unwritable_checkpoint_folder_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    import trainer.safetensors_io as sio
+    import trainer.atomic_file as atomic_file
     from trainer.training.export import save_lora
     lora_path = tmp_path / "run.safetensors"
     save_lora(lora_path, {"x.lora_down.weight": torch.ones(2, 4)}, {"ss_steps": "1"})
@@ -420,7 +420,7 @@ def test_unwritable_checkpoint_folder_names_the_file(tmp_path: Path, monkeypatch
     def refused(*args: object, **kwargs: object) -> tuple[int, str]:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(sio.tempfile, "mkstemp", refused)  # root ignores chmod, so the refusal is simulated
+    monkeypatch.setattr(atomic_file.tempfile, "mkstemp", refused)  # root ignores chmod, so the refusal is simulated
     with pytest.raises(LoraWriteError, match=rf"Could not write '{lora_path}': the folder '{tmp_path}' is not "
                                              r"writable \(Permission denied\)\. The previous file at that path is "
                                              r"unchanged"):
