@@ -23,10 +23,10 @@ import torch
 
 from ..errors import LoraShapeError, LoraToolError, LoraValueError
 from .layer import SPECTRUM_VALUES, LayerReport, _is_conv, _lora_tensors
-from .merge import SAVE_DTYPES, LayerCallback, ToolResult, _cast
+from .merge import SAVE_DTYPES, LayerCallback, ToolResult, _cast, check_output_settings
 from .metadata import layer_metadata, mean_kept_share
 from .rank import RankRule
-from .svd import METHODS, compute_device, matrix_spectrum
+from .svd import compute_device, matrix_spectrum
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +52,7 @@ class ExtractPlan:
         if not self.min_diff >= 0.0:
             raise LoraToolError(f"min_diff must be 0 or more (0 leaves out only layers that are exactly equal), "
                                 f"got {self.min_diff}.")
-        if self.alpha is not None and not self.alpha > 0:
-            raise LoraToolError(f"alpha must be a positive number, got {self.alpha}.")
-        if self.svd_method not in METHODS:
-            raise LoraToolError(f"SVD method {self.svd_method!r} is unknown; use one of {', '.join(METHODS)}.")
+        check_output_settings(self.svd_method, None, self.alpha)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,16 @@ class ToolResult:
         return "\n".join(lines)
 
 
+def check_output_settings(svd_method: str, save_dtype: str | None, alpha: float | None) -> None:
+    """Refuses an unknown SVD method or precision, or a non-positive alpha, before any layer is read."""
+    if svd_method not in METHODS:
+        raise LoraToolError(f"SVD method {svd_method!r} is unknown; use one of {', '.join(METHODS)}.")
+    if save_dtype is not None and save_dtype not in SAVE_DTYPES:
+        raise LoraToolError(f"precision {save_dtype!r} is unknown; use one of {', '.join(SAVE_DTYPES)}.")
+    if alpha is not None and not alpha > 0:
+        raise LoraToolError(f"alpha must be a positive number, got {alpha}.")
+
+
 def _cast(tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in tensors.items():
@@ -93,12 +103,7 @@ def merge_loras(sources: Sequence[Source], mode: str = CONCAT, rule: RankRule | 
         raise LoraToolError(f"merge mode {mode!r} is unknown; use 'concat' (exact) or 'svd' (to a rank).")
     if mode == SVD and rule is None:
         raise LoraToolError("mode 'svd' needs a rank.")
-    if svd_method not in METHODS:
-        raise LoraToolError(f"SVD method {svd_method!r} is unknown; use one of {', '.join(METHODS)}.")
-    if save_dtype not in SAVE_DTYPES:
-        raise LoraToolError(f"precision {save_dtype!r} is unknown; use one of {', '.join(SAVE_DTYPES)}.")
-    if alpha is not None and not alpha > 0:
-        raise LoraToolError(f"alpha must be a positive number, got {alpha}.")
+    check_output_settings(svd_method, save_dtype, alpha)
     plan = LayerPlan(mode=mode, rule=rule if mode == SVD else None, alpha=alpha, device=compute_device(device),
                      svd_method=svd_method)
     tensors, reports = run_layers(sources, plan, on_layer, SAVE_DTYPES[save_dtype])

@@ -12,14 +12,13 @@ import logging
 
 import torch
 
-from ..errors import LoraToolError
 from ..lora.file import LoraFile
 from .layer import SVD, LayerPlan
-from .merge import SAVE_DTYPES, LayerCallback, ToolResult, run_layers
+from .merge import SAVE_DTYPES, LayerCallback, ToolResult, check_output_settings, run_layers
 from .metadata import mean_kept_share, tool_metadata
 from .rank import RankRule
 from .sources import Source
-from .svd import METHODS, compute_device
+from .svd import compute_device
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +27,7 @@ def resize_lora(lora: LoraFile, rule: RankRule, *, output_name: str = "resized",
                 alpha: float | None = None, save_dtype: str = "fp16", device: str | torch.device | None = None,
                 svd_method: str = "auto", on_layer: LayerCallback | None = None) -> ToolResult:
     """`lora` at the ranks `rule` chooses; `alpha` None writes alpha = rank (scale 1), else that alpha."""
-    if svd_method not in METHODS:
-        raise LoraToolError(f"SVD method {svd_method!r} is unknown; use one of {', '.join(METHODS)}.")
-    if save_dtype not in SAVE_DTYPES:
-        raise LoraToolError(f"precision {save_dtype!r} is unknown; use one of {', '.join(SAVE_DTYPES)}.")
-    if alpha is not None and not alpha > 0:
-        raise LoraToolError(f"alpha must be a positive number, got {alpha}.")
+    check_output_settings(svd_method, save_dtype, alpha)
     sources = [Source(lora, 1.0, 1.0, sha256)]
     plan = LayerPlan(mode=SVD, rule=rule, alpha=alpha, device=compute_device(device), svd_method=svd_method)
     tensors, reports = run_layers(sources, plan, on_layer, SAVE_DTYPES[save_dtype])
