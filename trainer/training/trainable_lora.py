@@ -2,7 +2,7 @@
 
 A = down, B = up: `down` maps the layer input to `rank` channels (Linear(in, r), or a Conv2d with the
 layer's kernel/stride/padding/dilation), `up` maps back to the output (Linear(r, out), or a 1x1 Conv2d),
-and the hook returns `base(x) + multiplier * (alpha / rank) * up(down(dropout(x)))`. The base layer's
+and the hook returns `base(x) + (alpha / rank) * up(down(dropout(x)))`. The base layer's
 weights are only ever read, never modified, and never copied to another dtype: a base stored in fp8, fp16 or
 bf16 computes through its own layers (a host casts such weights per layer to its compute dtype), while the
 LoRA branch runs in fp32: its input is cast to fp32 and its output back to the base layer's output dtype.
@@ -165,7 +165,6 @@ class LoraAdapter(nn.Module):
         self.register_buffer("alpha", torch.tensor(float(alpha)))
         self.rank = rank
         self.dropout = dropout
-        self.multiplier = 1.0
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -184,10 +183,10 @@ class LoraAdapter(nn.Module):
         x = x.to(self.lora_down.weight.dtype)
         if self.training and self.dropout > 0:
             x = F.dropout(x, p=self.dropout, training=True)
-        return self.lora_up(self.lora_down(x)) * (self.scale * self.multiplier)
+        return self.lora_up(self.lora_down(x)) * self.scale
 
     def delta_weight(self) -> torch.Tensor:
-        """The fp32 weight delta (shape of the base weight) that this adapter adds, at multiplier 1."""
+        """The fp32 weight delta (shape of the base weight) that this adapter adds."""
         down, up = self.lora_down.weight.detach(), self.lora_up.weight.detach()
         # up is 1x1 for convs, so the combined kernel is a channel mix of down's kernel.
         return (lora_delta(up, down) * self.scale).reshape(up.shape[0], *down.shape[1:])
@@ -306,11 +305,6 @@ class LoraAdapterSet:
         """Whether any adapter is in training mode (dropout on)."""
         return any(adapter.training for adapter in self._adapters.values())
 
-    def set_multiplier(self, multiplier: float) -> None:
-        """Strength of the LoRA in the forward pass (1 = as trained, 0 = off), e.g. for previews."""
-        for adapter in self._adapters.values():
-            adapter.multiplier = multiplier
-
     @property
     def device(self) -> torch.device:
         for param in self.parameters():
@@ -346,7 +340,7 @@ class LoraAdapterSet:
                     target.copy_(value)
 
     def merged_delta(self, key: str) -> torch.Tensor:
-        """fp32 delta W (base weight shape) of one layer, as every loader merges it (multiplier 1)."""
+        """fp32 delta W (base weight shape) of one layer, as every loader merges it (strength 1)."""
         return self._adapters[key].delta_weight()
 
 

@@ -153,7 +153,7 @@ def test_unknown_or_wrong_layer_is_refused() -> None:
         LoraAdapterSet(rank=1, alpha=1).attach(model, ["1"])
 
 
-def test_detach_restores_exact_outputs_and_multiplier_scales() -> None:
+def test_detach_restores_exact_outputs() -> None:
     model = make_model()
     x, t, cond = _inputs()
     with torch.no_grad():
@@ -161,9 +161,6 @@ def test_detach_restores_exact_outputs_and_multiplier_scales() -> None:
         adapters = attach(model, LoraShape(rank=2, targets="attention_ff_conv"))
         _randomise(adapters)
         assert not torch.equal(model(x, t, cond), base)
-        adapters.set_multiplier(0.0)
-        assert torch.equal(model(x, t, cond), base)
-        adapters.set_multiplier(1.0)
         adapters.detach()
         assert not adapters.attached
         assert torch.equal(model(x, t, cond), base)
