@@ -7,11 +7,20 @@ import comfy.model_management
 
 from ..trainer.errors import LoraToolError
 from ..trainer.tools.extract import extract_lora
-from ..trainer.tools.rank import RANK_METHODS, RankRule
+from ..trainer.tools.rank import RankRule
+from .host.lora_tool_io import (
+    ALPHA,
+    PRECISION,
+    RANK,
+    RANK_METHOD,
+    RANK_PARAM,
+    layer_progress,
+    output_name_input,
+    write_result,
+)
 from .host.model import base_model_version, model_family
 from .host.model_weights import clip_pairs, unet_pairs
 from .host.run_files import RunFiles
-from .merge_loras import ALPHA, PRECISION, RANK, layer_progress, write_result
 
 
 def _describe(pairs, which: str) -> dict:
@@ -39,18 +48,14 @@ class LoraLabExtractLora:
                 "base_model": ("MODEL", {"tooltip": "The model before: e.g. the checkpoint a fine-tune started from."}),
                 "tuned_model": ("MODEL", {"tooltip": "The model after: a fine-tune of it, or it with LoRAs applied."}),
                 "rank": ("INT", {**RANK, "tooltip": "fixed: the rank of every layer. Dynamic methods: the cap."}),
-                "method": (list(RANK_METHODS), {"default": "fixed", "tooltip":
-                           "fixed; sv_ratio: keep values above S_max / param; sv_fro: keep a Frobenius share "
-                           "param; sv_cumulative: keep a share param of the sum of singular values."}),
-                "param": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 1000.0, "step": 0.01, "tooltip":
-                          "sv_ratio: a ratio >= 1 (e.g. 8); sv_fro / sv_cumulative: a share in (0, 1]."}),
+                "method": RANK_METHOD,
+                "param": RANK_PARAM,
                 "clamp_quantile": ("FLOAT", {"default": 0.99, "min": 0.01, "max": 1.0, "step": 0.001, "tooltip":
                                    "As sd-scripts: the factors' entries are clamped to this quantile of their "
                                    "values (trims outliers). 1 clamps nothing (exact at full rank)."}),
                 "min_diff": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.001, "tooltip":
                              "A layer whose largest change is at most this is left out. 0: only equal layers."}),
-                "output_name": ("STRING", {"default": "extracted", "tooltip":
-                                "File name in the loras folder (.safetensors is added); an existing file is kept."}),
+                "output_name": output_name_input("extracted"),
                 "precision": PRECISION,
                 "alpha": ("FLOAT", ALPHA),
             },

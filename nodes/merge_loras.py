@@ -2,41 +2,14 @@
 from __future__ import annotations
 
 import comfy.model_management
-import comfy.utils
 
 from ..trainer.lora.stack import entries_from_lora_stack
-from ..trainer.tools.merge import SAVE_DTYPES, ToolResult, merge_loras
-from ..trainer.tools.rank import MAX_RANK, RankRule
-from ..trainer.tools.save import save_result
+from ..trainer.tools.merge import merge_loras
+from ..trainer.tools.rank import RankRule
 from ..trainer.tools.sources import Source, file_sha256
 from .host.lora_files import parsed_loras, resolve_lora_path
+from .host.lora_tool_io import ALPHA, PRECISION, RANK, layer_progress, output_name_input, write_result
 from .host.run_files import RunFiles
-
-RANK = {"default": 16, "min": 1, "max": MAX_RANK, "step": 1}
-ALPHA = {"default": 0.0, "min": 0.0, "max": 4096.0, "step": 0.5,
-         "tooltip": "alpha written to the file; 0 writes alpha = rank (scale 1). The change is the same either way."}
-PRECISION = (list(SAVE_DTYPES), {"default": "fp16", "tooltip": "Precision of the saved weights."})
-
-
-def layer_progress():
-    """An on_layer callback that moves the node's progress bar and ends the job on Cancel (nothing is written)."""
-    bar = None
-
-    def on_layer(done: int, total: int, prefix: str) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = comfy.utils.ProgressBar(total)
-        bar.update_absolute(done, total)
-        comfy.model_management.throw_exception_if_processing_interrupted()
-
-    return on_layer
-
-
-def write_result(files: RunFiles, result: ToolResult) -> dict:
-    """Write the result atomically into the loras folder (never over a file) -> the node's return value."""
-    save_result(files.lora_path, result)
-    report = result.summary()
-    return {"ui": {"text": [f"{files.lora_name}\n{report}"]}, "result": (files.lora_name, report)}
 
 
 class LoraLabMergeLoras:
@@ -60,8 +33,7 @@ class LoraLabMergeLoras:
                 "mode": (["concat", "svd"], {"default": "concat", "tooltip":
                          "concat: exact, the ranks add up. svd: re-factorised to `rank`; takes LoHa/LoKr too."}),
                 "rank": ("INT", {**RANK, "tooltip": "svd: the rank of every layer of the result."}),
-                "output_name": ("STRING", {"default": "merged", "tooltip":
-                                "File name in the loras folder (.safetensors is added); an existing file is kept."}),
+                "output_name": output_name_input("merged"),
                 "precision": PRECISION,
                 "alpha": ("FLOAT", ALPHA),
             },

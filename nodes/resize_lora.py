@@ -3,12 +3,21 @@ from __future__ import annotations
 
 import comfy.model_management
 
-from ..trainer.tools.rank import RANK_METHODS, RankRule
+from ..trainer.tools.rank import RankRule
 from ..trainer.tools.resize import resize_lora
 from ..trainer.tools.sources import file_sha256
 from .host.lora_files import check_lora_name, lora_names, parsed_loras, resolve_lora_path
+from .host.lora_tool_io import (
+    ALPHA,
+    PRECISION,
+    RANK,
+    RANK_METHOD,
+    RANK_PARAM,
+    layer_progress,
+    output_name_input,
+    write_result,
+)
 from .host.run_files import RunFiles
-from .merge_loras import ALPHA, PRECISION, RANK, layer_progress, write_result
 
 
 class LoraLabResizeLora:
@@ -31,13 +40,9 @@ class LoraLabResizeLora:
             "required": {
                 "lora_name": (lora_names(), {"tooltip": "The LoRA to resize."}),
                 "rank": ("INT", {**RANK, "tooltip": "fixed: the new rank. Dynamic methods: the most any layer keeps."}),
-                "method": (list(RANK_METHODS), {"default": "fixed", "tooltip":
-                           "fixed; sv_ratio: keep values above S_max / param; sv_fro: keep a Frobenius share "
-                           "param; sv_cumulative: keep a share param of the sum of singular values."}),
-                "param": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 1000.0, "step": 0.01, "tooltip":
-                          "sv_ratio: a ratio >= 1 (e.g. 8); sv_fro / sv_cumulative: a share in (0, 1]."}),
-                "output_name": ("STRING", {"default": "resized", "tooltip":
-                                "File name in the loras folder (.safetensors is added); an existing file is kept."}),
+                "method": RANK_METHOD,
+                "param": RANK_PARAM,
+                "output_name": output_name_input("resized"),
                 "precision": PRECISION,
                 "alpha": ("FLOAT", ALPHA),
             },

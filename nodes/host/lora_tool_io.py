@@ -1,0 +1,49 @@
+"""What the LoRA tool nodes (Merge, Resize, Extract) share: their common inputs, a per-layer progress bar that
+honours Cancel, and writing the result into the loras folder."""
+from __future__ import annotations
+
+import comfy.model_management
+import comfy.utils
+
+from ...trainer.tools.merge import SAVE_DTYPES, ToolResult
+from ...trainer.tools.rank import MAX_RANK, RANK_METHODS
+from ...trainer.tools.save import save_result
+from .run_files import RunFiles
+
+RANK = {"default": 16, "min": 1, "max": MAX_RANK, "step": 1}
+ALPHA = {"default": 0.0, "min": 0.0, "max": 4096.0, "step": 0.5,
+         "tooltip": "alpha written to the file; 0 writes alpha = rank (scale 1). The change is the same either way."}
+PRECISION = (list(SAVE_DTYPES), {"default": "fp16", "tooltip": "Precision of the saved weights."})
+# How Resize and Extract choose each layer's rank (sd-scripts' dynamic methods, `rank` as the cap).
+RANK_METHOD = (list(RANK_METHODS), {"default": "fixed", "tooltip":
+               "fixed; sv_ratio: keep values above S_max / param; sv_fro: keep a Frobenius share "
+               "param; sv_cumulative: keep a share param of the sum of singular values."})
+RANK_PARAM = ("FLOAT", {"default": 0.9, "min": 0.0, "max": 1000.0, "step": 0.01, "tooltip":
+              "sv_ratio: a ratio >= 1 (e.g. 8); sv_fro / sv_cumulative: a share in (0, 1]."})
+
+
+def output_name_input(default: str) -> tuple[str, dict]:
+    """The output_name input: a file name in the loras folder, never written over."""
+    return ("STRING", {"default": default, "tooltip":
+                       "File name in the loras folder (.safetensors is added); an existing file is kept."})
+
+
+def layer_progress():
+    """An on_layer callback that moves the node's progress bar and ends the job on Cancel (nothing is written)."""
+    bar = None
+
+    def on_layer(done: int, total: int, prefix: str) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = comfy.utils.ProgressBar(total)
+        bar.update_absolute(done, total)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    return on_layer
+
+
+def write_result(files: RunFiles, result: ToolResult) -> dict:
+    """Write the result atomically into the loras folder (never over a file) -> the node's return value."""
+    save_result(files.lora_path, result)
+    report = result.summary()
+    return {"ui": {"text": [f"{files.lora_name}\n{report}"]}, "result": (files.lora_name, report)}
