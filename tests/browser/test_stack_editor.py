@@ -9,7 +9,7 @@ import time
 from playwright.sync_api import expect
 
 from scripts.comfy_host import TINY_CHECKPOINT_NAME
-from scripts.editor import PACK_URL
+from scripts.editor import APP, PACK_URL
 
 A, B, C = "loralab_a.safetensors", "loralab_b.safetensors", "loralab_c.safetensors"
 
@@ -35,9 +35,9 @@ def test_nodes_are_in_the_node_library(editor):
 
 def test_table_edits_write_the_rows_json(editor, artifacts):
     node = editor.add_node("LoraLabStackLoras", (200, 200))
-    textarea = editor.js("return app.graph.getNodeById(arg).widgets.find(w => w.name === 'loras')"
-                         ".element.checkVisibility();", node)
-    assert textarea is False, "the raw JSON text box must be hidden behind the table"
+    # The editor applies a widget's hidden flag to its DOM element when it next draws the node: wait for that draw.
+    hidden = f"(id) => !{APP}.graph.getNodeById(id).widgets.find(w => w.name === 'loras').element.checkVisibility()"
+    editor.page.wait_for_function(hidden, arg=node, timeout=10_000)
 
     editor.add_rows(node, 3)
     assert editor.shown_rows(node) == [{"lora": A, "on": True, "strength_model": 1, "strength_clip": 1}] * 3
