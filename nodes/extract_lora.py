@@ -7,15 +7,16 @@ import comfy.model_management
 
 from ..trainer.errors import LoraToolError
 from ..trainer.tools.extract import extract_lora
-from ..trainer.tools.rank import RankRule
 from .host.lora_tool_io import (
     ALPHA,
+    CONV_RANK,
     PRECISION,
     RANK,
     RANK_METHOD,
     RANK_PARAM,
     layer_progress,
     output_name_input,
+    rank_rule,
     write_result,
 )
 from .host.model import base_model_version, model_family
@@ -62,11 +63,12 @@ class LoraLabExtractLora:
             "optional": {
                 "base_clip": ("CLIP", {"tooltip": "The base text encoder (with tuned_clip: extract it too)."}),
                 "tuned_clip": ("CLIP", {"tooltip": "The tuned text encoder (with base_clip: extract it too)."}),
+                "conv_rank": CONV_RANK,
             },
         }
 
     def extract(self, base_model, tuned_model, rank, method, param, clamp_quantile, min_diff, output_name,
-                precision, alpha, base_clip=None, tuned_clip=None):
+                precision, alpha, base_clip=None, tuned_clip=None, conv_rank=0):
         files = RunFiles.for_name(output_name)
         if (base_clip is None) != (tuned_clip is None):
             raise LoraToolError("Connect both base_clip and tuned_clip to extract the text encoder, or neither.")
@@ -82,7 +84,7 @@ class LoraLabExtractLora:
                    for side in ("base", "tuned")}
         sources.update({f"{part}_layers_compared": len(pairs) for part, pairs in groups.items()})
         sources["family"] = model_family(base_model)
-        rule = RankRule(rank, method, param if method != "fixed" else 0.0)
+        rule = rank_rule(rank, method, param, conv_rank)
         result = extract_lora(itertools.chain(*groups.values()), rule, total=sum(map(len, groups.values())),
                               clamp_quantile=clamp_quantile, min_diff=min_diff, output_name=files.name,
                               alpha=alpha or None, save_dtype=precision, device=device, sources=sources,

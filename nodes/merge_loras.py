@@ -5,10 +5,18 @@ import comfy.model_management
 
 from ..trainer.lora.stack import entries_from_lora_stack
 from ..trainer.tools.merge import merge_loras
-from ..trainer.tools.rank import RankRule
 from ..trainer.tools.sources import Source, file_sha256
 from .host.lora_files import parsed_loras, resolve_lora_path
-from .host.lora_tool_io import ALPHA, PRECISION, RANK, layer_progress, output_name_input, write_result
+from .host.lora_tool_io import (
+    ALPHA,
+    CONV_RANK,
+    PRECISION,
+    RANK,
+    layer_progress,
+    output_name_input,
+    rank_rule,
+    write_result,
+)
 from .host.run_files import RunFiles
 
 
@@ -37,13 +45,15 @@ class LoraLabMergeLoras:
                 "precision": PRECISION,
                 "alpha": ("FLOAT", ALPHA),
             },
+            "optional": {"conv_rank": CONV_RANK},
         }
 
-    def merge(self, lora_stack, mode, rank, output_name, precision, alpha):
+    def merge(self, lora_stack, mode, rank, output_name, precision, alpha, conv_rank=0):
         files = RunFiles.for_name(output_name)
         sources = [Source(parsed_loras.get(e.name), e.strength_model, e.strength_clip,
                           file_sha256(resolve_lora_path(e.name))) for e in entries_from_lora_stack(lora_stack)]
-        result = merge_loras(sources, mode, RankRule(rank) if mode == "svd" else None, output_name=files.name,
+        rule = rank_rule(rank, conv_rank=conv_rank) if mode == "svd" else None
+        result = merge_loras(sources, mode, rule, output_name=files.name,
                              alpha=alpha or None, save_dtype=precision,
                              device=comfy.model_management.get_torch_device(), on_layer=layer_progress())
         return write_result(files, result)

@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import comfy.model_management
 
-from ..trainer.tools.rank import RankRule
 from ..trainer.tools.resize import resize_lora
 from ..trainer.tools.sources import file_sha256
 from .host.lora_files import check_lora_name, lora_names, parsed_loras, resolve_lora_path
 from .host.lora_tool_io import (
     ALPHA,
+    CONV_RANK,
     PRECISION,
     RANK,
     RANK_METHOD,
     RANK_PARAM,
     layer_progress,
     output_name_input,
+    rank_rule,
     write_result,
 )
 from .host.run_files import RunFiles
@@ -46,15 +47,16 @@ class LoraLabResizeLora:
                 "precision": PRECISION,
                 "alpha": ("FLOAT", ALPHA),
             },
+            "optional": {"conv_rank": CONV_RANK},
         }
 
     @classmethod
     def VALIDATE_INPUTS(cls, lora_name):
         return check_lora_name(lora_name) or True
 
-    def resize(self, lora_name, rank, method, param, output_name, precision, alpha):
+    def resize(self, lora_name, rank, method, param, output_name, precision, alpha, conv_rank=0):
         files = RunFiles.for_name(output_name)
-        rule = RankRule(rank, method, param if method != "fixed" else 0.0)
+        rule = rank_rule(rank, method, param, conv_rank)
         result = resize_lora(parsed_loras.get(lora_name), rule, output_name=files.name,
                              sha256=file_sha256(resolve_lora_path(lora_name)), alpha=alpha or None,
                              save_dtype=precision, device=comfy.model_management.get_torch_device(),

@@ -6,7 +6,7 @@ import comfy.model_management
 import comfy.utils
 
 from ...trainer.tools.merge import SAVE_DTYPES, ToolResult
-from ...trainer.tools.rank import MAX_RANK, RANK_METHODS
+from ...trainer.tools.rank import FIXED, MAX_RANK, RANK_METHODS, RankRule
 from ...trainer.tools.save import save_result
 from .run_files import RunFiles
 
@@ -20,6 +20,16 @@ RANK_METHOD = (list(RANK_METHODS), {"default": "fixed", "tooltip":
                "param; sv_cumulative: keep a share param of the sum of singular values."})
 RANK_PARAM = ("FLOAT", {"default": 0.9, "min": 0.0, "max": 1000.0, "step": 0.01, "tooltip":
               "sv_ratio: a ratio >= 1 (e.g. 8); sv_fro / sv_cumulative: a share in (0, 1]."})
+
+# Optional, appended after every other input so that saved workflows keep their widget positions.
+CONV_RANK = ("INT", {"default": 0, "min": 0, "max": MAX_RANK, "step": 1, "tooltip":
+             "Conv layers with a 3x3 (or larger) kernel: their rank (fixed) or cap (dynamic methods), as "
+             "sd-scripts --conv_dim / --new_conv_rank. 0: the same as rank."})
+
+
+def rank_rule(rank: int, method: str = FIXED, param: float = 0.0, conv_rank: int = 0) -> RankRule:
+    """The engine's rank rule from the node inputs (param is ignored by 'fixed'; conv_rank 0: as rank)."""
+    return RankRule(rank, method, param if method != FIXED else 0.0, conv_rank or None)
 
 
 def output_name_input(default: str) -> tuple[str, dict]:

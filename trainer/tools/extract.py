@@ -108,8 +108,9 @@ def extract_layer(prefix: str, base: torch.Tensor, tuned: torch.Tensor,
     if float(delta.abs().max()) <= plan.min_diff:
         return None
     matrix = delta.reshape(shape[0], -1)
-    spectrum = matrix_spectrum(matrix, plan.rule.max_rank, plan.device, plan.svd_method)
-    rank = min(plan.rule.choose(spectrum.S, spectrum.length), int(spectrum.S.shape[0]))
+    conv = _is_conv(shape)
+    spectrum = matrix_spectrum(matrix, plan.rule.cap(conv), plan.device, plan.svd_method)
+    rank = min(plan.rule.choose(spectrum.S, spectrum.length, conv), int(spectrum.S.shape[0]))
     if plan.clamp_quantile < NO_CLAMP:
         up, down = clamped_factors(spectrum.U[:, :rank], spectrum.S[:rank], spectrum.Vh[:rank], plan.clamp_quantile)
         approx = up.to(plan.device) @ down.to(plan.device)
@@ -119,7 +120,7 @@ def extract_layer(prefix: str, base: torch.Tensor, tuned: torch.Tensor,
         up, down = spectrum.factors(rank)
         error, kept_share = spectrum.error(rank), spectrum.kept_share(rank)
     values = tuple(float(v) for v in spectrum.S[:SPECTRUM_VALUES].cpu())
-    report = LayerReport(prefix, None, rank, kept_share, error, spectrum.norm, values, conv=_is_conv(shape))
+    report = LayerReport(prefix, None, rank, kept_share, error, spectrum.norm, values, conv=conv)
     return _lora_tensors(prefix, up, down, shape, plan.alpha), report
 
 

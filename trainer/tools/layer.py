@@ -100,11 +100,11 @@ def _lora_tensors(prefix: str, up: torch.Tensor, down: torch.Tensor, shape: tupl
             f"{prefix}.alpha": torch.tensor(alpha, dtype=torch.float32)}
 
 
-def _spectrum(contributions: list[Contribution], rows: int, plan: LayerPlan) -> Spectrum:
+def _spectrum(contributions: list[Contribution], rows: int, plan: LayerPlan, conv: bool) -> Spectrum:
     if all(c.is_factored for c in contributions):
         ups, downs = zip(*(product_factors(c) for c in contributions), strict=True)
         return product_spectrum(torch.cat(ups, 1), torch.cat(downs, 0), plan.device)
-    cap = plan.rule.max_rank if plan.rule else rows
+    cap = plan.rule.cap(conv) if plan.rule else rows
     return matrix_spectrum(_full_delta(contributions, rows), cap, plan.device, plan.svd_method)
 
 
@@ -136,10 +136,11 @@ def merge_layer(prefix: str, contributions: list[Contribution],
         return out, LayerReport(prefix, input_rank, int(down.shape[0]), 1.0, 0.0, norm, conv=_is_conv(shape))
     if plan.rule is None:
         raise LoraToolError("mode 'svd' needs a rank rule (a rank, or a dynamic method with a cap).")
-    spectrum = _spectrum(weighted, shape[0], plan)
-    rank = min(plan.rule.choose(spectrum.S, spectrum.length), int(spectrum.S.shape[0]))
+    conv = _is_conv(shape)
+    spectrum = _spectrum(weighted, shape[0], plan, conv)
+    rank = min(plan.rule.choose(spectrum.S, spectrum.length, conv), int(spectrum.S.shape[0]))
     up, down = spectrum.factors(rank)
     out.update(_lora_tensors(prefix, up, down, shape, plan.alpha))
     values = tuple(float(v) for v in spectrum.S[:SPECTRUM_VALUES].cpu())
     return out, LayerReport(prefix, input_rank, rank, spectrum.kept_share(rank), spectrum.error(rank),
-                            spectrum.norm, values, conv=_is_conv(shape))
+                            spectrum.norm, values, conv=conv)

@@ -33,24 +33,33 @@ def _trigger_phrase(sources: Sequence[Source]) -> str:
     return ", ".join(seen)
 
 
+def _dim_and_alpha(ranks: set[int], alpha: float | None) -> tuple[str, str]:
+    # One rank: that rank (and alpha = rank unless an alpha was asked); several: "Dynamic".
+    dim = str(next(iter(ranks))) if len(ranks) == 1 else "Dynamic"
+    if alpha is not None:
+        return dim, str(float(alpha))
+    return dim, (f"{float(dim)}" if len(ranks) == 1 else "Dynamic")
+
+
 def layer_metadata(method: str, output_name: str, reports: Sequence[LayerReport], rank_label: str,
                    alpha: float | None, comment: str, now: datetime.datetime | None = None) -> dict[str, str]:
-    """The fields every tool's LoRA file has, whatever it was made from: network shape, method, ranks, errors."""
+    """The fields every tool's LoRA file has, whatever it was made from: network shape, method, ranks, errors.
+
+    As kohya writes them: ss_network_dim / ss_network_alpha of the linear (and 1x1 conv) layers, conv_dim /
+    conv_alpha in ss_network_args for conv layers with a larger kernel (the largest such rank); "Dynamic"
+    where the layers of a kind differ."""
     ranks = {r.prefix: r.rank for r in reports if r.rank}
-    distinct = sorted(set(ranks.values()))
-    dim = str(distinct[0]) if len(distinct) == 1 else "Dynamic"
-    if alpha is not None:
-        alpha_text = str(float(alpha))
-    else:
-        alpha_text = f"{float(distinct[0])}" if len(distinct) == 1 else "Dynamic"
-    now = now or datetime.datetime.now()
+    linear = {r.rank for r in reports if r.rank and not r.conv}
     conv = {r.rank for r in reports if r.rank and r.conv}
+    dim, alpha_text = _dim_and_alpha(linear or conv, alpha)
+    now = now or datetime.datetime.now()
+    args = {"conv_dim": str(max(conv)), "conv_alpha": _dim_and_alpha(conv, alpha)[1]} if conv else {}
     metadata = {
         "ss_output_name": output_name,
         "ss_network_module": "networks.lora",
         "ss_network_dim": dim,
         "ss_network_alpha": alpha_text,
-        "ss_network_args": json.dumps({"conv_dim": str(max(conv)), "conv_alpha": alpha_text} if conv else {}),
+        "ss_network_args": json.dumps(args),
         "ss_training_comment": comment,
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.title": output_name,

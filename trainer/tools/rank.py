@@ -5,6 +5,8 @@ Methods, for singular values S (descending) of one layer's delta, and `param` p:
 * `sv_fro`: the fewest leading values whose squares reach p^2 of sum(S^2), i.e. a kept Frobenius share p;
 * `sv_cumulative`: the fewest leading values whose sum reaches p of sum(S).
 Every method keeps at least 1 and at most `max_rank` (the cap); a zero delta (S[0] <= 1e-6) keeps 1.
+Conv layers with a kernel larger than 1x1 may take their own rank (or cap), `conv_rank`, as sd-scripts'
+`--new_conv_rank` / `--conv_dim`; 1x1 convs count as linear layers there too.
 """
 
 from __future__ import annotations
@@ -24,15 +26,20 @@ MAX_RANK = 1024
 
 @dataclass(frozen=True)
 class RankRule:
-    """How many singular values each layer keeps: `method` (see the module docstring), `param`, cap `max_rank`."""
+    """How many singular values each layer keeps: `method` (see the module docstring), `param`, cap `max_rank`;
+    `conv_rank` in place of `max_rank` for conv layers with a kernel larger than 1x1 (None: the same)."""
 
     max_rank: int
     method: str = FIXED
     param: float = 0.0
+    conv_rank: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_rank <= MAX_RANK:
             raise LoraToolError(f"rank {self.max_rank} is out of range; use 1 to {MAX_RANK}.")
+        if self.conv_rank is not None and not 1 <= self.conv_rank <= MAX_RANK:
+            raise LoraToolError(f"conv_rank {self.conv_rank} is out of range; use 1 to {MAX_RANK} "
+                                "(or leave it unset to use the rank for conv layers too).")
         if self.method not in RANK_METHODS:
             raise LoraToolError(f"rank method {self.method!r} is unknown; use one of {', '.join(RANK_METHODS)}.")
         if self.method == "sv_ratio" and not self.param >= 1.0:
@@ -43,22 +50,29 @@ class RankRule:
 
     @property
     def label(self) -> str:
-        """As the metadata writes it: 'fixed 8' or 'sv_fro 0.9 (max 32)'."""
+        """As the metadata writes it: 'fixed 8', 'fixed 8, conv 4' or 'sv_fro 0.9 (max 32, conv max 8)'."""
         if self.method == FIXED:
-            return f"fixed {self.max_rank}"
-        return f"{self.method} {self.param:g} (max {self.max_rank})"
+            return f"fixed {self.max_rank}" + ("" if self.conv_rank is None else f", conv {self.conv_rank}")
+        conv = "" if self.conv_rank is None else f", conv max {self.conv_rank}"
+        return f"{self.method} {self.param:g} (max {self.max_rank}{conv})"
 
-    def choose(self, singular_values: torch.Tensor, length: int | None = None) -> int:
+    def cap(self, conv: bool = False) -> int:
+        """The rank (fixed) or the most a layer keeps (dynamic): `conv_rank` for a conv layer when it is set."""
+        return self.conv_rank if conv and self.conv_rank is not None else self.max_rank
+
+    def choose(self, singular_values: torch.Tensor, length: int | None = None, conv: bool = False) -> int:
         """The rank for one layer from its leading singular values (descending).
 
         `length` is how many singular values the whole matrix has (min(out, in)); values past `S` are zeros.
+        `conv`: the layer is a conv with a kernel larger than 1x1 (its cap is `conv_rank`).
         """
         s = singular_values.double().cpu()
         length = int(s.shape[0]) if length is None else length
         if s.numel() == 0 or float(s[0]) <= MIN_SV:
             return 1
-        rank = self.max_rank if self.method == FIXED else _dynamic_rank(self.method, s, self.param, length)
-        return max(1, min(rank, self.max_rank))
+        cap = self.cap(conv)
+        rank = cap if self.method == FIXED else _dynamic_rank(self.method, s, self.param, length)
+        return max(1, min(rank, cap))
 
 
 def _first_reaching(cumulative: torch.Tensor, target: float, length: int) -> int:
