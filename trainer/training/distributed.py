@@ -17,6 +17,7 @@ interrupted mid-step makes the others drop that step (PeerProcessError) and end 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import math
 import os
@@ -46,13 +47,6 @@ def describe_batch(opt: Optimisation, world_size: int = 1) -> str:
     """The effective batch for the log, e.g. 'batch 2 x 4 accumulation x 2 processes = 16'."""
     return (f"batch {opt.batch_size} x {opt.grad_accumulation} accumulation x {world_size} "
             f"process{'es' if world_size != 1 else ''} = {effective_batch_size(opt, world_size)}")
-
-
-def local_device() -> torch.device:
-    """This process's training device under torchrun: its own GPU (cuda:LOCAL_RANK) where there is one, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
 
 
 def _take(value: Any, index: list[int], batch_size: int) -> Any:
@@ -94,23 +88,23 @@ class DataParallel:
     @classmethod
     def from_env(cls, device: torch.device,
                  timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> DataParallel | None:
-        """The process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); None for one process.
+        """The process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), joined on the first
+        call; None for one process.
 
-        nccl when training on CUDA, gloo on the CPU; `device` is this process's own (see local_device()).
-        `timeout` bounds how long a process waits for the others (the main process samples and saves between
-        steps while they wait).
+        nccl when training on CUDA, gloo on the CPU; `device` is this process's own training device (under
+        torchrun, the GPU of its LOCAL_RANK). `timeout` bounds how long a process waits for the others (the main
+        process encodes, samples and saves while they wait).
         """
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return None
-        backend = "nccl" if device.type == "cuda" else "gloo"
         if not dist.is_initialized():
             if device.type == "cuda":
                 torch.cuda.set_device(device)
-            dist.init_process_group(backend, timeout=timeout)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+            logger.info("data parallel: process %d of %d (%s)", dist.get_rank(), dist.get_world_size(),
+                        dist.get_backend())
         comm_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
-        group = cls(dist.get_rank(), dist.get_world_size(), comm_device)
-        logger.info("data parallel: process %d of %d (%s)", group.rank, group.world_size, dist.get_backend())
-        return group
+        return cls(dist.get_rank(), dist.get_world_size(), comm_device)
 
     # --- the step's shard ---------------------------------------------------------------------------------
 
@@ -182,7 +176,8 @@ class DataParallel:
             dist.broadcast(tensor, src=src)
         except (RuntimeError, dist.DistBackendError) as e:
             raise PeerProcessError(f"training process {self.rank} of {self.world_size} lost the others while "
-                                   f"stopping ({type(e).__name__}); every process keeps the last whole step") from e
+                                   f"process {src} spoke ({type(e).__name__}); every process keeps the last whole "
+                                   "step") from e
 
     def abandon_step(self) -> None:
         """Tell the others that this process drops the step in progress (it was interrupted); best effort."""
@@ -232,6 +227,31 @@ class DataParallel:
             assert grad is not None
             grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
             offset += grad.numel()
+
+    def share_tensors(self, tensors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """The main process's named tensors on every process (e.g. the dataset it encoded), returned on the CPU.
+
+        The others call it with None and wait in it while the main process works. The names, dtypes and shapes
+        travel as JSON text, the values as tensors: nothing is unpickled. The main process passes None when it
+        could not produce them (it stopped or failed; it gets {} back): the others then raise PeerProcessError.
+        """
+        header = json.dumps({k: [str(v.dtype).removeprefix("torch."), list(v.shape)] for k, v in tensors.items()}) \
+            if self.is_main and tensors is not None else ""
+        header = self._broadcast_text(header, src=0)
+        if not header:
+            if self.is_main:
+                return {}
+            raise PeerProcessError(f"training process {self.rank} of {self.world_size}: the main process stopped "
+                                   "before it shared its work; every process ends")
+        shared = {}
+        for name, (dtype, shape) in json.loads(header).items():
+            if self.is_main:
+                buffer = tensors[name].detach().to(self.device).contiguous()  # type: ignore[index]
+            else:
+                buffer = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
+            self._broadcast(buffer, src=0)
+            shared[name] = buffer.cpu()
+        return shared
 
     def barrier(self) -> None:
         """Wait for every process (e.g. while the main one encodes the dataset)."""

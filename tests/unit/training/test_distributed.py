@@ -41,6 +41,10 @@ SINGLE = config(batch_size=2, **SETTINGS)  # one process, twice the batch
 # fp32: the same sums in another order. Weights are at most ~0.3 and Adam moves them by ~lr = 1e-2 a step;
 # the largest difference seen after 8 steps is 8e-7 (1e-4 of one step).
 TOLERANCE = {"rtol": 1e-5, "atol": 2e-6}
+# What a main process shares (e.g. its encoded dataset): several dtypes and shapes, a 0-d and an empty tensor.
+SHARED = {"0.latent": torch.linspace(-2, 2, 256).view(4, 8, 8),
+          "0.context": torch.linspace(0, 1, 64).half().view(2, 32), "steps": torch.arange(5),
+          "scalar": torch.tensor(2.5, dtype=torch.float64), "empty": torch.zeros(0, 3)}
 
 
 class HostCancelled(Exception):
@@ -89,6 +93,8 @@ def _runs_worker(rank: int, port: int, out_dir: str) -> None:
     out = Path(out_dir)
     group = _join(rank, port, timeout_s=60)
     try:
+        shared = group.share_tensors(SHARED if group.is_main else None)
+        save_file(shared, str(out / f"shared_{rank}.safetensors"))
         _write(out, f"full_{rank}", *_train(PER_PROCESS, 2, group))
         # stopped by the main process's Stop only: the other process stops at the same step
         _, first, _ = _train(PER_PROCESS, 2, group, stop_at=STOP_AT if group.is_main else None)
@@ -210,6 +216,13 @@ def test_two_processes_equal_one_with_twice_the_batch(runs: Path) -> None:
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # the same update on every process, bit for bit
 
 
+def test_the_main_processs_tensors_are_shared_with_every_process(runs: Path) -> None:
+    for rank in range(WORLD):
+        shared = load_file(str(runs / f"shared_{rank}.safetensors"))
+        assert shared.keys() == SHARED.keys()
+        assert all(torch.equal(shared[k], v) and shared[k].dtype == v.dtype for k, v in SHARED.items())
+
+
 def test_only_the_main_process_reports(runs: Path) -> None:
     assert _read(runs, "full_0")[1]["on_step_calls"] == 8
     assert _read(runs, "full_1")[1]["on_step_calls"] == 0
@@ -221,6 +234,16 @@ def test_two_processes_stopped_and_resumed_equal_uninterrupted(runs: Path) -> No
         resumed, info = _read(runs, f"resumed_{rank}")
         assert info["loss_history"] == full_info["loss_history"]  # one continuous history
         assert all(torch.equal(resumed[k], full[k]) for k in full)  # bit for bit: the same operations
+
+
+def test_a_state_saved_by_two_processes_resumes_in_one_with_their_global_batch(runs: Path) -> None:
+    """The resume state does not depend on the number of processes (every process holds the same weights,
+    optimizer statistics and generator): one process with batch 2 continues the 2 x batch 1 run exactly."""
+    full, full_info = _read(runs, "full_0")
+    state = load_state(runs / "state.safetensors", expected_config=SINGLE)
+    weights, result, _ = _train(SINGLE, 2, start=state)
+    assert list(result.loss_history) == pytest.approx(full_info["loss_history"], rel=1e-5)
+    _assert_close(weights, full)
 
 
 def test_a_global_batch_with_unequal_shards_equals_one_process(runs: Path) -> None:
@@ -300,12 +323,3 @@ def test_metadata_records_the_total_batch() -> None:
     assert metadata["ss_batch_size_per_device"] == "2" and metadata["ss_total_batch_size"] == "8"
     two = TrainingSummary(output_name="x", num_train_images=4, resolution=(64, 64), steps_completed=1, world_size=2)
     assert kohya_metadata(cfg, two, "sd_v1")["ss_total_batch_size"] == "16"  # kohya: x accumulation x processes
-
-
-def test_the_command_line_refuses_several_processes_until_train_lora_takes_a_group() -> None:
-    from cli.main import refuse_several_processes
-    from cli.workflow import WorkflowError
-    refuse_several_processes({})
-    refuse_several_processes({"WORLD_SIZE": "1"})
-    with pytest.raises(WorkflowError, match=r"runs in 2 processes \(WORLD_SIZE=2.*run it as one process"):
-        refuse_several_processes({"WORLD_SIZE": "2"})
