@@ -69,25 +69,34 @@ def is_text_encoder(prefix: str) -> bool:
 def gather_layers(sources: list[Source]) -> dict[str, list[Contribution]]:
     """Host prefix -> the contributions of every source to that layer, in source order (first seen first).
 
-    Modules at strength 0 are left out. DoRA modules are refused: their change depends on the model's own
-    weights (the magnitude rescales W + delta), so no plain LoRA equals them without the base model.
+    Modules at strength 0 are left out. DoRA modules are refused (`dora_refusal`): their change depends on the
+    model's own weights (the magnitude rescales W + delta), so no plain LoRA equals them without the base model.
     """
     layers: dict[str, list[Contribution]] = {}
     for source in sources:
         for prefix, entries in host_modules(source.lora).items():
             roles = entry_roles(entries)
-            if is_dora(roles):
-                raise LoraToolError(f"'{source.name}' is a DoRA (layer {prefix} has a magnitude): its change depends "
-                                    "on the model's weights, so it cannot be merged or resized into a plain LoRA "
-                                    "without the base model. Apply it with Load LoRA instead.")
             strength = source.strength_clip if is_text_encoder(prefix) else source.strength_model
             if strength == 0:
                 continue
+            if is_dora(roles):
+                raise dora_refusal(source.name, prefix)
             kind = module_kind(roles)
             layers.setdefault(prefix, []).append(Contribution(
                 source=source.name, kind=kind, roles=roles, coefficient=strength * module_scale(roles),
                 strength=strength))
     return layers
+
+
+def dora_refusal(name: str, prefix: str) -> LoraToolError:
+    """Why a DoRA cannot be merged or resized, and the two ways in the graph that do what the user wants."""
+    return LoraToolError(
+        f"'{name}' is a DoRA (its layer {prefix} has a magnitude), and a DoRA's change depends on the weights of "
+        "the model it is applied to, so Merge LoRAs and Resize LoRA, which read only LoRA files, cannot turn it "
+        "into a plain LoRA. To get a plain LoRA of it: apply it with Load LoRA, then Extract LoRA with the "
+        "model as base_model and the patched model as tuned_model (choose the rank there; merge that file "
+        "afterwards). To keep it exactly: Bake LoRAs into a checkpoint. Or take it out of this stack (or set "
+        "its strengths to 0) and apply it with Load LoRA beside the result.")
 
 
 def product_factors(c: Contribution) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,9 +48,24 @@ def test_concat_refuses_a_loha_and_names_svd(tmp_path):
         merge_loras([Source(lora) for lora in loras], "concat")
 
 
-def test_dora_is_refused(tmp_path):
-    with pytest.raises(LoraToolError, match="DoRA"):
-        merge_loras([Source(fixture(tmp_path, "dora", 0))], "concat")
+@pytest.mark.parametrize("fmt", ["dora", "peft_dora"])
+@pytest.mark.parametrize("mode", ["concat", "svd"])
+def test_a_dora_is_refused_by_name_with_the_ways_that_work(tmp_path, fmt, mode):
+    dora = fixture(tmp_path, fmt, 0)
+    with pytest.raises(LoraToolError) as caught:
+        merge_loras([Source(fixture(tmp_path, "kohya", 1)), Source(dora)], mode, RankRule(4))
+    message = str(caught.value)
+    assert f"'{dora.source_name}' is a DoRA" in message
+    assert "Extract LoRA with the model as base_model and the patched model as tuned_model" in message
+    assert "Bake LoRAs" in message
+
+
+def test_a_dora_at_strength_zero_is_left_out_not_refused(tmp_path):
+    kohya = fixture(tmp_path, "kohya", 1)
+    result = merge_loras([Source(kohya), Source(fixture(tmp_path, "dora", 0), 0.0, 0.0)], "concat", save_dtype="fp32")
+    assert {r.input_rank for r in result.layers if r.rank} == {4}  # the kohya file's layers alone
+    with pytest.raises(LoraToolError, match="is a DoRA"):  # its text-encoder layers still count at clip 1.0
+        merge_loras([Source(kohya), Source(fixture(tmp_path, "dora", 0), 0.0, 1.0)], "concat")
 
 
 @pytest.mark.parametrize("formats", [("kohya", "locon_tucker"), ("kohya", "loha"), ("lokr", "peft")])

@@ -109,6 +109,12 @@ def test_dynamic_resize_writes_the_achieved_ranks(tmp_path):
     assert result.metadata["loralab.tool.rank_rule"] == "sv_fro 0.9 (max 6)"
 
 
+def test_resize_refuses_a_dora_by_name(tmp_path):
+    dora = fixture(tmp_path, "dora", 5)
+    with pytest.raises(LoraToolError, match=f"'{dora.source_name}' is a DoRA .* Resize LoRA"):
+        resize_lora(dora, RankRule(2))
+
+
 def test_bad_rules_name_the_field():
     with pytest.raises(LoraToolError, match="rank 0"):
         RankRule(0)
