@@ -59,10 +59,12 @@ def test_concat_merge_renders_as_the_stack_and_resize_loads_natively(host):
 
     resize = Graph()
     node = resize.add("LoraLabResizeLora", lora_name="tools_merged.safetensors", rank=2, method="fixed", param=0.9,
-                      output_name="tools_small", precision="fp16", alpha=0.0)
+                      output_name="tools_small", precision="fp16", alpha=0.0, conv_rank=1)
     resize.add("PreviewAny", source=out(node, 1))
     host.run(resize.nodes)
-    assert read_metadata(host.loras_dir / "tools_small.safetensors")["ss_network_dim"] == "2"
+    small = read_metadata(host.loras_dir / "tools_small.safetensors")
+    assert small["ss_network_dim"] == "2" and small["loralab.tool.rank_rule"] == "fixed 2, conv 1"
+    assert json.loads(small["ss_network_args"]) == {"conv_dim": "1", "conv_alpha": "1.0"}  # the 3x3 conv layer
 
     g = Graph()
     ckpt = checkpoint(g)
@@ -95,3 +97,45 @@ def test_an_existing_output_is_never_overwritten(host):
     assert entry["status"]["status_str"] == "error"
     assert "already exists" in error_message(entry)
     assert (host.loras_dir / "tools_taken.safetensors").read_bytes() == b"keep me"
+
+
+def test_a_dora_in_the_stack_is_refused_by_name_and_extract_makes_the_plain_lora_it_names(host):
+    _write_sources(host)
+    fx.write_format("dora", host.loras_dir / "tools_dora.safetensors", TINY_TARGETS, rank=4, alpha=2.0,
+                    gen=fx.default_generator(72))
+    g = Graph()
+    stack = g.add("LoraLabStackLoras", loras=_stack_rows([SOURCES[0], ("tools_dora.safetensors", 1.0, 1.0)]))
+    merge = g.add("LoraLabMergeLoras", lora_stack=out(stack, 2), mode="svd", rank=8, output_name="tools_with_dora",
+                  precision="fp16", alpha=0.0)
+    g.add("PreviewAny", source=out(merge, 0))
+    entry = host.wait(host.queue(g.nodes))
+    assert entry["status"]["status_str"] == "error"
+    message = error_message(entry)
+    assert "'tools_dora.safetensors' is a DoRA" in message and "Extract LoRA" in message, message
+    assert not (host.loras_dir / "tools_with_dora.safetensors").exists()
+
+    # What the message says to do: Load LoRA, then Extract LoRA (patched model as tuned_model). At full rank the
+    # plain LoRA renders as the DoRA does.
+    g = Graph()
+    ckpt = checkpoint(g)
+    dora = g.add("LoraLabLoadLora", model=out(ckpt, 0), clip=out(ckpt, 1), lora_name="tools_dora.safetensors",
+                 strength_model=1.0, strength_clip=1.0)
+    extract = g.add("LoraLabExtractLora", base_model=out(ckpt, 0), tuned_model=out(dora, 0), base_clip=out(ckpt, 1),
+                    tuned_clip=out(dora, 1), rank=1024, method="fixed", param=0.9, clamp_quantile=1.0,
+                    min_diff=0.0, output_name="tools_dora_plain", precision="fp32", alpha=0.0)
+    g.add("PreviewAny", source=out(extract, 1))
+    host.run(g.nodes)
+    plain = read_metadata(host.loras_dir / "tools_dora_plain.safetensors")
+    assert all(share > 0.99999 for share in json.loads(plain["loralab.tool.kept_share"]).values())
+
+    g = Graph()
+    ckpt = checkpoint(g)
+    with_dora = render(g, *_native(g, ckpt, [("tools_dora.safetensors", 1.0, 1.0)]), out(ckpt, 2), "tools_dora")
+    with_plain = render(g, *_native(g, ckpt, [("tools_dora_plain.safetensors", 1.0, 1.0)]), out(ckpt, 2),
+                        "tools_dora_plain")
+    base = render(g, out(ckpt, 0), out(ckpt, 1), out(ckpt, 2), "tools_dora_base")
+    entry, log = _run_logged(host, g)
+    images = {n: saved_images(host, entry, n)[0] for n in (with_dora, with_plain, base)}
+    assert "lora key not loaded" not in log
+    assert not np.array_equal(images[with_dora], images[base])
+    _close(images[with_plain], images[with_dora])
