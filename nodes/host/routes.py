@@ -6,6 +6,7 @@
     GET  /loralab/jobs/{job_id}/samples/{name}      a sample PNG the job registered, from its own folder
     POST /loralab/jobs/{job_id}/stop | save | sample   control request (optional JSON object body) -> snapshot
     GET  /loralab/loras/info?name=<name>            what a LoRA file holds (lora_info.summary, parsed once)
+    GET  /loralab/loras/blocks?name=<name>&weights=<text>   its blocks, each with its weight under the text
     GET  /loralab/stack-presets                     every named stack preset: [{"name", "rows"}], by name
     PUT  /loralab/stack-presets/{name}              {"rows": [...]} saved under that name (201 new, 200 replaced)
     DELETE /loralab/stack-presets/{name}            removes that preset (404 when there is none)
@@ -29,12 +30,14 @@ from typing import Any
 import folder_paths
 from aiohttp import web
 
-from ...trainer.errors import LoraFileError, LoraNameError, LoraWriteError, StackPresetError, StackPresetFileError
+from ...trainer.errors import LoraWriteError, StackPresetError, StackPresetFileError
 from ...trainer.jobs import ACTIONS, Job, JobError, is_job_id, is_sample_name
-from ...trainer.lora import info as lora_info
 from ...trainer.lora.stack_presets import StackPresetStore, check_name
 from .jobs import JOBS
-from .lora_files import check_lora_name, lora_names, parsed_loras
+from .lora_routes import lora_file_blocks, lora_file_info
+from .responses import NO_STORE
+from .responses import error_answer as _error
+from .responses import json_answer as _json
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +45,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_SINCE = 10_000_000
 MAX_BODY_BYTES = 4096
-MAX_LORA_NAME = 1024
 MAX_PRESET_BODY_BYTES = 64 * 1024  # 64 rows with long names and 61 block weights each fit with room to spare
-NO_STORE = {"Cache-Control": "no-store"}
 _registered = False
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, headers=NO_STORE)
-
-
-def _error(status: int, message: str) -> web.Response:
-    return _json({"error": message}, status)
 
 
 def _job_id_error(request: web.Request) -> web.Response | None:
@@ -122,41 +115,6 @@ async def job_sample(request: web.Request) -> web.StreamResponse:
     # no-cache, not no-store: the browser may keep the image and revalidate it (Last-Modified -> 304).
     return web.FileResponse(path, headers={"Content-Type": "image/png", "Cache-Control": "no-cache",
                                            "X-Content-Type-Options": "nosniff"})
-
-
-def _lora_summary(name: str) -> dict[str, Any] | None:
-    """A listed LoRA file's summary, parsed through Load LoRA's cache; None when the host does not list it.
-
-    Blocking (lists the folders, reads the file): run it in an executor. Raises LoraFileError.
-    """
-    if name not in lora_names():
-        return None
-    info = lora_info.summary(parsed_loras.get(name))
-    hint = info["base_model_hint"]
-    return {**info, "base_model_hint_label": lora_info.base_model_label(hint) if hint else None}
-
-
-async def lora_file_info(request: web.Request) -> web.Response:
-    """GET /loralab/loras/info?name=<name>: formats, ranks, alphas, base model, trigger words of one LoRA file."""
-    values = request.query.getall("name", [])
-    if len(values) != 1:
-        return _error(400, "Give exactly one 'name': a LoRA file name as the loras list shows it.")
-    name = values[0]
-    too_long = len(name) > MAX_LORA_NAME
-    problem = f"a LoRA name has at most {MAX_LORA_NAME} characters" if too_long else check_lora_name(name)
-    if problem:
-        return _error(400, f"{problem[:1].upper()}{problem[1:]}.")
-    not_listed = _error(404, f"No LoRA file {name!r} in the loras folders.")
-    try:
-        info = await asyncio.get_running_loop().run_in_executor(None, _lora_summary, name)
-    except LoraNameError:  # removed since it was listed
-        return not_listed
-    except LoraFileError as e:
-        # The reader names the file by its full path; the answer names it as the user chose it.
-        return _error(422, str(e).replace(e.path, name) if e.path else str(e))
-    except OSError as e:
-        return _error(422, f"Cannot read LoRA file {name!r}: {e.strerror or type(e).__name__}.")
-    return not_listed if info is None else _json(info)
 
 
 async def _read_optional_json_object(request: web.Request) -> dict[str, Any] | web.Response:
@@ -339,7 +297,7 @@ def register_routes() -> bool:
     for path, handler in (("/loralab/jobs", list_jobs), ("/loralab/jobs/{job_id}", job_status),
                           ("/loralab/jobs/{job_id}/loss", job_loss),
                           ("/loralab/jobs/{job_id}/samples/{name}", job_sample),
-                          ("/loralab/loras/info", lora_file_info)):
+                          ("/loralab/loras/info", lora_file_info), ("/loralab/loras/blocks", lora_file_blocks)):
         routes.get(path)(handler)
         routes.route("*", path)(_method_not_allowed("GET"))
     routes.get("/loralab/stack-presets")(list_stack_presets)
