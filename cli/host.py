@@ -22,6 +22,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from .processes import Processes
+
 log = logging.getLogger(__name__)
 
 Listener = Callable[[str, Any], None]
@@ -95,8 +97,9 @@ class Host:
         return dict(self.nodes.NODE_DISPLAY_NAME_MAPPINGS)
 
 
-def start_host(comfy_dir: Path, host_argv: list[str], pack_dir: Path) -> Host:
-    """Imports the ComfyUI at `comfy_dir` with `host_argv` as its command line and loads its nodes."""
+def start_host(comfy_dir: Path, host_argv: list[str], pack_dir: Path, processes: Processes | None = None) -> Host:
+    """Imports the ComfyUI at `comfy_dir` with `host_argv` as its command line and loads its nodes (under
+    torchrun, on this process's own GPU)."""
     _prefer_host_modules(comfy_dir, pack_dir)
     saved_argv = sys.argv
     sys.argv = [str(comfy_dir / "main.py"), *host_argv]
@@ -106,7 +109,7 @@ def start_host(comfy_dir: Path, host_argv: list[str], pack_dir: Path) -> Host:
         from comfy.cli_args import args  # ComfyUI's own parser: its options, its errors
     finally:
         sys.argv = saved_argv
-    _device_environment(args)
+    _device_environment(args, processes or Processes())
     _apply_custom_paths(args)
 
     import comfy.model_management
@@ -145,11 +148,20 @@ def _prefer_host_modules(comfy_dir: Path, pack_dir: Path) -> None:
         sys.path.insert(0, str(comfy_dir))
 
 
-def _device_environment(args: Any) -> None:
-    """main.py's device selection by environment, before torch is imported."""
-    if args.cuda_device is not None:
+def _device_environment(args: Any, processes: Processes) -> None:
+    """main.py's device selection by environment, before CUDA starts; under torchrun each process gets the
+    LOCAL_RANK-th visible GPU, as if given --cuda-device (the host then trains on it as cuda:0)."""
+    device = args.cuda_device
+    if device is None and processes.several:
+        visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        if visible and processes.local_rank >= len(visible):
+            raise HostSetupError(f"{processes.label()} has LOCAL_RANK={processes.local_rank}, but "
+                                 f"CUDA_VISIBLE_DEVICES={','.join(visible)} names {len(visible)} GPUs: start at most "
+                                 "one process per GPU (torchrun --nproc_per_node)")
+        device = visible[processes.local_rank] if visible else processes.local_rank
+    if device is not None:
         for name in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ASCEND_RT_VISIBLE_DEVICES"):
-            os.environ[name] = str(args.cuda_device)
+            os.environ[name] = str(device)
     if args.deterministic and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
 

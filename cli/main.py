@@ -1,6 +1,7 @@
 """`python <pack folder> train workflow.json`: a run designed in the graph editor, run without the editor.
 
-    train    runs the workflow's Train LoRA node (and the nodes it needs) in ComfyUI imported as a library
+    train    runs the workflow's Train LoRA node (and the nodes it needs) in ComfyUI imported as a library;
+             under torchrun (torchrun --nproc_per_node N <pack folder> train ...) data-parallel over N processes
     convert  writes the API graph the editor would queue for a UI-format workflow
 
 Options this parser does not know are ComfyUI's own (--cpu, --base-directory, --extra-model-paths-config,
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .host import HostSetupError, find_comfy_dir, start_host
+from .processes import Processes, leave_process_group
 from .workflow import (
     WorkflowError,
     is_api_format,
@@ -72,17 +74,6 @@ def read_workflow(path: Path) -> dict[str, Any]:
     return data
 
 
-def refuse_several_processes(environ: dict[str, str] | os._Environ[str]) -> None:
-    """torchrun with several processes is refused until Train LoRA passes them a process group: each would train
-    the whole set on its own and write the same files (the engine's part is trainer/training/distributed.py)."""
-    world = environ.get("WORLD_SIZE", "1")
-    if world.strip() not in ("", "1"):
-        raise WorkflowError(f"this command runs in {world} processes (WORLD_SIZE={world}, e.g. torchrun "
-                            "--nproc_per_node): training over several processes is not available from the command "
-                            "line yet, and every process would train the whole set and write the same files; run "
-                            "it as one process: python <pack folder> train workflow.json")
-
-
 def main(argv: list[str] | None = None) -> int:
     args, host_argv = parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -90,10 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         workflow = read_workflow(args.workflow)
         if args.command == "train":  # no or several Train LoRA nodes: refused before the host loads
             train_lora_node(runnable_nodes(workflow), args.node)
-            refuse_several_processes(os.environ)
+        processes = Processes.from_env(os.environ)  # torchrun: this process's place among them
+        if not processes.is_main:  # the main process reports; the others only warn
+            logging.getLogger().setLevel(logging.WARNING)
         comfy_dir = find_comfy_dir(args.comfy, PACK_DIR)
-        host = start_host(comfy_dir, host_argv, PACK_DIR)
-        logging.getLogger().setLevel(host.args.verbose)
+        host = start_host(comfy_dir, host_argv, PACK_DIR, processes)
+        logging.getLogger().setLevel(host.args.verbose if processes.is_main else logging.WARNING)
         ui = is_ui_format(workflow)
         prompt = ui_to_api(workflow, host.input_types, host.display_names) if ui else workflow
         for assignment in args.set:
@@ -105,13 +98,14 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(text)
             return 0
-        return train(host, prompt, args, {"extra_pnginfo": {"workflow": workflow}} if ui else {})
+        return train(host, prompt, args, {"extra_pnginfo": {"workflow": workflow}} if ui else {}, processes)
     except (WorkflowError, HostSetupError) as e:
         log.error("error: %s", e)
         return 1
 
 
-def train(host, prompt: dict, args: argparse.Namespace, extra_data: dict) -> int:
+def train(host, prompt: dict, args: argparse.Namespace, extra_data: dict, processes: Processes) -> int:
+    """Runs the Train LoRA node; under torchrun every process does, and only the main one shows and serves it."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from .progress import TrainingBar
@@ -120,10 +114,10 @@ def train(host, prompt: dict, args: argparse.Namespace, extra_data: dict) -> int
 
     node_id = train_lora_node(prompt, args.node)
     validate(host, prompt, node_id)
-    bar = TrainingBar(node_id, enabled=not args.no_progress)
+    bar = TrainingBar(node_id, enabled=not args.no_progress and processes.is_main)
     host.server.listener = bar.on_event
     status = None
-    if args.serve is not None:
+    if args.serve is not None and processes.is_main:
         addresses = [a for a in (host.args.listen or "127.0.0.1").split(",") if a]
         status = StatusServer(host.server.routes, addresses, args.serve).start()
     try:
@@ -132,5 +126,7 @@ def train(host, prompt: dict, args: argparse.Namespace, extra_data: dict) -> int
     finally:
         if status is not None:
             status.stop()
-    (log.info if outcome.exit_code == 0 else log.error)("%s", outcome.message)
+        leave_process_group()
+    where = "" if processes.is_main else f"{processes.label()}: "
+    (log.info if outcome.exit_code == 0 else log.error)("%s%s", where, outcome.message)
     return outcome.exit_code

@@ -81,18 +81,27 @@ def describe_error(host: Host, prompt: dict, node_id: str, error: dict) -> str:
 
 
 @contextlib.contextmanager
-def cancel_on_ctrl_c(host: Host) -> Iterator[None]:
-    """The first Ctrl+C is the editor's Cancel (the run keeps its last whole step); a second one kills."""
-    def cancel(signum, frame) -> None:
-        log.warning("Cancelling: the run stops after saving its last whole step (Ctrl+C again to kill)")
-        host.nodes.interrupt_processing(True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+def cancel_on_signals(host: Host) -> Iterator[None]:
+    """The first Ctrl+C is the editor's Cancel (the run keeps its last whole step); a second one kills.
 
-    previous = signal.signal(signal.SIGINT, cancel)
+    SIGTERM (what torchrun sends every process when one fails or torchrun itself is stopped, and what
+    `kill` sends) is that Cancel too, however often it comes: torchrun follows it with SIGKILL after its
+    grace period, so the save must not be cut short by a second signal.
+    """
+    def cancel(signum, frame) -> None:
+        if not host.nodes.comfy.model_management.processing_interrupted():
+            log.warning("Cancelling (%s): the run stops after saving its last whole step%s",
+                        signal.Signals(signum).name, " (Ctrl+C again to kill)" if signum == signal.SIGINT else "")
+        host.nodes.interrupt_processing(True)
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = {s: signal.signal(s, cancel) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def execute(host: Host, prompt: dict, node_id: str, extra_data: dict, bar: TrainingBar) -> RunOutcome:
@@ -100,7 +109,7 @@ def execute(host: Host, prompt: dict, node_id: str, extra_data: dict, bar: Train
     execution = host.execution
     executor = execution.PromptExecutor(host.server, cache_type=execution.CacheType.CLASSIC,
                                         cache_args={"lru": 0, "ram": 0})
-    with cancel_on_ctrl_c(host):
+    with cancel_on_signals(host):
         executor.execute(prompt, uuid.uuid4().hex, extra_data, [node_id])
     bar.close()
     job = bar.job

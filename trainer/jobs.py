@@ -97,6 +97,7 @@ class Job:
         self._last_progress_publish: float | None = None
         self._timestep_counts = [0] * TIMESTEP_BINS
         self._num_timesteps: int | None = None
+        self._batch: dict[str, int] | None = None  # images per update and how they are made up
 
     # --- written by the trainer -------------------------------------------------------------------
     def start(self) -> None:
@@ -105,6 +106,13 @@ class Job:
             self._state = "running"
             self._started_at = self._touch()
         self._publish(EVENT_STARTED)
+
+    def set_batch(self, batch_size: int, grad_accumulation: int, world_size: int = 1) -> None:
+        """The run's effective batch: batch_size (per process) x grad_accumulation x world_size processes."""
+        with self._lock:
+            self._batch = {"batch_size": int(batch_size), "grad_accumulation": int(grad_accumulation),
+                           "world_size": int(world_size),
+                           "effective": int(batch_size) * int(grad_accumulation) * int(world_size)}
 
     def set_phase(self, phase: str, detail: str | None = None) -> None:
         """What the run is doing now ("encoding", "sampling", "training", ...) and how far ("3/40"); published
@@ -304,6 +312,8 @@ class Job:
             "checkpoints": [dict(c) for c in self._checkpoints], "error": self._error,
             "lora_name": self._lora_name, "created_at": self._created_at, "started_at": self._started_at,
             "updated_at": self._updated_at, "pending_requests": sorted(self._requests),
+            "world_size": self._batch["world_size"] if self._batch else 1,  # training processes (torchrun)
+            "batch": dict(self._batch) if self._batch else None,
             # counts[i]: draws in [i * range / bins, (i + 1) * range / bins); None before any step
             "timestep_histogram": None if self._num_timesteps is None else {
                 "range": [0, self._num_timesteps], "counts": list(self._timestep_counts)},

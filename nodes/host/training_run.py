@@ -25,6 +25,7 @@ from ...trainer.jobs import Job
 from ...trainer.lora.file import parse_lora
 from ...trainer.training.checkpoint_pruning import checkpoints_to_delete
 from ...trainer.training.config import TrainConfig
+from ...trainer.training.distributed import DataParallel
 from ...trainer.training.ema import AdapterEma
 from ...trainer.training.export import TrainingSummary, export_lora, kohya_metadata, save_lora
 from ...trainer.training.inplace_guard import normalisation_inputs_copied
@@ -40,6 +41,7 @@ from ...trainer.training.trainable_lora import (
     select_targets,
 )
 from . import model as host_model
+from .distributed_run import plan_for, process_group, shared_encoding, world_size
 from .encoded_dataset import encode_dataset
 from .jobs import JOBS
 from .patching import patch_model_and_clip
@@ -89,8 +91,11 @@ def run_training(model, clip, vae, spec: DatasetSpec, files: RunFiles, config: T
     os.makedirs(root, exist_ok=True)
     job_folder = tempfile.mkdtemp(prefix=f"{files.name}-{int(time.time())}-", dir=root)  # own folder per run
     job = JOBS.create(files.name, config.optimisation.steps, job_folder, node_id=node_id)
+    group = process_group()  # torchrun from the command line: this process's share of the job
+    job.set_batch(config.optimisation.batch_size, config.optimisation.grad_accumulation, world_size(group))
     job.start()
-    return TrainingRun(HostParts(model, clip, vae), spec, files, config, plan, job, node_id, start_state).run()
+    return TrainingRun(HostParts(model, clip, vae), spec, files, config, plan_for(group, plan), job, node_id,
+                       start_state, group).run()
 
 
 def _start_state(files: RunFiles, config: TrainConfig, resume: bool, base_version: str) -> TrainState | None:
@@ -109,9 +114,11 @@ class TrainingRun:
     """The phases of one run, each a method; `run` calls them in order and ends the job whatever happens."""
 
     def __init__(self, host: HostParts, spec: DatasetSpec, files: RunFiles, config: TrainConfig, plan: SamplePlan,
-                 job: Job, node_id: str | None, start_state: TrainState | None) -> None:
+                 job: Job, node_id: str | None, start_state: TrainState | None,
+                 group: DataParallel | None = None) -> None:
         self.host, self.spec, self.files, self.config, self.plan = host, spec, files, config, plan
         self.job, self.node_id, self.start_state = job, node_id, start_state
+        self.group = group  # several processes (distributed_run.py): only the main one writes files
         self.control = RunControl(job)
         self.adapters = LoraAdapterSet.from_config(config.lora, config.optimisation.seed)
         self.name_map: dict[str, str] = {}
@@ -183,10 +190,13 @@ class TrainingRun:
             self.control.check()
 
         with self.control.host_work():
-            encoded = encode_dataset(items, self.spec, self.host.model, self.host.clip, self.host.vae,
-                                     contexts=not self.train_clip, before_each=before_each)
+            encoded = shared_encoding(self.group, items, lambda: encode_dataset(
+                items, self.spec, self.host.model, self.host.clip, self.host.vae, contexts=not self.train_clip,
+                before_each=before_each))
         train_count = len(self.spec.items)
-        self.batches = LatentBatches(self.spec.items, encoded[:train_count], self.config.optimisation.batch_size,
+        # With several processes the loop is given the global batch and trains this process's shard of it.
+        global_batch = self.config.optimisation.batch_size * world_size(self.group)
+        self.batches = LatentBatches(self.spec.items, encoded[:train_count], global_batch,
                                      self.config.optimisation.seed)
         self.validation_encoded = encoded[train_count:]
 
@@ -226,7 +236,7 @@ class TrainingRun:
         try:
             self.result = train(self.denoiser, self.adapters, self.batches.batch, self.schedule, self.config,
                                 self.on_step, should_stop=self.control.should_stop, start_state=self.start_state,
-                                on_checkpoint=self.on_checkpoint,
+                                on_checkpoint=self.on_checkpoint, data_parallel=self.group,
                                 interruptions=(comfy.model_management.InterruptProcessingException,), ema=self.ema)
         except NonFiniteLossError as e:
             kept = (f" The last good checkpoint is {self.checkpoints[-1]}." if self.checkpoints
@@ -234,6 +244,8 @@ class TrainingRun:
             raise TrainingStopped(str(e) + kept) from e
         if self.result.stopped_early == "interrupted":  # the host's Cancel inside a step: that step was discarded
             self.control.halt(CANCELLED)
+        elif self.result.stopped_early:  # e.g. another process's stop, or a lost process: the run's reason too
+            self.control.halt(self.result.stopped_early)
         self.control.steps_over = True
 
     def save(self) -> None:
@@ -326,7 +338,7 @@ class TrainingRun:
         summary = TrainingSummary(output_name=self.files.name, num_train_images=len(self.spec.items),
                                   resolution=(self.spec.resolution, self.spec.resolution), steps_completed=steps_done,
                                   tag_frequency=self.spec.tag_frequency(), trigger_phrase=self.spec.trigger_word,
-                                  started_at=self.started, finished_at=time.time())
+                                  started_at=self.started, finished_at=time.time(), world_size=world_size(self.group))
         md = kohya_metadata(self.config, summary, self.base_version, self.schedule.prediction_type,
                             optimizer_name=self.optimizer_name)
         md["modelspec.architecture"] = self.architecture
@@ -336,6 +348,9 @@ class TrainingRun:
         """The one writer of a run's files: the LoRA of `step` (final or a step checkpoint), then its resume state."""
         path = self.files.lora_path if final else self.files.checkpoint_path(step)
         name = os.path.basename(path)
+        if self.group is not None and not self.group.is_main:  # the main process writes the same files
+            self.saved, self.saved_step = name, step
+            return
         metadata = self.metadata(step)
         save_lora(path, export_lora(self.adapters, self.name_map), {**metadata, "loralab.weights": "trained"})
         if self.ema is not None:  # same keys and metadata, the averaged weights

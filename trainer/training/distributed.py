@@ -179,13 +179,19 @@ class DataParallel:
                                    f"process {src} spoke ({type(e).__name__}); every process keeps the last whole "
                                    "step") from e
 
-    def abandon_step(self) -> None:
-        """Tell the others that this process drops the step in progress (it was interrupted); best effort."""
+    def abandon_step(self) -> str | None:
+        """Tell the others that this process drops the step in progress (it was interrupted); best effort.
+
+        Returns the reason to record when the others are gone (torchrun interrupts the survivors of a failed
+        process): the lost process, not the interruption, is why the run ended.
+        """
         signal = torch.tensor([1.0, 0.0], dtype=torch.float64, device=self.device)  # as reduce_step's agreement
         try:
             self._all_reduce(signal)
         except PeerProcessError as e:
             logger.error("%s", e.reason)
+            return e.reason
+        return None
 
     def reduce_step(self, params: Sequence[nn.Parameter], loss_share: float, step: int) -> float:
         """Agree on the step, then sum the processes' gradients; returns the step's loss (of the global batch).

@@ -165,6 +165,7 @@ def kohya_metadata(config: TrainConfig, summary: TrainingSummary, base_model_ver
         "ss_max_grad_norm": str(opt.max_grad_norm),
         "ss_batch_size_per_device": str(opt.batch_size),
         "ss_total_batch_size": str(effective_batch_size(opt, summary.world_size)),  # kohya: x accum x procs
+        "loralab.world_size": str(summary.world_size),  # training processes (torchrun); batch_size is per process
         "ss_gradient_accumulation_steps": str(opt.grad_accumulation),
         "ss_gradient_checkpointing": str(opt.gradient_checkpointing),
         "ss_mixed_precision": opt.mixed_precision,

@@ -335,14 +335,15 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
                     if data_parallel is not None:  # the summed gradients and global loss, on every process
                         loss_value = data_parallel.reduce_step(params, loss_value, step)
                 except (*interruptions, PeerProcessError) as e:
-                    if data_parallel is not None and not isinstance(e, PeerProcessError):
-                        data_parallel.abandon_step()  # the others drop this step too
+                    lost = e.reason if isinstance(e, PeerProcessError) else None
+                    if data_parallel is not None and lost is None:
+                        lost = data_parallel.abandon_step()  # the others drop this step too, unless they are gone
                     # Nothing was applied yet: rewind the randomness so a resumed run redoes this update.
                     generator.set_state(generator_before)
                     optimizer.zero_grad(set_to_none=True)
-                    stopped_early = e.reason if isinstance(e, PeerProcessError) else "interrupted"
+                    stopped_early = lost or "interrupted"
                     logger.info("interrupted during step %d (%s); keeping the state of step %d",
-                                step + 1, type(e).__name__, step)
+                                step + 1, lost or type(e).__name__, step)
                     break
                 grad_norm = _apply_update(optimizer, scaler, params, opt, step)
                 step += 1

@@ -322,4 +322,17 @@ def test_metadata_records_the_total_batch() -> None:
     metadata = kohya_metadata(cfg, summary, "sd_v1")
     assert metadata["ss_batch_size_per_device"] == "2" and metadata["ss_total_batch_size"] == "8"
     two = TrainingSummary(output_name="x", num_train_images=4, resolution=(64, 64), steps_completed=1, world_size=2)
-    assert kohya_metadata(cfg, two, "sd_v1")["ss_total_batch_size"] == "16"  # kohya: x accumulation x processes
+    assert metadata["loralab.world_size"] == "1"
+    two_metadata = kohya_metadata(cfg, two, "sd_v1")
+    assert two_metadata["ss_total_batch_size"] == "16"  # kohya: x accumulation x processes
+    assert two_metadata["loralab.world_size"] == "2" and two_metadata["ss_batch_size_per_device"] == "2"
+
+
+def test_the_job_snapshot_carries_the_processes_and_the_effective_batch() -> None:
+    from trainer.jobs import JobRegistry
+    job = JobRegistry().create("x", 10, ".")
+    assert job.snapshot()["world_size"] == 1 and job.snapshot()["batch"] is None  # until the run says
+    job.set_batch(2, 4, 3)
+    snapshot = job.snapshot()
+    assert snapshot["world_size"] == 3
+    assert snapshot["batch"] == {"batch_size": 2, "grad_accumulation": 4, "world_size": 3, "effective": 24}
