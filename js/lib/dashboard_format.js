@@ -62,3 +62,13 @@ export function formatRate(stepsPerSecond) {
   if (stepsPerSecond < 1) return `${(1 / stepsPerSecond).toPrecision(2)} s/it`;
   return `${stepsPerSecond.toPrecision(3)} it/s`;
 }
+
+/**
+ * The effective batch of a run over several processes (torchrun), as the trainer logs it:
+ * "batch 2 x 4 accumulation x 2 processes = 16"; "" for a run in one process (nothing to explain).
+ */
+export function formatBatch(batch) {
+  if (!batch || !(batch.world_size > 1)) return "";
+  return `batch ${batch.batch_size} x ${batch.grad_accumulation} accumulation x ${batch.world_size} processes`
+    + ` = ${batch.effective}`;
+}

@@ -6,7 +6,7 @@
 // among those the node's own runs first (a job records the id of the node that ran it): two nodes with
 // the same name each show their own run, and a run queued from elsewhere shows where no own run exists.
 
-import { formatBytes, formatEta, formatLoss, formatLr, formatRate, MISSING } from "./dashboard_format.js";
+import { formatBatch, formatBytes, formatEta, formatLoss, formatLr, formatRate, MISSING } from "./dashboard_format.js";
 
 export const RUNNING_STATES = new Set(["queued", "running"]);
 export const END_STATES = new Set(["done", "stopped", "interrupted", "error"]);
@@ -91,7 +91,7 @@ export function viewModel(snapshot, { name = "", resolveUrl = (url) => url } = {
       hasJob: false, jobId: "", state: "none", stateLabel: name ? `no run named “${name}” yet` : "no name set",
       running: false, canControl: false, progress: 0, stepText: MISSING, rate: MISSING, eta: MISSING,
       loss: MISSING, smoothed: MISSING, validation: MISSING, lr: MISSING, memory: MISSING,
-      samples: [], checkpoints: [], pending: "", error: "", result: "",
+      samples: [], checkpoints: [], pending: "", error: "", result: "", batch: "",
     };
   }
   const { state, step, total } = snapshot;
@@ -126,5 +126,6 @@ export function viewModel(snapshot, { name = "", resolveUrl = (url) => url } = {
     pending: pending.length ? `requested: ${pending.join(", ")}` : "",
     error: snapshot.error || "",
     result: END_STATES.has(state) && snapshot.lora_name ? `saved ${snapshot.lora_name}` : "",
+    batch: formatBatch(snapshot.batch), // shown only when the run spans several processes
   };
 }

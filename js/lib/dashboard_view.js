@@ -144,7 +144,7 @@ export function createDashboard(doc, intents) {
       root.dataset.state = vm.state;
       root.dataset.jobId = vm.jobId;
       state.textContent = vm.stateLabel;
-      jobLabel.textContent = vm.hasJob ? `job ${vm.jobId.slice(0, 8)}` : "";
+      jobLabel.textContent = vm.hasJob ? [`job ${vm.jobId.slice(0, 8)}`, vm.batch].filter(Boolean).join(" · ") : "";
       fill.style.width = `${(vm.progress * 100).toFixed(1)}%`;
       bar.setAttribute("aria-valuenow", String(Math.round(vm.progress * 100)));
       for (const key of ["step", "rate", "eta", "loss", "smoothed", "validation", "lr", "memory"]) {

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  formatBytes, formatDuration, formatEta, formatLoss, formatLr, formatRate, MISSING,
+  formatBatch, formatBytes, formatDuration, formatEta, formatLoss, formatLr, formatRate, MISSING,
 } from "../../js/lib/dashboard_format.js";
 
 const NOT_NUMBERS = [null, undefined, NaN, Infinity, -Infinity, "12", {}];
@@ -60,4 +60,12 @@ test("every formatter shows a dash for what is not a finite number, and for nega
     for (const value of NOT_NUMBERS) assert.equal(f(value), MISSING, `${f.name}(${String(value)})`);
   }
   for (const f of [formatDuration, formatEta, formatBytes, formatRate]) assert.equal(f(-1), MISSING, f.name);
+});
+
+test("the effective batch shows for a run over several processes, not for one", () => {
+  const batch = { batch_size: 2, grad_accumulation: 4, world_size: 2, effective: 16 };
+  assert.equal(formatBatch(batch), "batch 2 x 4 accumulation x 2 processes = 16");
+  assert.equal(formatBatch({ ...batch, world_size: 1, effective: 8 }), "");
+  assert.equal(formatBatch(null), ""); // a job from before the batch was recorded
+  assert.equal(formatBatch(undefined), "");
 });

@@ -149,3 +149,11 @@ test("a snapshot's own loss and validation become chart rows once there is a ste
   assert.equal(validationRow(snapshot()), null);
   assert.deepEqual(validationRow(snapshot({ validation_loss: 0.2, validation_step: 30 })), [30, 0.2]);
 });
+
+test("the view-model carries the effective batch of a data-parallel run only", () => {
+  const batch = { batch_size: 1, grad_accumulation: 2, world_size: 4, effective: 8 };
+  assert.equal(viewModel(snapshot({ world_size: 4, batch })).batch, "batch 1 x 2 accumulation x 4 processes = 8");
+  assert.equal(viewModel(snapshot({ world_size: 1, batch: { ...batch, world_size: 1, effective: 2 } })).batch, "");
+  assert.equal(viewModel(snapshot()).batch, "");
+  assert.equal(viewModel(null).batch, "");
+});
