@@ -43,6 +43,17 @@ const CSS = `
 .loralab-trigger-words { height: auto; min-height: 22px; padding: 3px 6px; border-style: dashed; opacity: 0.85;
   font: 12px sans-serif; color: var(--input-text, #ddd);
   overflow-wrap: anywhere; user-select: text; }
+.loralab-blocks { box-sizing: border-box; font: 11px sans-serif; color: var(--input-text, #ddd); }
+.loralab-blocks-toggle { box-sizing: border-box; height: 20px; padding: 0 6px; font: inherit; color: inherit;
+  cursor: pointer; background: var(--comfy-input-bg, #222); border: 1px solid var(--border-color, #444);
+  border-radius: 4px; }
+.loralab-blocks-status { height: 16px; line-height: 16px; opacity: 0.75; white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis; }
+.loralab-block-row { display: flex; align-items: center; gap: 6px; height: 22px; }
+.loralab-block-label { flex: 0 0 44px; opacity: 0.85; }
+.loralab-block-slider { flex: 1 1 auto; min-width: 60px; }
+.loralab-block-value { flex: 0 0 34px; text-align: right; font-variant-numeric: tabular-nums; }
+.loralab-block-changed .loralab-block-label, .loralab-block-changed .loralab-block-value { font-weight: bold; opacity: 1; }
 .loralab-trigger-words:empty::before { content: "trigger words appear here after a run"; opacity: 0.5; }
 `;
 

@@ -128,7 +128,7 @@ def test_load_lora_shows_the_chosen_files_metadata(watched, artifacts):
     # The line sits under the node's own widgets and is not saved: the workflow keeps its values.
     widgets = editor.js("return app.graph.getNodeById(arg).widgets.map(w => w.name);", node)
     assert widgets == ["lora_name", "strength_model", "strength_clip", "block_weights", "loralab_lora_info",
-                       "loralab_trigger_words"]
+                       "loralab_block_sliders", "loralab_trigger_words"]
     workflow = editor.save_and_reload()
     [saved] = [n for n in workflow["nodes"] if n["id"] == node]
     assert saved["widgets_values"] == [KOHYA, 1, 1, ""]  # block_weights empty: every block at 1
