@@ -6,10 +6,9 @@
 
 import { dotsData, pathData } from "./dashboard_chart.js";
 import { formatLoss } from "./dashboard_format.js";
-import { el } from "./dom.js";
+import { el, svg } from "./dom.js";
 import { ensureDashboardStyle } from "./dashboard_style.js";
 
-const SVG_NS = "http://www.w3.org/2000/svg";
 export const CHART_WIDTH = 300; // the SVG's own units; it stretches to the widget's width
 export const CHART_HEIGHT = 100;
 
@@ -17,12 +16,6 @@ export const CHART_HEIGHT = 100;
 const GAP = 4;
 const HEIGHTS = { head: 18, bar: 10, stats: 3 * 17, chart: 110, samples: 70, checkpoint: 16, maxCheckpoints: 3,
   message: 34, buttons: 26 };
-
-function svg(doc, tag, attrs = {}) {
-  const node = doc.createElementNS(SVG_NS, tag);
-  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
-  return node;
-}
 
 function stat(doc, testid, label) {
   const value = el(doc, "b", { dataset: { testid: `loralab-dash-${testid}` } });

@@ -54,6 +54,16 @@ const CSS = `
 .loralab-block-slider { flex: 1 1 auto; min-width: 60px; }
 .loralab-block-value { flex: 0 0 34px; text-align: right; font-variant-numeric: tabular-nums; }
 .loralab-block-changed .loralab-block-label, .loralab-block-changed .loralab-block-value { font-weight: bold; opacity: 1; }
+.loralab-chart { box-sizing: border-box; display: flex; flex-direction: column; gap: 2px;
+  font: 11px sans-serif; color: var(--input-text, #ddd); }
+.loralab-chart svg { width: 100%; display: block; background: var(--comfy-input-bg, #222); border-radius: 3px; }
+.loralab-chart-line { height: 16px; line-height: 16px; opacity: 0.8; white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis; }
+.loralab-chart-kept { fill: none; stroke: #4c9be8; stroke-width: 1.5; vector-effect: non-scaling-stroke; }
+.loralab-chart-cut { fill: none; stroke: #888; stroke-width: 1; stroke-dasharray: 3 2; vector-effect: non-scaling-stroke; }
+.loralab-chart-cutline { stroke: #e8a33c; stroke-width: 1; vector-effect: non-scaling-stroke; }
+.loralab-chart-bar { fill: #4c9be8; opacity: 0.7; cursor: pointer; }
+.loralab-chart-bar-selected { fill: #e8a33c; opacity: 1; }
 .loralab-trigger-words:empty::before { content: "trigger words appear here after a run"; opacity: 0.5; }
 `;
 

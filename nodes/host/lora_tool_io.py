@@ -5,6 +5,7 @@ from __future__ import annotations
 import comfy.model_management
 import comfy.utils
 
+from ...trainer.tools.chart_data import chart_data
 from ...trainer.tools.merge import SAVE_DTYPES, ToolResult
 from ...trainer.tools.rank import FIXED, MAX_RANK, RANK_METHODS, RankRule
 from ...trainer.tools.save import save_result
@@ -53,7 +54,10 @@ def layer_progress():
 
 
 def write_result(files: RunFiles, result: ToolResult) -> dict:
-    """Write the result atomically into the loras folder (never over a file) -> the node's return value."""
+    """Write the result atomically into the loras folder (never over a file) -> the node's return value, with the
+    chart of ranks, kept shares and spectra per layer for the editor (js/tool_chart.js)."""
     save_result(files.lora_path, result)
     report = result.summary()
-    return {"ui": {"text": [f"{files.lora_name}\n{report}"]}, "result": (files.lora_name, report)}
+    chart = chart_data(result.layers, result.metadata["loralab.tool.rank_rule"])
+    return {"ui": {"text": [f"{files.lora_name}\n{report}"], "loralab_chart": [chart]},
+            "result": (files.lora_name, report)}

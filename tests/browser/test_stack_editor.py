@@ -17,7 +17,7 @@ A, B, C = "loralab_a.safetensors", "loralab_b.safetensors", "loralab_c.safetenso
 def test_pack_scripts_load_without_errors(editor):
     names = editor.js("return app.extensions.map(e => e.name).filter(n => n.startsWith('loralab.'));")
     assert sorted(names) == ["loralab.BlockSliders", "loralab.LoraMetadata", "loralab.StackLoras",
-                             "loralab.TrainDashboard", "loralab.TriggerWords"]
+                             "loralab.ToolChart", "loralab.TrainDashboard", "loralab.TriggerWords"]
     assert any(url.endswith("/stack_loras.js") for url in editor.pack_scripts), editor.pack_scripts
     assert any(url.endswith("/lib/stack_rows.js") for url in editor.pack_scripts), editor.pack_scripts
     assert not any(PACK_URL + "package.json" in url for url in editor.pack_scripts), "only .js is imported"

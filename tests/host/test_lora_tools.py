@@ -61,7 +61,12 @@ def test_concat_merge_renders_as_the_stack_and_resize_loads_natively(host):
     node = resize.add("LoraLabResizeLora", lora_name="tools_merged.safetensors", rank=2, method="fixed", param=0.9,
                       output_name="tools_small", precision="fp16", alpha=0.0, conv_rank=1)
     resize.add("PreviewAny", source=out(node, 1))
-    host.run(resize.nodes)
+    resized = host.run(resize.nodes)
+    # The chart the editor draws (js/tool_chart.js): every factorised layer, its rank, share kept and spectrum.
+    [chart] = resized["outputs"][node]["loralab_chart"]
+    assert chart["rule"] == "fixed 2, conv 1" and len(chart["layers"]) == len(TINY_TARGETS)
+    assert all(layer["rank"] == (1 if "conv1" in layer["prefix"] else 2) for layer in chart["layers"])
+    assert all(0 < layer["kept_share"] <= 1 and len(layer["spectrum"]) == 8 for layer in chart["layers"])
     small = read_metadata(host.loras_dir / "tools_small.safetensors")
     assert small["ss_network_dim"] == "2" and small["loralab.tool.rank_rule"] == "fixed 2, conv 1"
     assert json.loads(small["ss_network_args"]) == {"conv_dim": "1", "conv_alpha": "1.0"}  # the 3x3 conv layer
