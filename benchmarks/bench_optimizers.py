@@ -32,7 +32,8 @@ if str(REPO) not in sys.path:
 from benchmarks.measure import print_end, print_start  # noqa: E402
 from trainer.errors import OptimizerError  # noqa: E402
 from trainer.training.config import LoraShape, Optimisation, TrainConfig  # noqa: E402
-from trainer.training.loop import StepRecord, evaluate, train  # noqa: E402
+from trainer.training.evaluation import evaluate  # noqa: E402
+from trainer.training.loop import StepRecord, train  # noqa: E402
 from trainer.training.objective import NoiseSchedule  # noqa: E402
 from trainer.training.trainable_lora import LoraAdapterSet, select_targets  # noqa: E402
 

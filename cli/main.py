@@ -82,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":  # no or several Train LoRA nodes: refused before the host loads
             train_lora_node(runnable_nodes(workflow), args.node)
         processes = Processes.from_env(os.environ)  # torchrun: this process's place among them
-        if not processes.is_main:  # the main process reports; the others only warn
-            logging.getLogger().setLevel(logging.WARNING)
+        if not processes.is_main:  # the main process reports; the others only say what fails
+            logging.getLogger().setLevel(logging.ERROR)
         comfy_dir = find_comfy_dir(args.comfy, PACK_DIR)
         host = start_host(comfy_dir, host_argv, PACK_DIR, processes)
-        logging.getLogger().setLevel(host.args.verbose if processes.is_main else logging.WARNING)
+        logging.getLogger().setLevel(host.args.verbose if processes.is_main else logging.ERROR)
         ui = is_ui_format(workflow)
         prompt = ui_to_api(workflow, host.input_types, host.display_names) if ui else workflow
         for assignment in args.set:
@@ -109,7 +109,7 @@ def train(host, prompt: dict, args: argparse.Namespace, extra_data: dict, proces
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from .progress import TrainingBar
-    from .run import execute, validate
+    from .run import EXIT_ERROR, execute, validate
     from .serve import StatusServer
 
     node_id = train_lora_node(prompt, args.node)
@@ -127,6 +127,8 @@ def train(host, prompt: dict, args: argparse.Namespace, extra_data: dict, proces
         if status is not None:
             status.stop()
         leave_process_group()
-    where = "" if processes.is_main else f"{processes.label()}: "
-    (log.info if outcome.exit_code == 0 else log.error)("%s%s", where, outcome.message)
+    if processes.is_main:
+        (log.info if outcome.exit_code == 0 else log.error)("%s", outcome.message)
+    elif outcome.exit_code == EXIT_ERROR:  # its own failure; a stop the main process reports for every process
+        log.error("%s: %s", processes.label(), outcome.message)
     return outcome.exit_code

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 from ..trainer.training.config import (
     Checkpointing,
     Ema,
+    Evaluation,
     LoraShape,
     Optimisation,
     RunStart,
@@ -71,6 +72,7 @@ INPUT_FIELDS: dict[str, tuple[type, str]] = {
     "ema_every": (Ema, "every_n_steps"),
     "ema_for_samples": (Ema, "for_samples"),
     "ema_for_final": (Ema, "for_final"),
+    "eval_images": (Evaluation, "images"),
 }
 
 _KINDS: dict[type, str] = {int: "INT", float: "FLOAT", bool: "BOOLEAN", str: "STRING"}

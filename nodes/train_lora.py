@@ -6,7 +6,7 @@ from typing import Any
 import torch
 
 from ..trainer.data.spec import DatasetSpec
-from ..trainer.training.config import RunStart, Sampling
+from ..trainer.training.config import Evaluation, RunStart, Sampling
 from .config_inputs import build_config, input_types, section_from_inputs
 from .dataset import DATASET_TYPE
 from .host.run_files import RunFiles
@@ -69,9 +69,11 @@ class LoraLabTrainLora:
         resume = section_from_inputs(RunStart, values).resume
         files = RunFiles.for_name(name)
         with torch.inference_mode(False):
-            run = run_training(model, clip, vae, dataset, files, config, resume, node_id, plan)
-        summary = (f"saved {run.lora_name} after {run.steps_completed} steps; loss at fixed noise "
-                   f"{run.eval_loss_start:.4f} -> {run.eval_loss_end:.4f}"
+            run = run_training(model, clip, vae, dataset, files, config, resume, node_id, plan,
+                               section_from_inputs(Evaluation, values))
+        measured = (f"; loss at fixed noise {run.eval_loss_start:.4f} -> {run.eval_loss_end:.4f}"
+                    if run.eval_loss_start is not None and run.eval_loss_end is not None else "")
+        summary = (f"saved {run.lora_name} after {run.steps_completed} steps{measured}"
                    + (f"; validation loss {run.validation_loss:.4f}" if run.validation_loss is not None else "")
                    + (f"; stopped early: {run.stopped}" if run.stopped else ""))
         ui = {"text": [summary], "lora_name": [run.lora_name], "eval_loss": [run.eval_loss_start, run.eval_loss_end],

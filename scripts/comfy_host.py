@@ -27,6 +27,8 @@ DEFAULT_COMFY_DIR = Path(os.environ.get("LORALAB_HOST_DIR", REPO / ".host" / "Co
 TINY_CHECKPOINT_NAME = "loralab-tiny-sd15.safetensors"
 TINY_CHECKPOINT = REPO / ".host" / "cache" / TINY_CHECKPOINT_NAME
 TINY_DIFFUSION_MODEL_NAME = "loralab-tiny-sd15-unet.safetensors"  # its UNet alone (Load Diffusion Model)
+FULL_CHECKPOINT_NAME = "loralab-full-sd15.safetensors"  # random weights, the real SD1.5 UNet (benchmarks only)
+FULL_CHECKPOINT = TINY_CHECKPOINT.with_name(FULL_CHECKPOINT_NAME)
 
 
 class HostError(RuntimeError):
@@ -39,11 +41,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ensure_tiny_checkpoint(comfy_dir: Path = DEFAULT_COMFY_DIR, path: Path = TINY_CHECKPOINT) -> Path:
-    """Builds the random SD1.5-architecture checkpoint once and caches it."""
+def ensure_tiny_checkpoint(comfy_dir: Path = DEFAULT_COMFY_DIR, path: Path = TINY_CHECKPOINT,
+                           full_size: bool = False) -> Path:
+    """Builds the random SD1.5-architecture checkpoint once and caches it (`full_size`: the real SD1.5 UNet,
+    at FULL_CHECKPOINT by default)."""
+    if full_size and path == TINY_CHECKPOINT:
+        path = FULL_CHECKPOINT
     if not path.exists():
         subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_checkpoint.py"),
-                        "--comfy-dir", str(comfy_dir), "--out", str(path)], check=True, cwd=comfy_dir)
+                        "--comfy-dir", str(comfy_dir), "--out", str(path), *(["--full-size"] if full_size else [])],
+                       check=True, cwd=comfy_dir)
     return path
 
 

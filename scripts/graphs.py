@@ -25,8 +25,8 @@ def out(node_id: str, index: int = 0) -> list:
     return [node_id, index]
 
 
-def checkpoint(g: Graph) -> str:
-    return g.add("CheckpointLoaderSimple", ckpt_name=TINY_CHECKPOINT_NAME)
+def checkpoint(g: Graph, name: str = TINY_CHECKPOINT_NAME) -> str:
+    return g.add("CheckpointLoaderSimple", ckpt_name=name)
 
 
 def render(g: Graph, model: list, clip: list, vae: list, prefix: str, seed: int = 7,

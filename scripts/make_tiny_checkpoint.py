@@ -32,6 +32,10 @@ UNET_CONFIG = {
     "use_linear_in_transformer": False, "adm_in_channels": None, "use_temporal_attention": False,
     "use_temporal_resblock": False,
 }
+# The real SD1.5 UNet (860 M parameters): what users train, for the speed benchmarks and profiles.
+FULL_UNET_CONFIG = {**UNET_CONFIG, "image_size": 64, "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4],
+                    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+                    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]}
 VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
                 "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
 
@@ -53,14 +57,14 @@ def fill_deterministically(module: torch.nn.Module, generator: torch.Generator) 
                 tensor.zero_()
 
 
-def build_state_dict(seed: int) -> dict[str, torch.Tensor]:
+def build_state_dict(seed: int, unet_config: dict) -> dict[str, torch.Tensor]:
     from comfy.ldm.models.autoencoder import AutoencoderKL
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     generator = torch.Generator().manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
-    unet = UNetModel(**UNET_CONFIG)
+    unet = UNetModel(**unet_config)
     fill_deterministically(unet, generator)
     state.update({f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()})
     del unet
@@ -84,6 +88,9 @@ def main() -> None:
     parser.add_argument("--comfy-dir", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=20261201)
+    parser.add_argument("--full-size", action="store_true",
+                        help="the real SD1.5 UNet (channel_mult [1, 2, 4, 4], two res blocks per level) instead of "
+                             "the small one")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.out.exists():
@@ -95,7 +102,7 @@ def main() -> None:
     comfy.options.enable_args_parsing()
     from safetensors.torch import save_file
 
-    state = build_state_dict(args.seed)
+    state = build_state_dict(args.seed, FULL_UNET_CONFIG if args.full_size else UNET_CONFIG)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=args.out.parent, suffix=".tmp")
     os.close(fd)

@@ -75,6 +75,8 @@ class Job:
         self._state = "queued"
         self._phase: str | None = None
         self._phase_detail: str | None = None
+        self._phase_since: float | None = None  # registry clock when the current phase began
+        self._phase_seconds: dict[str, float] = {}  # phase -> seconds spent in it so far (all its spells)
         self._step = 0
         self._total = total_steps
         self._loss: float | None = None
@@ -119,6 +121,9 @@ class Job:
         when the phase changes, at the progress rate when only the detail does."""
         with self._lock:
             changed = phase != self._phase
+            if changed:
+                self._close_phase_locked()
+                self._phase_since = self._registry.clock()
             self._phase, self._phase_detail = phase, detail
             self._touch()
             due = changed or self._last_progress_publish is None or \
@@ -227,6 +232,7 @@ class Job:
             if self._state in END_STATES:
                 return False
             self._state, self._error, self._lora_name = state, error, lora_name
+            self._close_phase_locked()
             self._requests.clear()
             self._touch()
         self._publish(EVENT_FINISHED)
@@ -298,6 +304,19 @@ class Job:
         self._updated_at = self._registry.wall_clock()
         return self._updated_at
 
+    def _close_phase_locked(self) -> None:
+        """Adds the time since the current phase began to its total."""
+        if self._phase is not None and self._phase_since is not None:
+            spent = self._registry.clock() - self._phase_since
+            self._phase_seconds[self._phase] = self._phase_seconds.get(self._phase, 0.0) + spent
+        self._phase_since = None
+
+    def _phase_seconds_locked(self) -> dict[str, float]:
+        seconds = dict(self._phase_seconds)
+        if self._phase is not None and self._phase_since is not None:  # the phase still under way counts so far
+            seconds[self._phase] = seconds.get(self._phase, 0.0) + self._registry.clock() - self._phase_since
+        return {phase: round(value, 3) for phase, value in seconds.items()}
+
     def _snapshot_locked(self) -> dict[str, Any]:
         seconds = self._seconds_per_step
         running = self._state == "running"
@@ -314,6 +333,7 @@ class Job:
             "updated_at": self._updated_at, "pending_requests": sorted(self._requests),
             "world_size": self._batch["world_size"] if self._batch else 1,  # training processes (torchrun)
             "batch": dict(self._batch) if self._batch else None,
+            "phase_seconds": self._phase_seconds_locked(),  # where the run's time went, phase by phase
             # counts[i]: draws in [i * range / bins, (i + 1) * range / bins); None before any step
             "timestep_histogram": None if self._num_timesteps is None else {
                 "range": [0, self._num_timesteps], "counts": list(self._timestep_counts)},

@@ -24,12 +24,13 @@ from ...trainer.errors import RunHalted, TrainingStopped
 from ...trainer.jobs import Job
 from ...trainer.lora.file import parse_lora
 from ...trainer.training.checkpoint_pruning import checkpoints_to_delete
-from ...trainer.training.config import TrainConfig
+from ...trainer.training.config import Evaluation, TrainConfig
 from ...trainer.training.distributed import DataParallel
 from ...trainer.training.ema import AdapterEma
+from ...trainer.training.evaluation import evaluate
 from ...trainer.training.export import TrainingSummary, export_lora, kohya_metadata, save_lora
 from ...trainer.training.inplace_guard import normalisation_inputs_copied
-from ...trainer.training.loop import NonFiniteLossError, StepRecord, TrainResult, evaluate, train
+from ...trainer.training.loop import NonFiniteLossError, StepRecord, TrainResult, train
 from ...trainer.training.memory import estimate_training_memory, fits
 from ...trainer.training.objective import TimestepSampling
 from ...trainer.training.optimizers import check_optimizer
@@ -51,6 +52,7 @@ from .training_samples import SamplePlan, TrainingSamples, preview_of
 
 log = logging.getLogger(__name__)
 EVAL_SEED = 1234  # fixed noise and timesteps: losses at different steps are comparable
+EVAL_BATCH = 4  # images per evaluation pass (one pass reads the model's weights once for all of them)
 TEXT_ENCODER_KEY_PREFIX = "text_encoder:"  # keeps CLIP layer keys apart from the UNet's in one adapter set
 EMA_SUFFIX = "-ema"  # <name>-ema.safetensors beside <name>.safetensors (and beside each step checkpoint)
 
@@ -75,8 +77,8 @@ class RunResult:
     clip: object
     lora_name: str
     loss_history: list[float]
-    eval_loss_start: float
-    eval_loss_end: float
+    eval_loss_start: float | None  # None: not measured (eval_images off)
+    eval_loss_end: float | None
     validation_loss: float | None
     steps_completed: int
     stopped: str | None = None
@@ -84,7 +86,7 @@ class RunResult:
 
 
 def run_training(model, clip, vae, spec: DatasetSpec, files: RunFiles, config: TrainConfig, resume: bool,
-                 node_id: str | None, plan: SamplePlan) -> RunResult:
+                 node_id: str | None, plan: SamplePlan, evaluation: Evaluation) -> RunResult:
     """Trains a LoRA on the graph's own MODEL (and CLIP), saves it into the loras folder, returns the patched pair."""
     start_state = _start_state(files, config, resume, host_model.base_model_version(model)[0])
     root = os.path.join(folder_paths.get_output_directory(), "loralab")
@@ -95,7 +97,7 @@ def run_training(model, clip, vae, spec: DatasetSpec, files: RunFiles, config: T
     job.set_batch(config.optimisation.batch_size, config.optimisation.grad_accumulation, world_size(group))
     job.start()
     return TrainingRun(HostParts(model, clip, vae), spec, files, config, plan_for(group, plan), job, node_id,
-                       start_state, group).run()
+                       start_state, group, evaluation=evaluation).run()
 
 
 def _start_state(files: RunFiles, config: TrainConfig, resume: bool, base_version: str) -> TrainState | None:
@@ -115,9 +117,10 @@ class TrainingRun:
 
     def __init__(self, host: HostParts, spec: DatasetSpec, files: RunFiles, config: TrainConfig, plan: SamplePlan,
                  job: Job, node_id: str | None, start_state: TrainState | None,
-                 group: DataParallel | None = None) -> None:
+                 group: DataParallel | None = None, *, evaluation: Evaluation) -> None:
         self.host, self.spec, self.files, self.config, self.plan = host, spec, files, config, plan
         self.job, self.node_id, self.start_state = job, node_id, start_state
+        self.evaluation = evaluation
         self.group = group  # several processes (distributed_run.py): only the main one writes files
         self.control = RunControl(job)
         self.adapters = LoraAdapterSet.from_config(config.lora, config.optimisation.seed)
@@ -217,7 +220,7 @@ class TrainingRun:
         self.denoiser = host_model.denoiser_for(model,
                                                 host_model.caption_encoder_for(clip) if self.train_clip else None)
         self.samples = TrainingSamples(self.plan, model, clip, self.host.vae, self.adapters, self.job, self.job.folder)
-        self.eval_batches, self.eval_count = self.batches.fixed()
+        self.eval_batches, self.eval_count = self.batches.fixed(self.evaluation.image_count)
 
     def baseline(self) -> None:
         """The step-0 sample (the model before any training) and the loss at fixed noise before training."""
@@ -225,9 +228,11 @@ class TrainingRun:
             self.job.set_phase("sampling", "step 0")
             with self.control.host_work():
                 self.samples.render(0, before_each=self.control.check)
-        self.job.set_phase("evaluating", "before training")
-        with self.control.host_work():
-            self.eval_start = self.evaluate_loss(self.eval_batches, self.eval_count)
+        self.eval_start = None
+        if self.eval_count:
+            self.job.set_phase("evaluating", "before training")
+            with self.control.host_work():
+                self.eval_start = self.evaluate_loss(self.eval_batches, self.eval_count)
 
     def train(self) -> None:
         self.control.check()
@@ -259,9 +264,11 @@ class TrainingRun:
 
     def evaluate(self) -> None:
         assert self.result is not None
-        self.job.set_phase("evaluating", "after training")
         with self.control.host_work():
-            self.eval_end = self.evaluate_loss(self.eval_batches, self.eval_count)
+            self.eval_end = None
+            if self.eval_count:
+                self.job.set_phase("evaluating", "after training")
+                self.eval_end = self.evaluate_loss(self.eval_batches, self.eval_count)
             self.validation = None
             if self.spec.validation_items:
                 self.job.set_phase("validating")
@@ -316,7 +323,15 @@ class TrainingRun:
         return self.config.checkpointing.save_resume_state
 
     def evaluate_loss(self, batches, count: int) -> float:
-        return evaluate(self.denoiser, self.adapters, batches, self.schedule, EVAL_SEED, count)
+        return evaluate(self.denoiser, self.adapters, batches, self.schedule, EVAL_SEED, count,
+                        max_batch=self.evaluation_batch)
+
+    @property
+    def evaluation_batch(self) -> int:
+        """Images per evaluation pass: EVAL_BATCH, or the training batch if larger; only the training batch when
+        gradient checkpointing is on (memory is then short on purpose)."""
+        opt = self.config.optimisation
+        return opt.batch_size if opt.gradient_checkpointing else max(opt.batch_size, EVAL_BATCH)
 
     def check_memory(self, trainable_params: int) -> None:
         """Refuses a run that will not fit, before anything is encoded, with the figure and the options that fit."""

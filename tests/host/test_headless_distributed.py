@@ -121,33 +121,50 @@ def rank_process(launcher: subprocess.Popen, rank: int, timeout: float = 120) ->
     raise AssertionError(f"no training process of rank {rank}")
 
 
-def test_a_killed_process_ends_the_job_with_the_last_whole_step_saved(base, one_process, tmp_path):
-    """Rank 1 is killed (SIGKILL) while the job trains: rank 0 ends with a message naming the lost process, and
-    the checkpoint and resume state of its last whole step, whose loss history is the reference run's."""
+def interrupted_run(base: Path, folder: Path, name: str, interrupt) -> tuple[int, str, int, list[float]]:
+    """A 500-step run in 2 processes, `interrupt(launcher)` once the main process has done 4 steps; returns
+    torchrun's exit code, its output, and the step and loss history of the resume state the run left."""
     port = free_port()
-    log = tmp_path / "torchrun.log"
-    argv = command(base, workflow_file(tmp_path, "dp_killed", steps=500), 2, "--serve", str(port))
+    log = folder / "torchrun.log"
     with open(log, "w") as out:
-        launcher = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+        launcher = subprocess.Popen(command(base, workflow_file(folder, name, steps=500), 2, "--serve", str(port)),
+                                    stdout=out, stderr=subprocess.STDOUT, cwd=folder,
                                     env=dict(os.environ, OMP_NUM_THREADS="1"))
         try:
-            victim = rank_process(launcher, 1)
             deadline = time.monotonic() + 300
-            while job_while_running(port, "dp_killed", launcher)["step"] < 4 and time.monotonic() < deadline:
+            while job_while_running(port, name, launcher)["step"] < 4 and time.monotonic() < deadline:
                 time.sleep(0.2)
-            victim.send_signal(signal.SIGKILL)
+            interrupt(launcher)
             code = launcher.wait(timeout=300)
         finally:
             if launcher.poll() is None:
                 launcher.kill()
-    text = log.read_text()
+    state_file = base / "models" / "loras" / f"{name}.loralab-resume"
+    step = int(metadata(state_file)["loralab.state.step"])
+    history = tensors(state_file)["history::loss"].tolist()
+    assert 4 <= step < 500 and len(history) == step
+    assert (base / "models" / "loras" / f"{name}-step{step}.safetensors").is_file(), "the last whole step's LoRA"
+    return code, log.read_text(), step, history
+
+
+def test_a_killed_process_ends_the_job_with_the_last_whole_step_saved(base, one_process, tmp_path):
+    """Rank 1 is killed (SIGKILL) while the job trains: rank 0 ends with a message naming the lost process, and
+    the checkpoint and resume state of its last whole step, whose loss history is the reference run's."""
+    code, text, step, history = interrupted_run(
+        base, tmp_path, "dp_killed", lambda launcher: rank_process(launcher, 1).send_signal(signal.SIGKILL))
     assert code != 0, text[-4000:]
     assert "lost the others" in text and "keeps the last whole step" in text, text[-4000:]
-    state_file = base / "models" / "loras" / "dp_killed.loralab-resume"
-    history = tensors(state_file)["history::loss"].tolist()
-    step = int(metadata(state_file)["loralab.state.step"])
-    assert 4 <= step < 500 and len(history) == step
-    assert (base / "models" / "loras" / f"dp_killed-step{step}.safetensors").is_file()
     assert f"at step {step} of 500" in text or f"after {step} steps" in text, text[-4000:]
     reference = tensors(base / "models" / "loras" / "dp_one.loralab-resume")["history::loss"].tolist()
     assert history[:3] == pytest.approx(reference, rel=1e-5), "the same run as the 1-process one, batch 2"
+
+
+def test_sigterm_to_torchrun_cancels_every_process_keeping_the_last_whole_step(base, tmp_path):
+    """torchrun passes SIGTERM on to every process: each cancels as on Ctrl+C once, they stop at the same step,
+    and the main process saves it (no process is killed for hanging: torchrun's grace period is not used up)."""
+    code, text, step, _ = interrupted_run(base, tmp_path, "dp_term", lambda launcher: launcher.terminate())
+    assert code != 0
+    assert text.count("Cancelling (SIGTERM)") == 1, "the main process says so; the other one is silent"
+    assert f"Training 'dp_term' was cancelled at step {step} of 500; saved dp_term-step{step}.safetensors and " \
+           "its resume state" in text, text[-4000:]
+    assert "SIGKILL" not in text, text[-4000:]

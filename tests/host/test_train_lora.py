@@ -220,3 +220,17 @@ def test_keep_last_deletes_the_older_step_checkpoints_of_the_run_only(host, ring
     job = next(j for j in host.get_json("/loralab/jobs") if j["name"] == "pruned")
     checkpoints = host.get_json(f"/loralab/jobs/{job['id']}")["checkpoints"]
     assert [c["step"] for c in checkpoints] == [3, 4]
+
+
+def test_eval_images_off_skips_both_measurements_and_the_job_says_where_the_time_went(host, rings):
+    g, train = train_graph("unmeasured", steps=1, options={"eval_images": "off"})
+    entry = host.run(g.nodes, timeout=900)
+    ui = entry["outputs"][train]
+    assert ui["eval_loss"] == [None, None] and "fixed noise" not in ui["text"][0]
+    assert (host.loras_dir / "unmeasured.safetensors").exists()
+    job = next(j for j in host.get_json("/loralab/jobs") if j["name"] == "unmeasured")
+    phases = host.get_json(f"/loralab/jobs/{job['id']}")["phase_seconds"]
+    assert "evaluating" not in phases and phases["training"] > 0 and phases["saving"] > 0
+    stamps = {event: data["timestamp"] for event, data in entry["status"]["messages"]}
+    prompt_seconds = (stamps["execution_success"] - stamps["execution_start"]) / 1000
+    assert sum(phases.values()) <= prompt_seconds + 0.05

@@ -315,6 +315,28 @@ def test_phase_changes_go_out_at_once_and_detail_changes_at_the_progress_rate(re
     assert job.snapshot()["node_id"] == "7" and registry.list()[0]["node_id"] == "7"
 
 
+def test_phase_seconds_add_up_every_spell_of_a_phase_and_stop_at_the_end(registry, clock, tmp_path):
+    job = registry.create("run", 10, str(tmp_path))
+    job.start()
+    assert job.snapshot()["phase_seconds"] == {}
+    job.set_phase("encoding", "1/2")
+    clock.now += 2.0
+    job.set_phase("encoding", "2/2")  # a detail change is the same spell
+    clock.now += 1.5
+    job.set_phase("sampling", "step 0")
+    clock.now += 4.0
+    job.set_phase("training")
+    clock.now += 10.0
+    assert job.snapshot()["phase_seconds"] == {"encoding": 3.5, "sampling": 4.0, "training": 10.0}  # so far
+    job.set_phase("sampling", "step 5")
+    clock.now += 1.0
+    job.set_phase("training")
+    clock.now += 2.0
+    job.finish("done")
+    clock.now += 100.0  # after the end nothing more is counted
+    assert job.snapshot()["phase_seconds"] == {"encoding": 3.5, "sampling": 5.0, "training": 12.0}
+
+
 def test_a_removed_checkpoint_leaves_the_snapshot(registry, events, tmp_path):
     job = registry.create("run", 10, str(tmp_path))
     job.add_checkpoint(1, "run-step1.safetensors")

@@ -318,6 +318,23 @@ class RunStart:
         _check_fields(self)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """The loss at fixed noise before and after training; it measures the run and changes nothing it trains."""
+
+    images: str = setting("4", "Training images whose loss at fixed noise (the same noise and timesteps each time) "
+                               "is measured before and after training, in one batched pass each; off skips both "
+                               "(a short run saves their time).", choices=("off", "1", "2", "4", "8"))
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
+    @property
+    def image_count(self) -> int:
+        """How many images each measurement takes; 0 = none."""
+        return 0 if self.images == "off" else int(self.images)
+
+
 _SECTIONS: dict[str, type] = {"lora": LoraShape, "optimisation": Optimisation, "checkpointing": Checkpointing,
                               "ema": Ema}
 

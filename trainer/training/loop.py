@@ -22,9 +22,10 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import NonFiniteLossError, PeerProcessError
 from . import optimizers
 from .config import Optimisation, TrainConfig
+from .denoising import BatchFn, Denoiser, map_tensors, noisy_inputs, predict
 from .distributed import DataParallel, describe_batch
 from .ema import AdapterEma
-from .objective import NoiseSchedule, TimestepSampling, diffusion_loss, sample_noise, sample_timesteps
+from .objective import NoiseSchedule, TimestepSampling, diffusion_loss
 from .resume_checks import check_layers, check_optimizer, check_resumable
 from .resume_state import TrainState, optimizer_state_for
 from .schedules import lr_multiplier_at
@@ -32,11 +33,6 @@ from .trainable_lora import LoraAdapterSet
 
 logger = logging.getLogger(__name__)
 
-# denoiser(x_t, timesteps [B] int64, cond) -> prediction shaped like x_t (epsilon / v / flow per schedule).
-Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
-# batches(micro_batch_index, generator) -> (latents [B, C, H, W], cond). Draw any randomness (data order,
-# flips) from `generator` only: then a resumed run sees exactly the batches an uninterrupted one would.
-BatchFn = Callable[[int, torch.Generator], tuple[torch.Tensor, Any]]
 SMOOTHING = 0.9  # EMA factor of the smoothed loss shown to the user
 
 
@@ -122,26 +118,6 @@ def gradient_checkpointing(modules: Sequence[nn.Module] | None) -> Iterator[None
                 module.forward = own_forward  # type: ignore[method-assign]
 
 
-def _map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:
-    """`value` with fn applied to every tensor inside nested dicts, lists and tuples (named tuples kept)."""
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, dict):
-        return {k: _map_tensors(fn, v) for k, v in value.items()}
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_map_tensors(fn, v) for v in value))
-    if isinstance(value, (list, tuple)):
-        return type(value)(_map_tensors(fn, v) for v in value)
-    return value
-
-
-def _autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractContextManager[Any]:
-    # Autocast only on CUDA: CPU half-precision autocast is slow and the tests need exact fp32.
-    if device.type != "cuda" or mixed_precision == "no":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.float16 if mixed_precision == "fp16" else torch.bfloat16)
-
-
 def _cuda_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
@@ -163,20 +139,11 @@ def _batch_loss(denoiser: Denoiser, latents: torch.Tensor, cond: Any, schedule: 
                 sampling: TimestepSampling | None = None,
                 shard: DataParallel | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's loss and the timesteps drawn for it."""
-    latents = latents.to(device=device, dtype=torch.float32)
-    if latents.is_inference():
-        latents = latents.clone()
-    # Noise and timesteps come from the CPU generator (small tensors) so its state alone fixes them.
-    noise = sample_noise(tuple(latents.shape), generator, noise_offset).to(device)
-    timesteps = sample_timesteps(latents.shape[0], schedule, generator, sampling,
-                                 latent_hw=(int(latents.shape[-2]), int(latents.shape[-1])))
-    x_t = schedule.add_noise(latents, noise, timesteps)
-    target = schedule.training_target(latents, noise, timesteps)
+    x_t, target, timesteps = noisy_inputs(latents, schedule, generator, device, noise_offset, sampling)
     share, drawn = 1.0, timesteps
     if shard is not None:  # the draws above are the global batch's; this process computes its items
         x_t, target, timesteps, cond, share = shard.take_shard(x_t, target, timesteps, cond)
-    with _autocast(device, mixed_precision):
-        prediction = denoiser(x_t, timesteps.to(device), _map_tensors(lambda t: t.to(device), cond))
+    prediction = predict(denoiser, x_t, timesteps, cond, device, mixed_precision)
     weights = schedule.min_snr_weights(timesteps, min_snr_gamma) if min_snr_gamma else None
     return diffusion_loss(prediction, target, weights) * share, drawn  # drawn: every process's timesteps
 
@@ -295,7 +262,7 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
 
     def snapshot() -> TrainState:
         return TrainState(step=step, config=config, lora=adapters.state_dict(),
-                          optimizer_state=_map_tensors(lambda t: t.detach().to("cpu", copy=True),
+                          optimizer_state=map_tensors(lambda t: t.detach().to("cpu", copy=True),
                                                        optimizer.state_dict()),
                           param_names=[n for names in group_names for n in names],
                           generator_state=generator.get_state(), loss_history=list(history),
@@ -373,26 +340,3 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
     return TrainResult(steps_completed=step, total_steps=opt.steps, loss_history=tuple(history),
                        smoothed_loss=smoothed, stopped_early=stopped_early, optimizer_name=optimizer_name,
                        seconds=time.perf_counter() - started, state=final_state)
-
-
-def evaluate(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedule: NoiseSchedule,
-             fixed_seed: int, num_batches: int = 1, mixed_precision: str = "no") -> float:
-    """Mean unweighted loss over `num_batches` at noise and timesteps fixed by `fixed_seed` (no dropout).
-
-    The same seed gives the same inputs every call, so values from different steps are comparable:
-    on training batches it shows memorisation, on held-out batches validation loss.
-    """
-    generator = torch.Generator("cpu").manual_seed(fixed_seed)
-    device = adapters.device
-    was_training = any(adapters[k].training for k in adapters.keys())
-    adapters.train(False)
-    total = 0.0
-    try:
-        with torch.inference_mode(False), torch.no_grad():
-            for index in range(num_batches):
-                latents, cond = batches(index, generator)
-                total += _batch_loss(denoiser, latents, cond, schedule, generator, device, mixed_precision,
-                                     0.0, None)[0].item()
-    finally:
-        adapters.train(was_training)
-    return total / num_batches

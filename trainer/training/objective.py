@@ -204,9 +204,14 @@ def sample_noise(shape: tuple[int, ...], generator: torch.Generator, noise_offse
     return noise
 
 
+def per_sample_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each sample [B] (fp32)."""
+    return (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+
+
 def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error per sample (fp32), optionally weighted per sample, averaged over the batch."""
-    per_sample = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    per_sample = per_sample_loss(prediction, target)
     if weights is not None:
         per_sample = per_sample * weights.to(per_sample.device, per_sample.dtype)
     return per_sample.mean()

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import trainer.training.denoising as denoising
 import trainer.training.loop as loop
 from tests.support.tiny_models import (
     TinyTextEncoder,
@@ -20,7 +21,8 @@ from tests.support.tiny_models import (
 )
 from trainer.errors import NonFiniteLossError, OptimizerError
 from trainer.training.config import LoraShape, TrainConfig
-from trainer.training.loop import StepRecord, evaluate, gradient_checkpointing, train
+from trainer.training.evaluation import evaluate
+from trainer.training.loop import StepRecord, gradient_checkpointing, train
 from trainer.training.objective import NoiseSchedule
 
 SCHEDULE = NoiseSchedule.scaled_linear()
@@ -130,9 +132,9 @@ def test_checkpoint_callback_every_n_steps() -> None:
 
 def test_grad_accumulation_equals_larger_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     # Noise and timesteps fixed per sample, so 2 micro-batches of 1 see exactly what 1 batch of 2 sees.
-    monkeypatch.setattr(loop, "sample_noise", lambda shape, g, offset: torch.linspace(-2, 2, math.prod(shape[1:]))
+    monkeypatch.setattr(denoising, "sample_noise", lambda shape, g, offset: torch.linspace(-2, 2, math.prod(shape[1:]))
                         .reshape(1, *shape[1:]).expand(shape).clone())
-    monkeypatch.setattr(loop, "sample_timesteps", lambda n, s, g, *args, **kwargs: torch.full((n,), 400))
+    monkeypatch.setattr(denoising, "sample_timesteps", lambda n, s, g, *args, **kwargs: torch.full((n,), 400))
     latents, cond = dataset()
     results = []
     for batch_size, accumulation in ((2, 1), (1, 2)):
@@ -203,17 +205,6 @@ def test_text_encoder_lora_trains_in_its_own_group_at_its_own_learning_rate() ->
     train(text_denoiser(model, text_encoder), adapters, caption_batches(), SCHEDULE, cfg, lambda r: None)
     assert all(torch.count_nonzero(adapters.merged_delta(f"te:{n}")) > 0 for n in te_layers)
     assert all(torch.equal(base_te[k], v) for k, v in text_encoder.state_dict().items())
-
-
-def test_map_tensors_walks_dicts_lists_tuples_and_named_tuples() -> None:
-    from collections import namedtuple
-    Pair = namedtuple("Pair", "a b")
-    value = {"x": torch.ones(2), "y": [torch.zeros(1), (torch.ones(1), "text")], "z": Pair(torch.ones(1), 3), "n": 1.5}
-    doubled = loop._map_tensors(lambda t: t * 2, value)
-    assert torch.equal(doubled["x"], torch.full((2,), 2.0)) and torch.equal(doubled["y"][1][0], torch.full((1,), 2.0))
-    assert isinstance(doubled["y"][1], tuple) and doubled["y"][1][1] == "text"
-    assert isinstance(doubled["z"], Pair) and torch.equal(doubled["z"].a, torch.full((1,), 2.0)) and doubled["z"].b == 3
-    assert doubled["n"] == 1.5 and torch.equal(value["x"], torch.ones(2))  # the input is left as it was
 
 
 def test_one_base_lr_policy_for_new_and_resumed_runs() -> None:

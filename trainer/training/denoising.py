@@ -1,0 +1,59 @@
+"""One denoising pass as training and evaluation run it: noisy inputs for clean latents, and the model's prediction.
+
+Knows nothing about the model: the caller's `Denoiser` computes the prediction.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .objective import NoiseSchedule, TimestepSampling, sample_noise, sample_timesteps
+
+# denoiser(x_t, timesteps [B] int64, cond) -> prediction shaped like x_t (epsilon / v / flow per schedule).
+Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+# batches(micro_batch_index, generator) -> (latents [B, C, H, W], cond). Draw any randomness (data order,
+# flips) from `generator` only: then a resumed run sees exactly the batches an uninterrupted one would.
+BatchFn = Callable[[int, torch.Generator], tuple[torch.Tensor, Any]]
+
+
+def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:
+    """`value` with fn applied to every tensor inside nested dicts, lists and tuples (named tuples kept)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: map_tensors(fn, v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(map_tensors(fn, v) for v in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(map_tensors(fn, v) for v in value)
+    return value
+
+
+def _autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractContextManager[Any]:
+    # Autocast only on CUDA: CPU half-precision autocast is slow and the tests need exact fp32.
+    if device.type != "cuda" or mixed_precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if mixed_precision == "fp16" else torch.bfloat16)
+
+
+def noisy_inputs(latents: torch.Tensor, schedule: NoiseSchedule, generator: torch.Generator, device: torch.device,
+                  noise_offset: float, sampling: TimestepSampling | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, training target, timesteps) for a batch of clean latents."""
+    latents = latents.to(device=device, dtype=torch.float32)
+    if latents.is_inference():
+        latents = latents.clone()
+    # Noise and timesteps come from the CPU generator (small tensors) so its state alone fixes them.
+    noise = sample_noise(tuple(latents.shape), generator, noise_offset).to(device)
+    timesteps = sample_timesteps(latents.shape[0], schedule, generator, sampling,
+                                 latent_hw=(int(latents.shape[-2]), int(latents.shape[-1])))
+    return schedule.add_noise(latents, noise, timesteps), schedule.training_target(latents, noise, timesteps), timesteps
+
+
+def predict(denoiser: Denoiser, x_t: torch.Tensor, timesteps: torch.Tensor, cond: Any, device: torch.device,
+             mixed_precision: str) -> torch.Tensor:
+    with _autocast(device, mixed_precision):
+        return denoiser(x_t, timesteps.to(device), map_tensors(lambda t: t.to(device), cond))
