@@ -52,10 +52,11 @@ def node_defaults(host: ComfyHost, class_type: str) -> dict:
 
 
 @contextlib.contextmanager
-def bench_host(prefix: str, keep: bool) -> Iterator[ComfyHost]:
-    """A host (not yet started) in a fresh base directory; stopped, and the directory removed unless `keep`."""
+def bench_host(prefix: str, keep: bool, full_size: bool = False) -> Iterator[ComfyHost]:
+    """A host (not yet started) in a fresh base directory with the small (or `full_size`) SD1.5 checkpoint;
+    stopped, and the directory removed unless `keep`."""
     base = Path(tempfile.mkdtemp(prefix=prefix))
-    host = ComfyHost(prepare_base_dir(base, ensure_tiny_checkpoint()))
+    host = ComfyHost(prepare_base_dir(base, ensure_tiny_checkpoint(full_size=full_size)))
     try:
         yield host
     finally:
