@@ -3,11 +3,11 @@
 // `block_weights` text gives that block. Moving a slider rewrites that text, the single source of truth: it
 // is what the workflow saves and the prompt sends, so headless users and old workflows work without this file.
 
-import { api } from "../../scripts/api.js";
 import { app } from "../../scripts/app.js";
-import { blocksUrl, setWeight, sliderRows, slidersStatus, weightsText } from "./lib/block_sliders.js";
+import { setWeight, sliderRows, slidersStatus, weightsText } from "./lib/block_sliders.js";
 import { createBlockSliders } from "./lib/block_sliders_view.js";
 import { runAfter } from "./lib/node_hooks.js";
+import { loraBlocks } from "./lora_library.js";
 
 const NODE_TYPE = "LoraLabLoadLora";
 const NAME_WIDGET = "lora_name";
@@ -77,18 +77,11 @@ function attachSliders(node) {
     state.answer = null;
     state.error = null;
     draw();
-    try {
-      const resp = await api.fetchApi(blocksUrl(name, text));
-      const body = await resp.json().catch(() => null);
-      if (asked !== key) return;
-      state.answer = resp.ok ? body : null;
-      state.error = resp.ok ? null : body?.error ?? `the host answered ${resp.status}`;
-      state.rows = resp.ok ? sliderRows(body) : [];
-    } catch (e) {
-      if (asked !== key) return;
-      state.error = `could not ask the host: ${e.message}`;
-      state.rows = [];
-    }
+    const { answer, error } = await loraBlocks(name, text);
+    if (asked !== key) return;
+    state.answer = answer;
+    state.error = error;
+    state.rows = sliderRows(answer);
     draw();
   }
 

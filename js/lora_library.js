@@ -1,8 +1,10 @@
 // The host's LoRA files as the editor sees them: the names in the loras folders and each file's info line
-// (rank, alpha, base model, trigger words), each asked of the host once per page and shared by all nodes.
+// (rank, alpha, base model, trigger words), each asked of the host once per page and shared by all nodes,
+// and a file's blocks under a block-weight text (asked each time: the text changes).
 // No extension of its own: js/stack_loras.js and js/lora_metadata.js import it.
 
 import { api } from "../../scripts/api.js";
+import { blocksUrl } from "./lib/block_sliders.js";
 import { createLoraInfoCache } from "./lib/lora_info_cache.js";
 
 let namesRequest = null;
@@ -36,3 +38,14 @@ async function fetchInfo(url) {
 
 /** Every LoRA file's info line, from LoRA Lab's GET /loralab/loras/info once per file name. */
 export const loraInfo = createLoraInfoCache({ listNames: requestNames, fetchInfo });
+
+/** A file's blocks with their weights under `text` (GET /loralab/loras/blocks): {answer} or {error}. */
+export async function loraBlocks(name, text) {
+  try {
+    const { status, body } = await fetchInfo(blocksUrl(name, text));
+    if (status === 200 && body) return { answer: body, error: null };
+    return { answer: null, error: body?.error ?? `the host answered ${status}` };
+  } catch (e) {
+    return { answer: null, error: `could not ask the host: ${e.message}` };
+  }
+}

@@ -10,7 +10,8 @@
 import { api } from "../../scripts/api.js";
 import { app } from "../../scripts/app.js";
 import { runAfter } from "./lib/node_hooks.js";
-import { loraInfo, loraNames } from "./lora_library.js";
+import { setWeight, sliderRows, slidersStatus, weightsText } from "./lib/block_sliders.js";
+import { loraBlocks, loraInfo, loraNames } from "./lora_library.js";
 import { LOADING_INFO } from "./lib/lora_metadata.js";
 import { createPresetStore, loadedMessage, rowsFromPreset } from "./lib/stack_presets.js";
 import * as stack from "./lib/stack_rows.js";
@@ -44,7 +45,8 @@ function attachEditor(node) {
   hideWidget(rowsWidget);
 
   // names: null until the host has listed its LoRA files, so no row is marked missing before then.
-  const state = { rows: [], names: null, error: null, triggerWords: "" };
+  // blocks: the row whose block sliders are open, {index, rows, answer, error}, or null.
+  const state = { rows: [], names: null, error: null, triggerWords: "", blocks: null };
   let namesAskedAt = 0;
   let shownText = null; // the rows text the table currently shows
 
@@ -59,20 +61,51 @@ function attachEditor(node) {
     redraw(resized ? "exact" : null);
     app.canvas?.emitAfterChange?.();
   };
+  /** Asks the host for the open row's blocks under its text; the answer is dropped if another was asked since. */
+  async function askBlocks() {
+    const open = state.blocks;
+    const row = open && state.rows[open.index];
+    if (!row) return;
+    Object.assign(open, { answer: null, error: null });
+    redraw("exact");
+    const { answer, error } = await loraBlocks(row.lora, row.block_weights ?? "");
+    if (state.blocks !== open) return;
+    Object.assign(open, { answer, error, rows: sliderRows(answer) });
+    redraw("exact");
+  }
+  const commitClosing = (rows) => {
+    state.blocks = null; // rows added, removed, moved or replaced: the open sliders would describe another row
+    commit(rows);
+  };
   const table = createStackTable(document, {
     add: async () => {
       state.names = await loraNames(true); // a file saved since the node was drawn becomes the default
-      commit(stack.addRow(state.rows, state.names)); // rows read after the wait: no edit in between is lost
+      // rows read after the wait: no edit in between is lost
+      commitClosing(stack.addRow(state.rows, state.names));
     },
-    remove: (i) => commit(stack.removeRow(state.rows, i)),
-    move: (i, delta) => commit(stack.moveRow(state.rows, i, delta)),
+    remove: (i) => commitClosing(stack.removeRow(state.rows, i)),
+    move: (i, delta) => commitClosing(stack.moveRow(state.rows, i, delta)),
     toggle: (i, on) => commit(stack.toggleRow(state.rows, i, on)),
     name: (i, name) => {
       loraInfo.retry(name); // choosing a file again asks again if it was missing or the host failed
       commit(stack.setName(state.rows, i, name));
+      if (state.blocks?.index === i) askBlocks();
     },
     strength: (i, which, text) => commit(stack.setStrength(state.rows, i, which, text)),
-    blockWeights: (i, text) => commit(stack.setBlockWeights(state.rows, i, text)),
+    blockWeights: (i, text) => {
+      commit(stack.setBlockWeights(state.rows, i, text));
+      if (state.blocks?.index === i) askBlocks(); // typed text: the sliders follow
+    },
+    blocksToggle(i) {
+      state.blocks = state.blocks?.index === i ? null : { index: i, rows: [], answer: null, error: null };
+      if (state.blocks) askBlocks();
+      else redraw("exact");
+    },
+    blocksWeight(i, block, value) {
+      if (state.blocks?.index !== i) return;
+      state.blocks.rows = setWeight(state.blocks.rows, block, value);
+      commit(stack.setBlockWeights(state.rows, i, weightsText(state.blocks.rows)));
+    },
     async pointerEnter() {
       if (Date.now() - namesAskedAt < NAMES_REFRESH_MS) return;
       namesAskedAt = Date.now();
@@ -97,7 +130,7 @@ function attachEditor(node) {
       if (!preset) return;
       const rows = rowsFromPreset(preset);
       state.names = await loraNames(true); // a file added since the page loaded is not "missing"
-      commit(rows);
+      commitClosing(rows);
       table.showPresets(presets.peek(), loadedMessage(name, rows, stack.missingRows(rows, state.names)));
     },
     async presetDelete(name) {
@@ -132,7 +165,10 @@ function attachEditor(node) {
 
   /** fit: "exact" snaps the height to the rows (after add/remove), "grow" only enlarges (on load). */
   function redraw(fit) {
-    table.render({ ...state, info: rowsInfo() });
+    const open = state.blocks;
+    const blocks = open && { index: open.index, rows: open.rows, statusText: slidersStatus({
+      name: state.rows[open.index]?.lora, answer: open.answer, error: open.error }) };
+    table.render({ ...state, info: rowsInfo(), blocks });
     table.element.dataset.nodeId = String(node.id);
     if (fit) {
       const min = node.computeSize();
@@ -147,7 +183,7 @@ function attachEditor(node) {
     const text = rowsWidget.value;
     if (text === shownText) return;
     shownText = text;
-    Object.assign(state, stack.parseRows(text));
+    Object.assign(state, stack.parseRows(text), { blocks: null });
     redraw("grow");
   }
 

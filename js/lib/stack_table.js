@@ -3,6 +3,7 @@
 // Kept apart from the host wiring so that the host's editor only appears in one file. Every control
 // carries a data-testid (and a namespaced class) so browser tests and users' own scripts can find it.
 
+import { createBlockSliders } from "./block_sliders_view.js";
 import { el } from "./dom.js";
 import { loraInfoElement, showLoraInfo } from "./lora_info_view.js";
 import { missingRows, missingTitle } from "./stack_rows.js";
@@ -58,8 +59,19 @@ function button(doc, action, text, title) {
   });
 }
 
-/** The row's controls and, beneath them, its file's info line (`info`: lib/lora_metadata.js, or null). */
-function rowElements(doc, row, index, count, names, info, missing) {
+/** The row's block sliders (lib/block_sliders_view.js), open when `blocks` is this row's: {rows, statusText}. */
+function blockSliders(doc, intents, index, blocks) {
+  const sliders = createBlockSliders(doc, {
+    toggle: () => intents.blocksToggle?.(index),
+    weight: (block, value) => intents.blocksWeight?.(index, block, value),
+  });
+  sliders.render({ open: blocks !== null, rows: blocks?.rows ?? [], statusText: blocks?.statusText ?? "" });
+  return sliders;
+}
+
+/** The row's controls and, beneath them, its file's info line (`info`: lib/lora_metadata.js, or null) and its
+ * block sliders (`sliders`). */
+function rowElements(doc, row, index, count, names, info, missing, sliders) {
   const up = button(doc, "up", "↑", "Move up");
   const down = button(doc, "down", "↓", "Move down");
   up.disabled = index === 0;
@@ -81,6 +93,8 @@ function rowElements(doc, row, index, count, names, info, missing) {
     // The file's rank, alpha, base model and trigger words, under its controls and as wide as the table.
     el(doc, "tr", { className: `loralab-stack-info-row${off}`, dataset: { index: String(index) } },
       [el(doc, "td"), el(doc, "td", { colSpan: 5 }, [loraInfoElement(doc, info)])]),
+    el(doc, "tr", { className: "loralab-stack-blocks-row", dataset: { index: String(index) } },
+      [el(doc, "td"), el(doc, "td", { colSpan: 5 }, [sliders.element])]),
   ];
 }
 
@@ -109,10 +123,12 @@ function presetBar(doc) {
 
 /**
  * Builds the editor element. `intents` receives {add()}, {remove,moveUp,moveDown,toggle(i, on)},
- * {name(i, value)}, {strength(i, "model"|"clip", text)}, {blockWeights(i, text)}, and the preset menu's
+ * {name(i, value)}, {strength(i, "model"|"clip", text)}, {blockWeights(i, text)}, the block sliders'
+ * {blocksToggle(i), blocksWeight(i, block, value)}, and the preset menu's
  * {presetLoad(name), presetDelete(name), presetSave(name), presetsOpen()}, and {pointerEnter()}; the owner applies them and calls
- * render() with the state (`names` null while the host's list is unknown) and `info`, each row's file info
- * (lib/lora_metadata.js) in row order, and showPresets() with the host's presets.
+ * render() with the state (`names` null while the host's list is unknown), `info`, each row's file info
+ * (lib/lora_metadata.js) in row order, and `blocks`, the open row's sliders {index, rows, statusText} or null;
+ * and showPresets() with the host's presets.
  */
 export function createStackTable(doc, intents) {
   ensureStyle(doc);
@@ -128,6 +144,7 @@ export function createStackTable(doc, intents) {
     [error, table, add, presets.bar, presets.status, words]);
   let rowCount = 0;
   let infoLines = []; // the rows' info elements, in row order
+  let sliders = []; // the rows' block sliders, in row order
 
   root.addEventListener("click", (event) => {
     const target = event.target.closest("button[data-action]");
@@ -169,11 +186,17 @@ export function createStackTable(doc, intents) {
   return {
     element: root,
     /** Redraws everything; cheap at the row counts people use, and no stale control survives. */
-    render({ rows, names = null, error: message, triggerWords, info = [] }) {
+    render({ rows, names = null, error: message, triggerWords, info = [], blocks = null }) {
       rowCount = rows.length;
       const missing = missingRows(rows, names);
+      // A slider moved from the keyboard keeps the focus through the redraw its move causes.
+      const focused = doc.activeElement?.closest?.("[data-testid=loralab-block-slider]");
+      const refocus = focused && `tr[data-index="${focused.closest("tr").dataset.index}"] `
+        + `[data-testid=loralab-block-slider][data-block="${focused.dataset.block}"]`;
+      sliders = rows.map((_, i) => blockSliders(doc, intents, i, blocks?.index === i ? blocks : null));
       body.replaceChildren(...rows.flatMap((row, i) => rowElements(doc, row, i, rows.length, names, info[i] ?? null,
-        missing[i])));
+        missing[i], sliders[i])));
+      if (refocus) body.querySelector(refocus)?.focus();
       infoLines = [...body.querySelectorAll(".loralab-lora-info")];
       error.textContent = message ? `The rows text is ${message}; editing replaces it.` : "";
       error.hidden = !message;
@@ -205,7 +228,8 @@ export function createStackTable(doc, intents) {
     },
     /** The height the node must give the table to show every row without scrolling. */
     minHeight() {
-      return CHROME_HEIGHT + rowCount * ROW_HEIGHT + (error.hidden ? 0 : ERROR_HEIGHT);
+      return CHROME_HEIGHT + rowCount * ROW_HEIGHT + sliders.reduce((sum, s) => sum + s.minHeight(), 0)
+        + (error.hidden ? 0 : ERROR_HEIGHT);
     },
   };
 }

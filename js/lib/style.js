@@ -26,6 +26,7 @@ const CSS = `
 .loralab-stack-add { height: 26px; }
 .loralab-stack-error { color: var(--error-text, #f66); white-space: normal; }
 .loralab-stack-table .loralab-stack-info-row td { height: 18px; padding-top: 0; }
+.loralab-stack-table .loralab-stack-blocks-row td { height: auto; padding: 0 2px 2px; }
 .loralab-lora-info { box-sizing: border-box; height: 18px; line-height: 18px; padding: 0 4px;
   font: 11px sans-serif; color: var(--input-text, #ddd); opacity: 0.8;
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; user-select: text; }

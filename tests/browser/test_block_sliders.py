@@ -2,6 +2,7 @@
 writes the block_weights text, and the value survives saving and reloading the workflow."""
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,4 +74,34 @@ def test_a_block_slider_writes_the_text_and_survives_save_and_reload(block_lora,
     editor.js("app.canvas.setDirty(true, true);")  # the canvas draws the field's new text on its next frame
     editor.page.wait_for_timeout(200)
     editor.page.screenshot(path=str(artifacts / "block_sliders.png"))
+    assert editor.pack_errors == []
+
+
+def row_sliders(editor, node_id: int, index: int):
+    return editor.stack(node_id).locator(f'tr.loralab-stack-blocks-row[data-index="{index}"] .loralab-blocks')
+
+
+def test_a_stack_rows_block_slider_writes_that_rows_weights_and_survives_save_and_reload(block_lora, editor):
+    node = editor.add_node("LoraLabStackLoras", (200, 150))
+    editor.add_rows(node, 2)
+    editor.row(node, 1).get_by_test_id("loralab-stack-lora").select_option(BLOCKS)
+    panel = row_sliders(editor, node, 1)
+    panel.get_by_test_id("loralab-blocks-toggle").click()
+    expect(panel.get_by_test_id("loralab-blocks-status")).to_have_text("4 block(s) in this file", timeout=10_000)
+    middle = panel.locator('[data-testid=loralab-block-slider][data-block="M00"]')
+    middle.focus()
+    for _ in range(4):  # the table redraws after each step; the slider keeps the focus
+        editor.page.keyboard.press("ArrowLeft")
+    expect(middle).to_have_value("0.8")
+    rows = json.loads(editor.widget_value(node, "loras"))
+    assert rows[1]["block_weights"] == "M00=0.8" and "block_weights" not in rows[0]
+    expect(editor.row(node, 1).get_by_test_id("loralab-stack-blocks")).to_have_value("M00=0.8")
+    box, last = editor.stack(node).bounding_box(), panel.bounding_box()
+    assert last["y"] + last["height"] <= box["y"] + box["height"] + 1, "the open sliders must not be cut off"
+
+    editor.save_and_reload()
+    assert json.loads(editor.widget_value(node, "loras"))[1]["block_weights"] == "M00=0.8"
+    panel = row_sliders(editor, node, 1)
+    panel.get_by_test_id("loralab-blocks-toggle").click()
+    expect(panel.locator('[data-testid=loralab-block-slider][data-block="M00"]')).to_have_value("0.8", timeout=10_000)
     assert editor.pack_errors == []
