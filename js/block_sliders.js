@@ -86,21 +86,11 @@ function attachSliders(node) {
   }
 
   // Another file chosen, or the text typed: the sliders follow.
-  for (const w of [nameWidget, textWidget]) {
-    const callback = w.callback;
-    w.callback = function (...args) {
-      const result = callback?.apply(this, args);
-      refresh();
-      return result;
-    };
-  }
+  for (const w of [nameWidget, textWidget]) runAfter(w, "callback", () => refresh());
   // The node id is -1 until the graph adds the node; tests and styles find the sliders by it.
-  const onAdded = node.onAdded;
-  node.onAdded = function (...args) {
-    const result = onAdded?.apply(this, args);
+  runAfter(node, "onAdded", function () {
     view.element.dataset.nodeId = String(this.id);
-    return result;
-  };
+  });
   node.loralabBlockSliders = { refresh };
   draw();
 }
