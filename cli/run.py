@@ -88,10 +88,13 @@ def cancel_on_signals(host: Host) -> Iterator[None]:
     `kill` sends) is that Cancel too, however often it comes: torchrun follows it with SIGKILL after its
     grace period, so the save must not be cut short by a second signal.
     """
+    signalled: set[int] = set()
+
     def cancel(signum, frame) -> None:
-        if not host.nodes.comfy.model_management.processing_interrupted():
+        if not signalled:
             log.warning("Cancelling (%s): the run stops after saving its last whole step%s",
                         signal.Signals(signum).name, " (Ctrl+C again to kill)" if signum == signal.SIGINT else "")
+        signalled.add(signum)
         host.nodes.interrupt_processing(True)
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)

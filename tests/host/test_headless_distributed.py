@@ -121,13 +121,15 @@ def rank_process(launcher: subprocess.Popen, rank: int, timeout: float = 120) ->
     raise AssertionError(f"no training process of rank {rank}")
 
 
-def interrupted_run(base: Path, folder: Path, name: str, interrupt) -> tuple[int, str, int, list[float]]:
-    """A 500-step run in 2 processes, `interrupt(launcher)` once the main process has done 4 steps; returns
-    torchrun's exit code, its output, and the step and loss history of the resume state the run left."""
+def interrupted_run(base: Path, folder: Path, name: str, interrupt,
+                    processes: int = 2) -> tuple[int, str, int, list[float]]:
+    """A 500-step run in `processes` processes, `interrupt(launcher)` once the main process has done 4 steps;
+    returns the launcher's exit code, its output, and the step and loss history of the resume state left."""
     port = free_port()
     log = folder / "torchrun.log"
     with open(log, "w") as out:
-        launcher = subprocess.Popen(command(base, workflow_file(folder, name, steps=500), 2, "--serve", str(port)),
+        launcher = subprocess.Popen(command(base, workflow_file(folder, name, steps=500), processes, "--serve",
+                                            str(port)),
                                     stdout=out, stderr=subprocess.STDOUT, cwd=folder,
                                     env=dict(os.environ, OMP_NUM_THREADS="1"))
         try:
@@ -168,3 +170,16 @@ def test_sigterm_to_torchrun_cancels_every_process_keeping_the_last_whole_step(b
     assert f"Training 'dp_term' was cancelled at step {step} of 500; saved dp_term-step{step}.safetensors and " \
            "its resume state" in text, text[-4000:]
     assert "SIGKILL" not in text, text[-4000:]
+
+
+def test_sigterm_twice_to_one_process_cancels_once_and_saves(base, tmp_path):
+    """`kill` (SIGTERM) is Ctrl+C once, and a second SIGTERM does not kill the run while it saves."""
+    def terminate_twice(launcher: subprocess.Popen) -> None:
+        launcher.terminate()
+        time.sleep(0.05)
+        launcher.terminate()
+
+    code, text, step, _ = interrupted_run(base, tmp_path, "hl_term", terminate_twice, processes=1)
+    assert code == 3, text[-4000:]  # cancelled or stopped, with what was saved
+    assert text.count("Cancelling (SIGTERM)") == 1
+    assert f"Training 'hl_term' was cancelled at step {step} of 500; saved hl_term-step{step}.safetensors" in text
