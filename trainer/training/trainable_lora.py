@@ -164,6 +164,9 @@ class LoraAdapter(nn.Module):
         self.to_empty(device="cpu")
         self.register_buffer("alpha", torch.tensor(float(alpha)))
         self.rank = rank
+        # A Python float, so the forward never reads the alpha buffer back from the device (a sync per layer
+        # on a GPU); load_state_dict keeps it in step with the buffer.
+        self.scale = float(alpha) / rank
         self.dropout = dropout
         self.reset_parameters(generator)
 
@@ -172,10 +175,6 @@ class LoraAdapter(nn.Module):
         nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5), generator=generator)
         nn.init.zeros_(self.lora_up.weight)
 
-    @property
-    def scale(self) -> float:
-        return float(self.alpha) / self.rank
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Parameters stay fp32 for stable updates; the base may compute in fp16/bf16, so cast the input here
         # (the hook casts the result back to the base layer's output dtype). Under CUDA autocast the
@@ -183,7 +182,7 @@ class LoraAdapter(nn.Module):
         x = x.to(self.lora_down.weight.dtype)
         if self.training and self.dropout > 0:
             x = F.dropout(x, p=self.dropout, training=True)
-        return self.lora_up(self.lora_down(x)) * self.scale
+        return self.lora_up(self.lora_down(x) * self.scale)  # scaled at rank width: the cheapest place
 
     def delta_weight(self) -> torch.Tensor:
         """The fp32 weight delta (shape of the base weight) that this adapter adds."""
@@ -338,6 +337,7 @@ class LoraAdapterSet:
                         raise LoraTargetError(f"'{key}.{suffix}' has shape {tuple(value.shape)}, this layer "
                                               f"needs {tuple(target.shape)} (different rank or layer size?).")
                     target.copy_(value)
+                adapter.scale = float(adapter.alpha) / adapter.rank
 
     def merged_delta(self, key: str) -> torch.Tensor:
         """fp32 delta W (base weight shape) of one layer, as every loader merges it (strength 1)."""

@@ -108,6 +108,23 @@ def test_merged_equals_unmerged(layer: nn.Module) -> None:
     torch.testing.assert_close(delta.reshape(base_weight.shape), adapters.merged_delta("0"))
 
 
+def test_a_loaded_alpha_scales_the_forward_as_it_scales_the_merged_delta() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 5)
+    x = torch.randn(3, 6)
+    adapters = LoraAdapterSet(rank=2, alpha=2.0, init_seed=1)
+    adapters.attach(nn.Sequential(layer), ["0"])
+    _randomise(adapters)
+    with torch.no_grad():
+        base = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        delta_at_alpha_2 = layer(x) - base
+        state = adapters.state_dict()
+        state["0.alpha"] = torch.tensor(5.0)  # a state saved with another alpha: scale 2.5 instead of 1
+        adapters.load_state_dict(state)
+        torch.testing.assert_close(layer(x) - base, 2.5 * delta_at_alpha_2)
+        torch.testing.assert_close(layer(x) - base, x @ adapters.merged_delta("0").T)
+
+
 def test_state_dict_kohya_layout_and_round_trip() -> None:
     model = make_model()
     adapters = attach(model, LoraShape(rank=3, alpha=1.5, targets="attention_ff_conv"))
