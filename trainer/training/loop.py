@@ -179,12 +179,13 @@ def _accumulate_gradients(denoiser: Denoiser, batches: BatchFn, schedule: NoiseS
 def _restore(start_state: TrainState, config: TrainConfig, adapters: LoraAdapterSet,
              optimizer: torch.optim.Optimizer, optimizer_name: str, group_names: list[list[str]],
              generator: torch.Generator, scaler: torch.amp.GradScaler,
-             ema: AdapterEma | None) -> tuple[int, list[float], float | None]:
+             ema: AdapterEma | None, world_size: int) -> tuple[int, list[float], float | None]:
     """Load a saved state into the run's objects; returns (step, loss history, smoothed loss) to continue from.
 
     Every check runs before anything is changed, so a refused state leaves the adapters as they were.
     """
-    check_resumable(start_state.config, config, start_state.step, start_state.source)
+    check_resumable(start_state.config, config, start_state.step, start_state.source,
+                    world_sizes=(start_state.world_size, world_size))
     check_layers(start_state, adapters)
     check_optimizer(start_state, optimizer_name)
     optimizer_state = optimizer_state_for(start_state, group_names)
@@ -256,9 +257,10 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
     params = adapters.parameters()
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and opt.mixed_precision == "fp16")
     step, history, smoothed = 0, [], None
+    world_size = data_parallel.world_size if data_parallel is not None else 1
     if start_state is not None:
         step, history, smoothed = _restore(start_state, config, adapters, optimizer, optimizer_name, group_names,
-                                           generator, scaler, ema)
+                                           generator, scaler, ema, world_size)
 
     def snapshot() -> TrainState:
         return TrainState(step=step, config=config, lora=adapters.state_dict(),
@@ -268,11 +270,11 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
                           generator_state=generator.get_state(), loss_history=list(history),
                           smoothed_loss=smoothed, optimizer_name=optimizer_name,
                           scaler_state=scaler.state_dict() if scaler.is_enabled() else {},
-                          ema=ema.state_dict() if ema is not None else {})
+                          ema=ema.state_dict() if ema is not None else {}, world_size=world_size)
 
     logger.info("training %d LoRA layers with %s, %s precision, %d steps", len(adapters), optimizer_name,
                 opt.mixed_precision if device.type == "cuda" else "fp32 (CPU)", opt.steps)
-    logger.info("effective %s", describe_batch(opt, data_parallel.world_size if data_parallel is not None else 1))
+    logger.info("effective %s", describe_batch(opt, world_size))
     stopped_early: str | None = None
     started = time.perf_counter()
     adapters.train(True)

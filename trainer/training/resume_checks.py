@@ -43,8 +43,14 @@ def _shape_fields() -> list[str]:
 
 
 def check_resumable(saved: TrainConfig, current: TrainConfig, saved_step: int,
-                    path: str | os.PathLike[str] | None = None) -> None:
-    """Raise ResumeStateError if `current` cannot continue a run saved with `saved` at `saved_step`."""
+                    path: str | os.PathLike[str] | None = None,
+                    world_sizes: tuple[int, int] | None = None) -> None:
+    """Raise ResumeStateError if `current` cannot continue a run saved with `saved` at `saved_step`.
+
+    `world_sizes` (saved, now): the processes that trained the state and that continue it (torchrun). The state
+    itself does not depend on them; the batch does: the warning about changed settings compares the global
+    batch, batch_size x processes (left out when they are not known yet).
+    """
     where = f"The resume state '{os.fspath(path)}'" if path is not None else "The resume state"
     source = os.fspath(path) if path is not None else None
     problems = [f"{name}: saved {getattr(saved.lora, name)!r}, now {getattr(current.lora, name)!r}"
@@ -73,7 +79,12 @@ def check_resumable(saved: TrainConfig, current: TrainConfig, saved_step: int,
                                + "): continuing would not be the same run. Set them back, or turn resume off to "
                                "start a new run.", path=source)
     changed = [name for name, value in vars(current.optimisation).items()
-               if getattr(saved.optimisation, name) != value]
+               if name != "batch_size" and getattr(saved.optimisation, name) != value]
+    if world_sizes is not None:
+        (saved_world, world), saved_batch = world_sizes, saved.optimisation.batch_size
+        if saved_batch * saved_world != current.optimisation.batch_size * world:
+            changed.append(f"batch_size x processes ({saved_batch} x {saved_world} -> "
+                           f"{current.optimisation.batch_size} x {world})")
     if changed:
         # Allowed (e.g. more steps), but the continued run no longer equals an uninterrupted one.
         logger.warning("resuming with changed optimisation settings %s; the result will differ from an "

@@ -56,6 +56,7 @@ class TrainState:
     scaler_state: dict[str, Any] = field(default_factory=dict)
     source: str | None = None  # the file it was loaded from (for messages); None for a live snapshot
     ema: dict[str, torch.Tensor] = field(default_factory=dict)  # the EMA of the weights by parameter name, if on
+    world_size: int = 1  # the processes that trained it (torchrun): its global batch is batch_size x world_size
 
 
 # --- writing -----------------------------------------------------------------------------------------------
@@ -124,6 +125,7 @@ def save_state(path: str | os.PathLike[str], state: TrainState, base_model: str 
         f"{_META}param_names": json.dumps(state.param_names),
         f"{_META}optimizer": json.dumps(optim_json),
         f"{_META}scaler": json.dumps(state.scaler_state),
+        f"{_META}world_size": str(state.world_size),
     })
     if base_model:
         metadata[f"{_META}base_model"] = base_model
@@ -324,6 +326,7 @@ def load_state(path: str | os.PathLike[str], expected_config: TrainConfig | None
         scaler_state=_meta_json(metadata, "scaler", path, dict, "a JSON object"),
         source=path,
         ema=ema,
+        world_size=_meta_int(metadata, "world_size", path) if f"{_META}world_size" in metadata else 1,  # older: 1
     )
 
 

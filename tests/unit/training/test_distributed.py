@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import socket
 import time
@@ -236,14 +237,24 @@ def test_two_processes_stopped_and_resumed_equal_uninterrupted(runs: Path) -> No
         assert all(torch.equal(resumed[k], full[k]) for k in full)  # bit for bit: the same operations
 
 
-def test_a_state_saved_by_two_processes_resumes_in_one_with_their_global_batch(runs: Path) -> None:
+def test_a_state_saved_by_two_processes_resumes_in_one_with_their_global_batch(
+        runs: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The resume state does not depend on the number of processes (every process holds the same weights,
-    optimizer statistics and generator): one process with batch 2 continues the 2 x batch 1 run exactly."""
+    optimizer statistics and generator): one process with batch 2 continues the 2 x batch 1 run exactly, and
+    is not told that its result will differ; one process with batch 1 (half the global batch) is."""
     full, full_info = _read(runs, "full_0")
     state = load_state(runs / "state.safetensors", expected_config=SINGLE)
-    weights, result, _ = _train(SINGLE, 2, start=state)
+    assert state.world_size == WORLD
+    with caplog.at_level(logging.WARNING, logger="trainer.training.resume_checks"):
+        weights, result, _ = _train(SINGLE, 2, start=state)
     assert list(result.loss_history) == pytest.approx(full_info["loss_history"], rel=1e-5)
     _assert_close(weights, full)
+    assert not [r for r in caplog.records if "will differ" in r.getMessage()]
+    assert result.state.world_size == 1
+
+    with caplog.at_level(logging.WARNING, logger="trainer.training.resume_checks"):
+        _train(PER_PROCESS, 1, start=state)
+    assert "changed optimisation settings ['batch_size x processes (1 x 2 -> 1 x 1)']" in caplog.text
 
 
 def test_a_global_batch_with_unequal_shards_equals_one_process(runs: Path) -> None:
