@@ -5,7 +5,7 @@ optimizer keeps: AdamW exp_avg, exp_avg_sq, step), `rng::generator` the torch.Ge
 `history::loss` (float64), `ema::<param name>` the EMA of the weights (fp32; only with ema on, and then the
 state is version 2, so an older LoRA Lab refuses it rather than dropping the EMA); header metadata holds the
 step, smoothed loss, optimizer scalars/param groups, GradScaler state, the base model when the caller names it,
-and the TrainConfig (`TrainConfig.to_metadata`).
+the number of training processes, and the TrainConfig (`TrainConfig.to_metadata`).
 Keys use `::` so no LoRA loader mistakes the file for a LoRA.
 
 Reading trusts nothing: a damaged, partial or foreign file, or one saved by a run with other settings,
