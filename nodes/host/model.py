@@ -10,6 +10,7 @@ import torch
 from ...trainer.data.latents import Condition, stack_contexts
 from ...trainer.errors import UnsupportedModelError
 from ...trainer.training.objective import NoiseSchedule
+from .training_attention import training_transformer_options
 
 PREDICTION_TYPES = {comfy.model_base.ModelType.EPS: "epsilon", comfy.model_base.ModelType.V_PREDICTION: "v"}
 # Rectified-flow models (SD3 = FLOW, Flux = FLUX): x_t = (1 - s) x_0 + s noise, the model predicts noise - x_0.
@@ -117,7 +118,8 @@ def denoiser_for(model, encode_captions=None):
             sigmas = sampling.sigmas[timesteps.to(sampling.sigmas.device)]
             timesteps = sampling.timestep(sigmas).to(x_t.device, dtype)
         context = condition["context"].to(x_t.device, dtype)
-        return unet(x_t.to(dtype), timesteps, context=context, **extra).float()
+        return unet(x_t.to(dtype), timesteps, context=context, transformer_options=training_transformer_options(),
+                    **extra).float()
     return denoise
 
 

@@ -304,3 +304,54 @@ def test_flow_models_train_on_their_own_sigma_table_and_inputs(host: SimpleNames
         assert not torch.allclose(denoise(x, timesteps.flip(0), condition), prediction)
         assert not torch.allclose(denoise(x, timesteps, {**condition, "pooled": condition["pooled"] * 2}),
                                   prediction)
+
+
+@pytest.mark.parametrize("family", ["SDXL", "Flux"])
+def test_training_runs_the_hosts_pytorch_attention_and_predicts_what_the_hosts_own_choice_does(
+        host: SimpleNamespace, family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import comfy.ldm.modules.attention as attention
+    training_attention = import_pack_module("nodes.host.training_attention")
+    assert attention.optimized_attention.__name__ == "attention_sub_quad"  # what the host picks on a CPU
+    for replaced in (attention.attention_sub_quad, attention.attention_sage, attention.attention_split):
+        assert training_attention.trains_with(replaced) is attention.attention_pytorch
+    assert training_attention.trains_with(attention.attention_xformers) is attention.attention_xformers
+
+    patcher = _unet_patcher(host, family)
+    unet = host.host_model.diffusion_module(patcher)
+    generator = torch.Generator().manual_seed(0)
+    _fill_weights(unet, generator)
+    adapters = LoraAdapterSet(rank=2, alpha=2.0)
+    adapters.attach(unet, select_targets(unet, "attention"))
+    _randomise_up(adapters)
+    if family == "SDXL":
+        x, timesteps = torch.randn(2, 4, 8, 8, generator=generator), torch.tensor([10, 500])
+        condition = {"context": torch.randn(2, 77, 32, generator=generator),
+                     "pooled": torch.randn(2, 32, generator=generator)}
+    else:
+        channels, context_width, pooled_width = FLOW_INPUTS[family]
+        x, timesteps = torch.randn(2, channels, 8, 8, generator=generator), torch.tensor([0, 999])
+        condition = {"context": torch.randn(2, 7, context_width, generator=generator),
+                     "pooled": torch.randn(2, pooled_width, generator=generator)}
+    denoise = host.host_model.denoiser_for(patcher)
+
+    def prediction_and_gradients() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        with normalisation_inputs_copied(unet):
+            prediction = denoise(x, timesteps, condition)
+            prediction.square().mean().backward()
+        grads = [adapters[k].lora_down.weight.grad.clone() for k in adapters.keys()]
+        for key in adapters.keys():
+            adapters[key].lora_down.weight.grad = adapters[key].lora_up.weight.grad = None
+        return prediction.detach(), grads
+
+    calls: list[int] = []
+    pytorch_attention = attention.attention_pytorch
+    monkeypatch.setattr(attention, "attention_pytorch", lambda *a, **k: calls.append(1) or pytorch_attention(*a, **k))
+    trained, trained_grads = prediction_and_gradients()
+    assert calls, "the training forward did not go through the host's pytorch attention"
+    calls.clear()
+    monkeypatch.setattr(host.host_model, "training_transformer_options", dict)  # the host's own choice
+    reference, reference_grads = prediction_and_gradients()
+    assert not calls
+    torch.testing.assert_close(trained, reference, rtol=1e-4, atol=1e-5)
+    for got, expected in zip(trained_grads, reference_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-6)
