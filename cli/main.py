@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .host import HostSetupError, find_comfy_dir, start_host
-from .processes import Processes, leave_process_group
+from .processes import Processes, leave_process_group, request_process_group
 from .workflow import (
     WorkflowError,
     is_api_format,
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":  # no or several Train LoRA nodes: refused before the host loads
             train_lora_node(runnable_nodes(workflow), args.node)
         processes = Processes.from_env(os.environ)  # torchrun: this process's place among them
+        if processes.several:  # Train LoRA joins the process group only when the command line asks it to
+            request_process_group(os.environ, os.getpid())
         if not processes.is_main:  # the main process reports; the others only say what fails
             logging.getLogger().setLevel(logging.ERROR)
         comfy_dir = find_comfy_dir(args.comfy, PACK_DIR)

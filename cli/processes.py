@@ -8,8 +8,13 @@ each process its own GPU).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
+
+# Set by the command line to its own process id: Train LoRA joins a process group only in the process that set
+# it (nodes/host/distributed_run.py), so a WORLD_SIZE inherited by an editor (a job scheduler's environment, a
+# host started from inside a torchrun job) never makes it wait for processes that do not exist.
+GROUP_REQUEST_VARIABLE = "LORALAB_PROCESS_GROUP_PID"
 
 
 @dataclass(frozen=True)
@@ -43,3 +48,13 @@ def leave_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def request_process_group(environ: MutableMapping[str, str], pid: int) -> None:
+    """The command line's word that this process (`pid`) is one of torchrun's training processes."""
+    environ[GROUP_REQUEST_VARIABLE] = str(pid)
+
+
+def process_group_requested(environ: Mapping[str, str], pid: int) -> bool:
+    """Whether the command line asked process `pid` to join the process group (not a parent's inherited word)."""
+    return environ.get(GROUP_REQUEST_VARIABLE) == str(pid)

@@ -1,27 +1,41 @@
 """A training run's share of a data-parallel job (torchrun, started by the command line): which process it is,
 the dataset encoded once by the main process and shared, and what only the main process does.
 
-Under torchrun (WORLD_SIZE > 1) the first run joins the process group on the host's device; in the editor
-there is none and every function here is the single-process identity. The engine's part (sharding, gradient sums) is
-trainer/training/distributed.py.
+Under torchrun started by the command line (WORLD_SIZE > 1, and the command line's word in
+cli/processes.py's GROUP_REQUEST_VARIABLE) the first run joins the process group on the host's device; in the
+editor there is none, whatever WORLD_SIZE it inherited, and every function here is the single-process identity.
+The engine's part (sharding, gradient sums) is trainer/training/distributed.py.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import comfy.model_management
 
+from ...cli.processes import process_group_requested
 from ...trainer.data.latents import EncodedImage
 from ...trainer.data.spec import DatasetItem
 from ...trainer.training.distributed import DataParallel
-from .training_samples import SamplePlan
 
+if TYPE_CHECKING:  # the host's sampling nodes are not needed to decide who joins a process group
+    from .training_samples import SamplePlan
+
+log = logging.getLogger(__name__)
 _FIELDS = ("latent", "flipped", "context", "pooled")  # EncodedImage's tensors; its caption is the item's
 
 
 def process_group() -> DataParallel | None:
-    """This process's place among the training processes torchrun started; None for one process."""
+    """This process's place among the training processes torchrun started through the command line; None for
+    one process, and in the editor (only the command line starts a process group)."""
+    if not process_group_requested(os.environ, os.getpid()):
+        if int(os.environ.get("WORLD_SIZE") or 1) > 1:
+            log.info("LoRA Lab: WORLD_SIZE=%s is set, but this host was not started by LoRA Lab's command line "
+                     "under torchrun: training in this process alone", os.environ["WORLD_SIZE"])
+        return None
     return DataParallel.from_env(comfy.model_management.get_torch_device())
 
 
