@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .host import HostSetupError, find_comfy_dir, start_host
 from .processes import Processes, leave_process_group, request_process_group
@@ -28,6 +28,9 @@ from .workflow import (
     train_lora_node,
     ui_to_api,
 )
+
+if TYPE_CHECKING:
+    from .run import RunOutcome
 
 log = logging.getLogger(__name__)
 PACK_DIR = Path(__file__).resolve().parents[1]
@@ -54,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
                        help="serve LoRA Lab's status routes (/loralab/jobs...) on this port while the run lasts, "
                             "at ComfyUI's --listen address (default 127.0.0.1)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    train.add_argument("--result", type=Path, metavar="FILE",
+                       help="write the outcome as JSON here at the end (exit code, message, the job's last "
+                            "snapshot, the node's outputs): how the editor's Train LoRA reads back its workers' run")
     convert.add_argument("-o", "--output", type=Path, help="write the API graph here (default: standard output)")
     return top
 
@@ -131,6 +137,17 @@ def train(host, prompt: dict, args: argparse.Namespace, extra_data: dict, proces
         leave_process_group()
     if processes.is_main:
         (log.info if outcome.exit_code == 0 else log.error)("%s", outcome.message)
+        if args.result is not None:
+            write_result(args.result, outcome)
     elif outcome.exit_code == EXIT_ERROR:  # its own failure; a stop the main process reports for every process
         log.error("%s: %s", processes.label(), outcome.message)
     return outcome.exit_code
+
+
+def write_result(path: Path, outcome: RunOutcome) -> None:
+    """The run's outcome as JSON, written whole (a reader never sees half a file)."""
+    data = {"exit_code": outcome.exit_code, "message": outcome.message, "job": outcome.job,
+            "outputs": outcome.outputs}
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data), encoding="utf-8")
+    partial.replace(path)

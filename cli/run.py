@@ -30,6 +30,7 @@ class RunOutcome:
     exit_code: int
     message: str
     job: dict[str, Any] | None = None
+    outputs: dict[str, Any] | None = None  # the node's ui outputs (lora_name, loss_history...) when it returned
 
 
 def label(prompt: dict, node_id: str) -> str:
@@ -126,5 +127,5 @@ def execute(host: Host, prompt: dict, node_id: str, extra_data: dict, bar: Train
     outputs = executor.history_result["outputs"].get(node_id, {})
     summary = " ".join(outputs.get("text", [])) or "done"
     if job is not None and job.get("state") == "stopped":
-        return RunOutcome(EXIT_STOPPED, summary, job)
-    return RunOutcome(EXIT_DONE, summary, job)
+        return RunOutcome(EXIT_STOPPED, summary, job, outputs)
+    return RunOutcome(EXIT_DONE, summary, job, outputs)

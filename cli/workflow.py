@@ -233,6 +233,18 @@ def set_input(prompt: dict[str, dict[str, Any]], assignment: str) -> None:
     prompt[node_id]["inputs"][name] = value
 
 
+def nodes_needed(prompt: Mapping[str, Mapping[str, Any]], node_id: str) -> dict[str, dict[str, Any]]:
+    """The API graph of `node_id` and every node its inputs link to, directly or not (copies, in `prompt`'s order)."""
+    needed, pending = set(), [str(node_id)]
+    while pending:
+        current = pending.pop()
+        if current in needed or current not in prompt:
+            continue
+        needed.add(current)
+        pending += [str(v[0]) for v in prompt[current]["inputs"].values() if isinstance(v, list) and len(v) == 2]
+    return {i: json.loads(json.dumps(node)) for i, node in prompt.items() if i in needed}
+
+
 def runnable_nodes(workflow: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The nodes that would be queued, by type and title only: enough to pick the Train LoRA node before the
     host (and every node class) is loaded."""

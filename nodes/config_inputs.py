@@ -13,6 +13,7 @@ from ..trainer.training.config import (
     RunStart,
     Sampling,
     TrainConfig,
+    Workers,
     config_field,
     field_help,
     field_type,
@@ -73,6 +74,7 @@ INPUT_FIELDS: dict[str, tuple[type, str]] = {
     "ema_for_samples": (Ema, "for_samples"),
     "ema_for_final": (Ema, "for_final"),
     "eval_images": (Evaluation, "images"),
+    "workers": (Workers, "workers"),
 }
 
 _KINDS: dict[type, str] = {int: "INT", float: "FLOAT", bool: "BOOLEAN", str: "STRING"}

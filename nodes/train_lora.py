@@ -6,13 +6,14 @@ from typing import Any
 import torch
 
 from ..trainer.data.spec import DatasetSpec
-from ..trainer.training.config import Evaluation, RunStart, Sampling
+from ..trainer.training.config import Evaluation, RunStart, Sampling, Workers
 from .config_inputs import build_config, input_types, section_from_inputs
 from .dataset import DATASET_TYPE
 from .host.run_files import RunFiles
 from .host.sampling import SampleSettings
 from .host.training_run import run_training
 from .host.training_samples import SamplePlan, default_prompts
+from .host.worker_run import run_on_workers
 from .train_options import OPTIONS_TYPE
 
 LOSS_TYPE = "LORALAB_LOSS_HISTORY"
@@ -56,18 +57,22 @@ class LoraLabTrainLora:
                 **input_types(CONFIG_INPUTS),
             },
             "optional": {"options": (OPTIONS_TYPE, {"tooltip": "From a Train LoRA Options node."})},
-            "hidden": {"node_id": "UNIQUE_ID"},
+            "hidden": {"node_id": "UNIQUE_ID", "prompt": "PROMPT"},  # the queued graph: the workers run it
         }
 
     def train(self, model, clip, vae, dataset: DatasetSpec, name: str, steps: int, learning_rate: float, rank: int,
               alpha: float, batch_size: int, seed: int, options: dict[str, Any] | None = None,
-              node_id: str | None = None) -> dict[str, Any]:
+              node_id: str | None = None, prompt: dict[str, Any] | None = None) -> dict[str, Any]:
         values = {**(options or {}), "steps": steps, "learning_rate": learning_rate, "rank": rank, "alpha": alpha,
                   "batch_size": batch_size, "seed": seed}
         config = build_config(values)
         plan = build_sample_plan(dataset, seed, section_from_inputs(Sampling, values))
         resume = section_from_inputs(RunStart, values).resume
         files = RunFiles.for_name(name)
+        workers = section_from_inputs(Workers, values).request
+        if workers is not None:  # torchrun workers train it; the graph's MODEL gets the LoRA they wrote
+            done = run_on_workers(model, clip, workers, prompt, node_id, files, config.optimisation)
+            return {"ui": done.ui, "result": (done.model, done.clip, done.lora_name, done.loss_history)}
         with torch.inference_mode(False):
             run = run_training(model, clip, vae, dataset, files, config, resume, node_id, plan,
                                section_from_inputs(Evaluation, values))

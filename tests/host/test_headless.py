@@ -28,7 +28,8 @@ PROMPTS = "mytrigger, a photo of a cat\nmytrigger, a city street at night"
 OPTIONAL_OPTIONS = ("train_text_encoder", "text_encoder_lr", "keep_last", "optimizer_class", "optimizer_args",
                     "optimizer_fallback", "lr_cycles", "lr_power", "decay_steps", "min_lr_ratio", "timestep_sampling",
                     "min_timestep", "max_timestep", "sigmoid_scale", "logit_mean", "logit_std", "discrete_flow_shift",
-                    "ema", "ema_decay", "ema_every", "ema_for_samples", "ema_for_final", "eval_images")
+                    "ema", "ema_decay", "ema_every", "ema_for_samples", "ema_for_final", "eval_images",
+                    "workers")
 
 
 def small_training(name: str) -> dict:

@@ -50,7 +50,7 @@ def test_each_input_sets_its_field(pack: dict[str, ModuleType]) -> None:
 def test_every_setting_has_exactly_one_input(pack: dict[str, ModuleType]) -> None:
     config, inputs = pack["config"], pack["inputs"]
     sections = (config.LoraShape, config.Optimisation, config.Checkpointing, config.Ema, config.Sampling,
-                config.RunStart, config.Evaluation)
+                config.RunStart, config.Evaluation, config.Workers)
     declared = {(cls.__name__, f.name) for cls in sections for f in dataclasses.fields(cls)}
     reached = [(cls.__name__, name) for cls, name in inputs.INPUT_FIELDS.values()]
     assert len(reached) == len(set(reached))
@@ -93,4 +93,4 @@ def test_saved_workflow_widgets_keep_their_positions(pack: dict[str, ModuleType]
                                        "decay_steps", "min_lr_ratio", "timestep_sampling", "min_timestep",
                                        "max_timestep", "sigmoid_scale", "logit_mean", "logit_std",
                                        "discrete_flow_shift", "ema", "ema_decay", "ema_every", "ema_for_samples",
-                                       "ema_for_final", "eval_images"]
+                                       "ema_for_final", "eval_images", "workers"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
+from .workers import WorkerRequest, parse_workers
 
 TARGET_KINDS: tuple[str, ...] = ("attention", "attention_ff", "attention_ff_conv")
 SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "inverse_sqrt",
@@ -333,6 +334,25 @@ class Evaluation:
     def image_count(self) -> int:
         """How many images each measurement takes; 0 = none."""
         return 0 if self.images == "off" else int(self.images)
+
+
+@dataclass(frozen=True)
+class Workers:
+    """Where the run trains: in the host's process, or in torchrun worker processes beside it (workers.py)."""
+
+    workers: str = setting("", "Train in torchrun worker processes beside the host, which keeps its own GPU for "
+                               "the graph: empty = in this process; 2 = two processes (the GPUs after the host's "
+                               "own; on a CPU-only host, two processes on the CPU); cuda:1,cuda:2 = on these GPUs. "
+                               "The batch is per process; the dashboard follows the run.")
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        parse_workers(self.workers)  # refuses a malformed text by name
+
+    @property
+    def request(self) -> WorkerRequest | None:
+        """The worker processes asked for; None: train in this process."""
+        return parse_workers(self.workers)
 
 
 _SECTIONS: dict[str, type] = {"lora": LoraShape, "optimisation": Optimisation, "checkpointing": Checkpointing,
