@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import comfy.cli_args
 import comfy.model_management
 import folder_paths
 import torch
@@ -52,6 +53,10 @@ def placement(request: WorkerRequest) -> WorkerPlacement:
         return WorkerPlacement(request.count)
     if device.type != "cuda":
         raise ConfigError(f"workers: the host trains on {device.type}; worker processes run on CUDA GPUs or the CPU")
+    if comfy.cli_args.args.cuda_device is not None:
+        raise ConfigError(f"workers: the host was started with --cuda-device {comfy.cli_args.args.cuda_device}, "
+                          "which hides every other GPU from it and from the processes it starts; start it without "
+                          "--cuda-device (CUDA_VISIBLE_DEVICES may list its GPU first and the workers' after it)")
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     visible = [d.strip() for d in listed.split(",") if d.strip()] if listed is not None else \
         [str(i) for i in range(torch.cuda.device_count())]
