@@ -169,7 +169,7 @@ def finish(model, clip, mirror: JobMirror, work: WorkerFiles, exit_code: int, ca
             mirror.finish("interrupted", outcome["message"], remote.get("lora_name"))
         raise comfy.model_management.InterruptProcessingException()  # the prompt ends as interrupted
     if outputs is None:
-        message = remote.get("error") or outcome["message"]
+        message = (remote.get("error") or outcome["message"]).strip()
         mirror.finish("error", message, remote.get("lora_name"))
         raise TrainingStopped(f"{message} (in {where}; their log: {work.log})")
     lora_name = outputs["lora_name"][0]

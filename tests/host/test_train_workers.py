@@ -29,7 +29,7 @@ def test_two_workers_train_like_the_editor_with_twice_the_batch_and_the_node_ret
     reference, reference_node = train_graph("wk_one", steps=3, lr=0.5, options=SGD, batch_size=2)
     one = host.run(reference.nodes)["outputs"][reference_node]
     g, train = train_graph("wk_two", steps=3, lr=0.5, options={**SGD, "workers": "2"}, batch_size=1)
-    trained_image = render(g, out(train, 0), out(train, 1), out("1", 2), "wk_two_model")
+    trained_image = render(g, out(train, 0), out(train, 1), out("1", 2), "wk_two_model", steps=1)
     entry = host.run(g.nodes)
 
     outputs = entry["outputs"][train]
@@ -53,8 +53,8 @@ def test_two_workers_train_like_the_editor_with_twice_the_batch_and_the_node_ret
     base = checkpoint(check)
     loaded = check.add("LoraLoader", model=out(base, 0), clip=out(base, 1), lora_name="wk_two.safetensors",
                        strength_model=1.0, strength_clip=1.0)
-    with_file = render(check, out(loaded, 0), out(loaded, 1), out(base, 2), "wk_two_file")
-    without = render(check, out(base, 0), out(base, 1), out(base, 2), "wk_two_base")
+    with_file = render(check, out(loaded, 0), out(loaded, 1), out(base, 2), "wk_two_file", steps=1)
+    without = render(check, out(base, 0), out(base, 1), out(base, 2), "wk_two_base", steps=1)
     shown = host.run(check.nodes)
     from_node = saved_images(host, entry, trained_image)[0]
     assert np.array_equal(from_node, saved_images(host, shown, with_file)[0])
@@ -91,3 +91,20 @@ def test_an_error_in_the_workers_is_the_nodes_error_with_their_message(host, rin
     assert "'wk_two.safetensors' already exists in" in message and "choose another name" in message, message
     assert "workers.log" in message
     assert job_named(host, "wk_two")["state"] == "error"
+
+
+def test_the_dashboards_stop_reaches_the_workers_and_the_node_returns_the_last_step(host, rings):
+    """Stop on the host's job is passed on to the workers' own route: they stop and save as an in-process run
+    does (state stopped, the step checkpoint is the node's LoRA), and the prompt succeeds."""
+    g, train = train_graph("wk_stop", steps=500, options={**SGD, "workers": "2"})
+    prompt_id = host.queue(g.nodes)
+    job = wait_for_step(host, "wk_stop", 3, timeout=240)
+    status, _ = host.post_json(f"/loralab/jobs/{job['id']}/stop", {})
+    assert status == 200
+    entry = host.wait(prompt_id, timeout=240)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    job = job_named(host, "wk_stop")
+    step = job["step"]
+    assert job["state"] == "stopped" and 3 <= step < 500, job
+    assert entry["outputs"][train]["lora_name"] == [f"wk_stop-step{step}.safetensors"] == [job["lora_name"]]
+    assert len(entry["outputs"][train]["loss_history"]) == step
