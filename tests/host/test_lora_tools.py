@@ -1,5 +1,6 @@
 """Merge LoRAs and Resize LoRA in a real ComfyUI: the written files load in native LoraLoader with no key left,
-a concat merge renders as the stacked sources, a resize changes the image and loads like natively."""
+a concat merge renders as the stacked sources, a resize changes the image and loads like natively; a DoRA is
+refused without the model and, with it connected, merges and resizes into files that render as the DoRA."""
 from __future__ import annotations
 
 import json
@@ -104,23 +105,89 @@ def test_an_existing_output_is_never_overwritten(host):
     assert (host.loras_dir / "tools_taken.safetensors").read_bytes() == b"keep me"
 
 
-def test_a_dora_in_the_stack_is_refused_by_name_and_extract_makes_the_plain_lora_it_names(host):
+DORA = ("tools_dora.safetensors", 0.8, 0.7)
+
+
+def _write_dora(host) -> None:
+    fx.write_format("dora", host.loras_dir / DORA[0], TINY_TARGETS, rank=4, alpha=2.0, gen=fx.default_generator(72))
+
+
+def test_a_dora_without_the_model_is_refused_by_name_and_told_to_connect_it(host):
     _write_sources(host)
-    fx.write_format("dora", host.loras_dir / "tools_dora.safetensors", TINY_TARGETS, rank=4, alpha=2.0,
-                    gen=fx.default_generator(72))
+    _write_dora(host)
     g = Graph()
-    stack = g.add("LoraLabStackLoras", loras=_stack_rows([SOURCES[0], ("tools_dora.safetensors", 1.0, 1.0)]))
+    stack = g.add("LoraLabStackLoras", loras=_stack_rows([SOURCES[0], DORA]))
     merge = g.add("LoraLabMergeLoras", lora_stack=out(stack, 2), mode="svd", rank=8, output_name="tools_with_dora",
                   precision="fp16", alpha=0.0)
     g.add("PreviewAny", source=out(merge, 0))
+    resize = Graph()
+    node = resize.add("LoraLabResizeLora", lora_name=DORA[0], rank=2, method="fixed", param=0.9,
+                      output_name="tools_dora_small", precision="fp16", alpha=0.0)
+    resize.add("PreviewAny", source=out(node, 0))
+    for graph, name in ((g, "tools_with_dora"), (resize, "tools_dora_small")):
+        entry = host.wait(host.queue(graph.nodes))
+        assert entry["status"]["status_str"] == "error"
+        message = error_message(entry)
+        assert f"'{DORA[0]}' is a DoRA" in message and "Connect that model to this node's `model` input" in message
+        assert not (host.loras_dir / f"{name}.safetensors").exists()
+    # The MODEL alone does not reach the DoRA's text-encoder layers: refused before any layer, naming `clip`.
+    g = Graph()
+    ckpt = checkpoint(g)
+    node = g.add("LoraLabResizeLora", lora_name=DORA[0], rank=2, method="fixed", param=0.9,
+                 output_name="tools_dora_small", precision="fp16", alpha=0.0, model=out(ckpt, 0))
+    g.add("PreviewAny", source=out(node, 0))
     entry = host.wait(host.queue(g.nodes))
-    assert entry["status"]["status_str"] == "error"
-    message = error_message(entry)
-    assert "'tools_dora.safetensors' is a DoRA" in message and "Extract LoRA" in message, message
-    assert not (host.loras_dir / "tools_with_dora.safetensors").exists()
+    assert f"'{DORA[0]}' is a DoRA with text-encoder layers" in error_message(entry)
+    assert "connect the CLIP to `clip` too" in error_message(entry)
+    assert not (host.loras_dir / "tools_dora_small.safetensors").exists()
 
-    # What the message says to do: Load LoRA, then Extract LoRA (patched model as tuned_model). At full rank the
-    # plain LoRA renders as the DoRA does.
+
+def test_a_dora_merged_and_resized_with_the_model_connected_renders_as_native_loading(host):
+    _write_sources(host)
+    _write_dora(host)
+    g = Graph()
+    ckpt = checkpoint(g)
+    # The DoRA first: natively, the kohya LoRA after it adds its change to the DoRA's weight, as the merge sums them.
+    stack = g.add("LoraLabStackLoras", loras=_stack_rows([DORA, SOURCES[0]]))
+    merge = g.add("LoraLabMergeLoras", lora_stack=out(stack, 2), mode="svd", rank=1024, output_name="tools_dora_merged",
+                  precision="fp32", alpha=0.0, model=out(ckpt, 0), clip=out(ckpt, 1))
+    resize = g.add("LoraLabResizeLora", lora_name=DORA[0], rank=1024, method="fixed", param=0.9,
+                   output_name="tools_dora_resized", precision="fp32", alpha=0.0, model=out(ckpt, 0),
+                   clip=out(ckpt, 1))
+    g.add("PreviewAny", source=out(merge, 1))
+    g.add("PreviewAny", source=out(resize, 1))
+    _, log = _run_logged(host, g)
+    assert "lora key not loaded" not in log
+    merged = read_metadata(host.loras_dir / "tools_dora_merged.safetensors")
+    record = json.loads(merged["loralab.tool.dora_base"])
+    assert record["sources"] == [DORA[0]] and record["against"] == "the connected MODEL and CLIP"
+    assert record["layers_read"] == len(TINY_TARGETS) and record["patched_layers"] == 0
+    assert len(record["weights_sha256"]) == 64 and record["ss_base_model_version"] == "sd_v1"
+    resized = read_metadata(host.loras_dir / "tools_dora_resized.safetensors")
+    assert json.loads(resized["loralab.tool.dora_base"])["weights_sha256"] == record["weights_sha256"]
+
+    g = Graph()
+    ckpt = checkpoint(g)
+    vae = out(ckpt, 2)
+    native = render(g, *_native(g, ckpt, [DORA, SOURCES[0]]), vae, "tools_dora_native_stack")
+    ours = render(g, *_native(g, ckpt, [("tools_dora_merged.safetensors", 1.0, 1.0)]), vae, "tools_dora_merged")
+    native_dora = render(g, *_native(g, ckpt, [(DORA[0], 1.0, 1.0)]), vae, "tools_dora_native")
+    resized_dora = render(g, *_native(g, ckpt, [("tools_dora_resized.safetensors", 1.0, 1.0)]), vae,
+                          "tools_dora_resized")
+    base = render(g, out(ckpt, 0), out(ckpt, 1), vae, "tools_dora_model_base")
+    entry, log = _run_logged(host, g)
+    images = {n: saved_images(host, entry, n)[0] for n in (native, ours, native_dora, resized_dora, base)}
+    assert "lora key not loaded" not in log
+    assert not np.array_equal(images[native], images[base])
+    assert not np.array_equal(images[native], images[native_dora])
+    _close(images[ours], images[native])
+    _close(images[resized_dora], images[native_dora])
+
+
+def test_extract_of_a_dora_patched_model_renders_as_the_dora(host):
+    _write_dora(host)
+    # Another way to a plain LoRA of a DoRA: Load LoRA, then Extract LoRA (patched model as tuned_model). At full
+    # rank the plain LoRA renders as the DoRA does.
     g = Graph()
     ckpt = checkpoint(g)
     dora = g.add("LoraLabLoadLora", model=out(ckpt, 0), clip=out(ckpt, 1), lora_name="tools_dora.safetensors",

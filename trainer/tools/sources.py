@@ -2,14 +2,16 @@
 
 Each module is taken as the host sees it (`lora.host_keys`: kohya names, PEFT alpha made explicit), so the
 merged file equals the stack the host would apply: the contribution of a module is `strength * scale * delta`,
-with the model strength for diffusion-model layers and the clip strength for text-encoder layers.
+with the model strength for diffusion-model layers and the clip strength for text-encoder layers. A DoRA module
+is gathered as it is; its change needs the model's weights and is formed later, layer by layer (`dora_base`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,7 +19,6 @@ from ..adapters.delta import module_delta_shape, module_scale
 from ..adapters.dora import is_dora
 from ..adapters.lora import KIND_LORA
 from ..adapters.registry import module_kind
-from ..errors import LoraToolError
 from ..lora.file import LoraFile
 from ..lora.host_keys import entry_roles, host_modules
 
@@ -50,6 +51,12 @@ class Contribution:
     roles: dict[str, torch.Tensor]
     coefficient: float  # strength * alpha / rank: the factor on the unscaled delta
     strength: float  # the strength alone (bias deltas have no alpha scale)
+    entries: Mapping[str, torch.Tensor] = field(default_factory=dict)  # the module's host keys -> tensors
+
+    @property
+    def is_dora(self) -> bool:
+        """True for a module with a DoRA magnitude: its change depends on the model's weight (`dora_base`)."""
+        return is_dora(self.roles)
 
     @property
     def delta_shape(self) -> tuple[int, ...] | None:
@@ -57,8 +64,8 @@ class Contribution:
 
     @property
     def is_factored(self) -> bool:
-        """True for LoRA/LoCon modules, whose delta is a product up @ down that concat can join."""
-        return self.kind == KIND_LORA
+        """True for LoRA/LoCon modules, whose delta is a product up @ down that concat can join (not a DoRA)."""
+        return self.kind == KIND_LORA and not self.is_dora
 
 
 def is_text_encoder(prefix: str) -> bool:
@@ -69,8 +76,8 @@ def is_text_encoder(prefix: str) -> bool:
 def gather_layers(sources: list[Source]) -> dict[str, list[Contribution]]:
     """Host prefix -> the contributions of every source to that layer, in source order (first seen first).
 
-    Modules at strength 0 are left out. DoRA modules are refused (`dora_refusal`): their change depends on the
-    model's own weights (the magnitude rescales W + delta), so no plain LoRA equals them without the base model.
+    Modules at strength 0 are left out. DoRA modules are kept as they are (`Contribution.is_dora`): their change
+    depends on the model's own weights, so `dora_base` checks them and forms it one layer at a time.
     """
     layers: dict[str, list[Contribution]] = {}
     for source in sources:
@@ -79,24 +86,11 @@ def gather_layers(sources: list[Source]) -> dict[str, list[Contribution]]:
             strength = source.strength_clip if is_text_encoder(prefix) else source.strength_model
             if strength == 0:
                 continue
-            if is_dora(roles):
-                raise dora_refusal(source.name, prefix)
             kind = module_kind(roles)
             layers.setdefault(prefix, []).append(Contribution(
                 source=source.name, kind=kind, roles=roles, coefficient=strength * module_scale(roles),
-                strength=strength))
+                strength=strength, entries=entries))
     return layers
-
-
-def dora_refusal(name: str, prefix: str) -> LoraToolError:
-    """Why a DoRA cannot be merged or resized, and the two ways in the graph that do what the user wants."""
-    return LoraToolError(
-        f"'{name}' is a DoRA (its layer {prefix} has a magnitude), and a DoRA's change depends on the weights of "
-        "the model it is applied to, so Merge LoRAs and Resize LoRA, which read only LoRA files, cannot turn it "
-        "into a plain LoRA. To get a plain LoRA of it: apply it with Load LoRA, then Extract LoRA with the "
-        "model as base_model and the patched model as tuned_model (choose the rank there; merge that file "
-        "afterwards). To keep it exactly: Bake LoRAs into a checkpoint. Or take it out of this stack (or set "
-        "its strengths to 0) and apply it with Load LoRA beside the result.")
 
 
 def product_factors(c: Contribution) -> tuple[torch.Tensor, torch.Tensor]:

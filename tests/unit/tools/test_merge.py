@@ -50,14 +50,13 @@ def test_concat_refuses_a_loha_and_names_svd(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["dora", "peft_dora"])
 @pytest.mark.parametrize("mode", ["concat", "svd"])
-def test_a_dora_is_refused_by_name_with_the_ways_that_work(tmp_path, fmt, mode):
+def test_a_dora_without_the_model_is_refused_by_name_and_told_to_connect_it(tmp_path, fmt, mode):
     dora = fixture(tmp_path, fmt, 0)
     with pytest.raises(LoraToolError) as caught:
         merge_loras([Source(fixture(tmp_path, "kohya", 1)), Source(dora)], mode, RankRule(4))
     message = str(caught.value)
     assert f"'{dora.source_name}' is a DoRA" in message
-    assert "Extract LoRA with the model as base_model and the patched model as tuned_model" in message
-    assert "Bake LoRAs" in message
+    assert "Connect that model to this node's `model` input" in message and "mode 'svd'" in message
 
 
 def test_a_dora_at_strength_zero_is_left_out_not_refused(tmp_path):

@@ -109,9 +109,9 @@ def test_dynamic_resize_writes_the_achieved_ranks(tmp_path):
     assert result.metadata["loralab.tool.rank_rule"] == "sv_fro 0.9 (max 6)"
 
 
-def test_resize_refuses_a_dora_by_name(tmp_path):
+def test_resize_refuses_a_dora_without_the_model_by_name(tmp_path):
     dora = fixture(tmp_path, "dora", 5)
-    with pytest.raises(LoraToolError, match=f"'{dora.source_name}' is a DoRA .* Resize LoRA"):
+    with pytest.raises(LoraToolError, match=f"'{dora.source_name}' is a DoRA .* Connect that model"):
         resize_lora(dora, RankRule(2))
 
 
