@@ -93,8 +93,14 @@ def ours_prompt(folder: str, size: int, steps: int, name: str, targets: str, che
     return g.nodes, train
 
 
+# Inputs of TrainLoraNode that newer hosts (0.33) require, at the values that train as 0.3.75's node did.
+NATIVE_NEWER_INPUTS = {"quantized_backward": False, "checkpoint_depth": 1, "offloading": False, "bucket_mode": False,
+                       "bypass_mode": False}
+
+
 def native_prompt(files: list[str], captions: list[str], steps: int, checkpointing: bool, checkpoint_name: str,
-                  seed: int) -> tuple[dict, str]:
+                  seed: int, spec: dict) -> tuple[dict, str]:
+    """`spec`: the host's /object_info entry of TrainLoraNode (its inputs and outputs differ by version)."""
     g = Graph()
     ckpt = checkpoint(g, checkpoint_name)
     images = [g.add("LoadImage", image=f) for f in files]
@@ -111,8 +117,10 @@ def native_prompt(files: list[str], captions: list[str], steps: int, checkpointi
     train = g.add("TrainLoraNode", model=out(ckpt, 0), latents=out(latents), positive=out(positive), batch_size=1,
                   grad_accumulation_steps=1, steps=steps, learning_rate=LR, rank=RANK, optimizer="AdamW",
                   loss_function="MSE", seed=seed, training_dtype="fp32", lora_dtype="fp32", algorithm="LoRA",
-                  gradient_checkpointing=checkpointing, existing_lora="[None]")
-    preview = g.add("PreviewAny", source=out(train, 2))
+                  gradient_checkpointing=checkpointing, existing_lora="[None]",
+                  **{k: v for k, v in NATIVE_NEWER_INPUTS.items() if k in spec["input"]["required"]})
+    # 0.3.75 outputs (MODEL, LORA_MODEL, LOSS_MAP, INT); 0.33 has no MODEL output
+    preview = g.add("PreviewAny", source=out(train, spec["output"].index("LOSS_MAP")))
     return g.nodes, preview
 
 
@@ -156,6 +164,7 @@ class Runner:
         self.checkpointing, self.checkpoint_name = checkpointing, checkpoint_name
         self.counter = 0
         self.option_defaults = node_defaults(host, "LoraLabTrainOptions")
+        self.native_spec = host.get_json("/object_info/TrainLoraNode")["TrainLoraNode"]
 
     def run(self, case: str, size: int, steps: int) -> dict:
         """One prompt, never queued before (own seed, own name): its host time, CPU time, peak RSS over idle,
@@ -163,7 +172,7 @@ class Runner:
         self.counter += 1
         if case == "native":
             prompt, node = native_prompt(self.files, self.captions, steps, self.checkpointing, self.checkpoint_name,
-                                         seed=self.counter)
+                                         seed=self.counter, spec=self.native_spec)
         else:
             prompt, node = ours_prompt(self.folder, size, steps, f"bench_{case}_{size}_{steps}_{self.counter}",
                                        case.removeprefix("ours_"), self.checkpointing, self.option_defaults,

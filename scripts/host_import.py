@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-HOST = REPO / ".host" / "ComfyUI"
+HOST = Path(os.environ.get("LORALAB_HOST_DIR", REPO / ".host" / "ComfyUI"))  # the same tree comfy_host.py starts
 PACK = "loralab_pack"  # the synthetic package the repository is imported as
 HOST_MODULES = ("comfy.model_management", "comfy.lora", "comfy.lora_convert", "comfy.model_base",
                 "comfy.model_patcher", "comfy.sdxl_clip", "comfy.supported_models", "comfy.utils")

@@ -9,7 +9,16 @@ venv="${LORALAB_VENV:-$repo/.venv}"
 host_dir="${LORALAB_HOST_DIR:-$repo/.host/ComfyUI}"
 pack_name="ComfyUI-LoRA-Lab"
 py="$venv/bin/python"
-pip_q() { "$venv/bin/pip" install -q --disable-pip-version-check "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
+# pip quietly, without one harmless warning; a failed install stops the set-up (e.g. a full disk).
+pip_q() {
+  local status=0
+  "$venv/bin/pip" install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; } \
+    || status=$?
+  if [ "$status" != "0" ]; then
+    echo "[setup] failed: pip install $* (exit $status; its message is above)" >&2
+    exit "$status"
+  fi
+}
 
 if [ ! -x "$py" ]; then
   echo "[setup] creating virtual environment $venv"

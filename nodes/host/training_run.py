@@ -343,7 +343,7 @@ class TrainingRun:
                                             mixed_precision=opt.mixed_precision if on_gpu else "no",
                                             optimizer=opt.optimizer, rank=self.config.lora.rank)
         available = host_model.free_memory_bytes() + self.host.model.loaded_size()  # what the model holds counts
-        ok, options = fits(estimate, available)
+        ok, options = fits(estimate, available, eight_bit=on_gpu)
         if not ok:
             raise TrainingStopped(f"This run needs about {estimate.total_bytes / 2**30:.1f} GiB but "
                                   f"{available / 2**30:.1f} GiB are available. Options that fit: "

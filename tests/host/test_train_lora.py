@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -99,7 +100,12 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_before_any_work_with_options
     mark = len(host.log_text())
     message = error_message(host.wait(host.queue(g.nodes), 300))
     assert "LoraLabTrainLora" in message and "needs about" in message and "GiB are available" in message
-    assert "batch_size 1 with grad_accumulation 64" in message or "even with gradient checkpointing" in message
+    # What it suggests depends on the machine's free memory; whatever it is, each option fits what is free,
+    # and none is an optimizer this CPU host cannot run.
+    available = float(re.search(r"([0-9.]+) GiB are available", message).group(1))
+    offered = [float(m) for m in re.findall(r"about ([0-9.]+) GiB", message.split("Options that fit:", 1)[1])]
+    assert "even with" in message or (offered and all(gib <= available for gib in offered)), message
+    assert "adamw8bit" not in message
     assert not list(host.loras_dir.glob("too_big*"))
     assert "attached LoRA" not in host.log_text()[mark:]  # refused before the model was touched
 

@@ -103,8 +103,8 @@ def _gib(n: int) -> str:
     return f"{n / GIB:.1f} GiB"
 
 
-def _alternatives(inputs: MemoryInputs) -> list[tuple[str, MemoryInputs]]:
-    """Single changes that lower memory, cheapest in quality first."""
+def _alternatives(inputs: MemoryInputs, eight_bit: bool) -> list[tuple[str, MemoryInputs]]:
+    """Single changes that lower memory, cheapest in quality first (adamw8bit only where it runs: `eight_bit`)."""
     options: list[tuple[str, MemoryInputs]] = []
     if not inputs.gradient_checkpointing:
         options.append(("turn on gradient checkpointing", dataclasses.replace(inputs, gradient_checkpointing=True)))
@@ -114,7 +114,7 @@ def _alternatives(inputs: MemoryInputs) -> list[tuple[str, MemoryInputs]]:
         options.append((f"batch_size {batch} with grad_accumulation {accumulation} (same effective batch)",
                         dataclasses.replace(inputs, batch_size=batch)))
         batch //= 2
-    if inputs.optimizer == "adamw":
+    if inputs.optimizer == "adamw" and eight_bit:
         options.append(("optimizer adamw8bit", dataclasses.replace(inputs, optimizer="adamw8bit")))
     if inputs.rank is not None:
         rank = inputs.rank // 2
@@ -132,23 +132,27 @@ def _alternatives(inputs: MemoryInputs) -> list[tuple[str, MemoryInputs]]:
     return options
 
 
-def fits(estimate: MemoryEstimate, available_bytes: int) -> tuple[bool, list[str]]:
-    """Whether the estimate fits in `available_bytes`; if not, changes that would make it fit."""
+def fits(estimate: MemoryEstimate, available_bytes: int, eight_bit: bool = True) -> tuple[bool, list[str]]:
+    """Whether the estimate fits in `available_bytes`; if not, changes that would make it fit. `eight_bit`: whether
+    adamw8bit can run here (bitsandbytes needs a CUDA GPU), so that it may be suggested."""
     if estimate.total_bytes <= available_bytes:
         return True, []
     suggestions = []
-    for label, changed in _alternatives(estimate.inputs):
+    for label, changed in _alternatives(estimate.inputs, eight_bit):
         total = _estimate(changed).total_bytes
         if total <= available_bytes:
             suggestions.append(f"{label}: about {_gib(total)}")
     if suggestions:
         return False, suggestions
     inputs = estimate.inputs
+    use_8bit = eight_bit and inputs.optimizer == "adamw"
     smallest = dataclasses.replace(inputs, gradient_checkpointing=True, batch_size=1,
-                                   optimizer="adamw8bit" if inputs.optimizer == "adamw" else inputs.optimizer)
+                                   optimizer="adamw8bit" if use_8bit else inputs.optimizer)
+    together = "gradient checkpointing, batch_size 1 and adamw8bit" if use_8bit else \
+        "gradient checkpointing and batch_size 1"
     total = _estimate(smallest).total_bytes
     if total <= available_bytes:
-        return False, [f"gradient checkpointing, batch_size 1 and adamw8bit together: about {_gib(total)}"]
-    return False, [f"even with gradient checkpointing, batch_size 1 and adamw8bit about {_gib(total)} is needed "
+        return False, [f"{together} together: about {_gib(total)}"]
+    return False, [f"even with {together} about {_gib(total)} is needed "
                    f"({_gib(estimate.weights_bytes)} for the model weights) but {_gib(available_bytes)} is free; "
                    "close other programs, lower the resolution, or load the model in a smaller dtype"]

@@ -62,6 +62,19 @@ def test_combined_or_impossible() -> None:
     assert not ok and "for the model weights" in suggestions[0]
 
 
+def test_adamw8bit_is_suggested_only_where_it_runs() -> None:
+    e = estimate_training_memory(SD15, 300_000_000, 1, 512, gradient_checkpointing=True)
+    with_8bit = estimate_training_memory(SD15, 300_000_000, 1, 512, gradient_checkpointing=True,
+                                         optimizer="adamw8bit").total_bytes
+    ok, suggestions = fits(e, with_8bit)
+    assert not ok and any("adamw8bit" in s for s in suggestions)
+    ok, suggestions = fits(e, with_8bit, eight_bit=False)  # a CPU: bitsandbytes' 8-bit AdamW needs CUDA
+    assert not ok and not any("adamw8bit" in s for s in suggestions)
+    combined = estimate_training_memory(SD15, 3_000_000, 1, 512, gradient_checkpointing=True).total_bytes
+    ok, suggestions = fits(estimate_training_memory(SD15, 3_000_000, 8, 1024), combined, eight_bit=False)
+    assert not ok and all("adamw8bit" not in s for s in suggestions)
+
+
 def test_invalid_inputs() -> None:
     with pytest.raises(ValueError, match="trainable_params = -1"):
         estimate_training_memory(SD15, -1, 1, 512)
