@@ -256,9 +256,7 @@ def test_sdxl_denoiser_gets_its_adm_vector_from_the_host_and_trains_a_lora(host:
     denoise = host.host_model.denoiser_for(patcher)
     assert not host.host_model.adds_residuals_in_place(patcher)  # trained without the in-place guard
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, 8, 8, generator=generator)
-    condition = {"context": torch.randn(2, 77, 32, generator=generator),
-                 "pooled": torch.randn(2, 32, generator=generator)}
+    x, condition = _denoiser_inputs("SDXL", generator)
     _fill_weights(unet, generator)
     prediction = denoise(x, torch.tensor([10, 500]), condition)
     assert prediction.shape == x.shape and torch.isfinite(prediction).all()
@@ -271,27 +269,38 @@ def test_sdxl_denoiser_gets_its_adm_vector_from_the_host_and_trains_a_lora(host:
         denoise(x, torch.tensor([10, 500]), condition["context"])
 
 
-# (latent channels, context width, pooled width) of the tiny SD3 and Flux models above.
-FLOW_INPUTS = {"SD3": (16, 32, 32), "Flux": (16, 32, 32)}
+# (latent channels, context tokens, context width, pooled width) of the tiny models above.
+DENOISER_INPUTS = {"SDXL": (4, 77, 32, 32), "SD3": (16, 7, 32, 32), "Flux": (16, 7, 32, 32)}
+
+
+def _denoiser_inputs(family: str, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A batch of 2 noisy latents at 8x8 and their condition ({"context", "pooled"}) for the family's tiny model."""
+    channels, tokens, context_width, pooled_width = DENOISER_INPUTS[family]
+    x = torch.randn(2, channels, 8, 8, generator=generator)
+    return x, {"context": torch.randn(2, tokens, context_width, generator=generator),
+               "pooled": torch.randn(2, pooled_width, generator=generator)}
+
+
+def _unet_with_lora(host: SimpleNamespace, family: str, targets: str, generator: torch.Generator):
+    """The family's tiny model with random weights and a LoRA (non-zero up) on `targets`: patcher, module, adapters."""
+    patcher = _unet_patcher(host, family)
+    unet = host.host_model.diffusion_module(patcher)
+    _fill_weights(unet, generator)
+    adapters = LoraAdapterSet(rank=2, alpha=2.0)
+    adapters.attach(unet, select_targets(unet, targets))
+    _randomise_up(adapters)
+    return patcher, unet, adapters
 
 
 @pytest.mark.parametrize("family", ["SD3", "Flux"])
 def test_flow_models_train_on_their_own_sigma_table_and_inputs(host: SimpleNamespace, family: str) -> None:
-    patcher = _unet_patcher(host, family)
+    generator = torch.Generator().manual_seed(0)
+    patcher, unet, adapters = _unet_with_lora(host, family, "attention_ff", generator)
     sampling = patcher.get_model_object("model_sampling")
     schedule = host.host_model.noise_schedule_for(patcher)
     assert schedule.prediction_type == "flow"
     assert torch.equal(schedule.flow_sigmas, sampling.sigmas.float())  # SD3's shift, Flux's time shift
-    unet = host.host_model.diffusion_module(patcher)
-    generator = torch.Generator().manual_seed(0)
-    _fill_weights(unet, generator)
-    adapters = LoraAdapterSet(rank=2, alpha=2.0)
-    adapters.attach(unet, select_targets(unet, "attention_ff"))
-    _randomise_up(adapters)
-    channels, context_width, pooled_width = FLOW_INPUTS[family]
-    x = torch.randn(2, channels, 8, 8, generator=generator)
-    condition = {"context": torch.randn(2, 7, context_width, generator=generator),
-                 "pooled": torch.randn(2, pooled_width, generator=generator)}
+    x, condition = _denoiser_inputs(family, generator)
     denoise = host.host_model.denoiser_for(patcher)
     timesteps = torch.tensor([0, schedule.num_timesteps - 1])
     assert host.host_model.adds_residuals_in_place(patcher)
@@ -316,22 +325,10 @@ def test_training_runs_the_hosts_pytorch_attention_and_predicts_what_the_hosts_o
         assert training_attention.trains_with(replaced) is attention.attention_pytorch
     assert training_attention.trains_with(attention.attention_xformers) is attention.attention_xformers
 
-    patcher = _unet_patcher(host, family)
-    unet = host.host_model.diffusion_module(patcher)
     generator = torch.Generator().manual_seed(0)
-    _fill_weights(unet, generator)
-    adapters = LoraAdapterSet(rank=2, alpha=2.0)
-    adapters.attach(unet, select_targets(unet, "attention"))
-    _randomise_up(adapters)
-    if family == "SDXL":
-        x, timesteps = torch.randn(2, 4, 8, 8, generator=generator), torch.tensor([10, 500])
-        condition = {"context": torch.randn(2, 77, 32, generator=generator),
-                     "pooled": torch.randn(2, 32, generator=generator)}
-    else:
-        channels, context_width, pooled_width = FLOW_INPUTS[family]
-        x, timesteps = torch.randn(2, channels, 8, 8, generator=generator), torch.tensor([0, 999])
-        condition = {"context": torch.randn(2, 7, context_width, generator=generator),
-                     "pooled": torch.randn(2, pooled_width, generator=generator)}
+    patcher, unet, adapters = _unet_with_lora(host, family, "attention", generator)
+    x, condition = _denoiser_inputs(family, generator)
+    timesteps = torch.tensor([10, 500]) if family == "SDXL" else torch.tensor([0, 999])
     denoise = host.host_model.denoiser_for(patcher)
 
     def prediction_and_gradients() -> tuple[torch.Tensor, list[torch.Tensor]]:
