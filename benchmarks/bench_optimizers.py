@@ -33,9 +33,10 @@ from benchmarks.measure import print_end, print_start  # noqa: E402
 from trainer.errors import OptimizerError  # noqa: E402
 from trainer.training.config import LoraShape, Optimisation, TrainConfig  # noqa: E402
 from trainer.training.evaluation import evaluate  # noqa: E402
+from trainer.training.layer_selection import select_targets  # noqa: E402
 from trainer.training.loop import StepRecord, train  # noqa: E402
 from trainer.training.objective import NoiseSchedule  # noqa: E402
-from trainer.training.trainable_lora import LoraAdapterSet, select_targets  # noqa: E402
+from trainer.training.trainable_lora import LoraAdapterSet  # noqa: E402
 
 CHANNELS, HIDDEN, CONTEXT, TOKENS, SIZE = 4, 32, 16, 4, 8
 # (row name, optimizer, learning rate, extra Optimisation fields)

@@ -30,17 +30,13 @@ from ...trainer.training.ema import AdapterEma
 from ...trainer.training.evaluation import evaluate
 from ...trainer.training.export import TrainingSummary, export_lora, kohya_metadata, save_lora
 from ...trainer.training.inplace_guard import normalisation_inputs_copied
+from ...trainer.training.layer_selection import select_targets
 from ...trainer.training.loop import NonFiniteLossError, StepRecord, TrainResult, train
 from ...trainer.training.memory import estimate_training_memory, fits
 from ...trainer.training.objective import TimestepSampling
 from ...trainer.training.optimizers import check_optimizer
 from ...trainer.training.resume_state import TrainState, load_state, save_state
-from ...trainer.training.trainable_lora import (
-    LoraAdapterSet,
-    lora_parameter_count,
-    release_inference_tensors,
-    select_targets,
-)
+from ...trainer.training.trainable_lora import LoraAdapterSet, lora_parameter_count, release_inference_tensors
 from . import model as host_model
 from .distributed_run import plan_for, process_group, shared_encoding, world_size
 from .encoded_dataset import encode_dataset

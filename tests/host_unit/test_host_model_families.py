@@ -28,7 +28,8 @@ from scripts.host_import import import_comfy, import_pack_module
 from tests.support.tiny_host_models import FLUX_DIT, SD3_MMDIT, SDXL_UNET
 from trainer.training.export import export_lora
 from trainer.training.inplace_guard import normalisation_inputs_copied
-from trainer.training.trainable_lora import LoraAdapterSet, select_targets
+from trainer.training.layer_selection import select_targets
+from trainer.training.trainable_lora import LoraAdapterSet
 
 CPU = torch.device("cpu")
 TEXT_ENCODER_KEY_PREFIX = "text_encoder:"  # as nodes/host/training_run.py keys CLIP layers in the shared adapter set

@@ -31,7 +31,8 @@ from torch import nn
 from scripts.host_import import import_comfy, import_pack_module
 from trainer.errors import LoraTargetError
 from trainer.training.export import export_lora
-from trainer.training.trainable_lora import LoraAdapterSet, release_inference_tensors, select_targets
+from trainer.training.layer_selection import select_targets
+from trainer.training.trainable_lora import LoraAdapterSet, release_inference_tensors
 
 CPU = torch.device("cpu")
 # SD1.5's UNet layout (1x1-conv proj_in, cross-attention) at 32 channels, one level.

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.training.config import LoraShape, Optimisation, TrainConfig
-from trainer.training.trainable_lora import LoraAdapterSet, select_targets
+from trainer.training.layer_selection import select_targets
+from trainer.training.trainable_lora import LoraAdapterSet
 
 LATENT = (4, 8, 8)
 

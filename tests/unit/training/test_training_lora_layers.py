@@ -11,12 +11,8 @@ from trainer.adapters.lora import lora_delta
 from trainer.errors import LoraTargetError
 from trainer.training.config import LoraShape
 from trainer.training.inplace_guard import normalisation_inputs_copied
-from trainer.training.trainable_lora import (
-    LoraAdapterSet,
-    lora_parameter_count,
-    release_inference_tensors,
-    select_targets,
-)
+from trainer.training.layer_selection import select_targets
+from trainer.training.trainable_lora import LoraAdapterSet, lora_parameter_count, release_inference_tensors
 
 BLOCK = "attn.transformer_blocks.0"
 ATTENTION = [f"{BLOCK}.attn{i}.{p}" for i in (1, 2) for p in ("to_q", "to_k", "to_v", "to_out.0")]

@@ -327,7 +327,8 @@ def test_state_with_other_tensor_shapes_is_refused_before_anything_changes(saved
 
 
 def test_state_from_other_layers_is_refused(saved_run: Path) -> None:
-    from trainer.training.trainable_lora import LoraAdapterSet, select_targets
+    from trainer.training.layer_selection import select_targets
+    from trainer.training.trainable_lora import LoraAdapterSet
     state = load_state(saved_run)
     model = make_model()
     adapters = LoraAdapterSet.from_config(config(steps=4).lora, 0)
