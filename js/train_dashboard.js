@@ -4,14 +4,16 @@
 // widget (trimmed, without ".safetensors", as the trainer names runs), the node's own runs first (jobs
 // carry the id of the node that ran them); a node shows a run of its name queued from another tab too.
 // Live news comes from the `loralab.*` websocket events (each one a full job snapshot); the loss
-// history from GET /loralab/jobs/{id}/loss, so a reloaded page recovers the whole chart.
+// history from GET /loralab/jobs/{id}/loss, so a reloaded page recovers the whole chart; the histogram of
+// the timesteps drawn comes whole with every snapshot.
 
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { chartModel, mergeRows } from "./lib/dashboard_chart.js";
 import { acceptsSnapshot, historyRow, jobNameOf, pickJob, validationRow, viewModel } from "./lib/dashboard_model.js";
-import { CHART_HEIGHT, CHART_WIDTH, createDashboard } from "./lib/dashboard_view.js";
+import { CHART_HEIGHT, CHART_WIDTH, createDashboard, HISTOGRAM_HEIGHT, HISTOGRAM_WIDTH } from "./lib/dashboard_view.js";
 import { runAfter } from "./lib/node_hooks.js";
+import { histogramModel } from "./lib/timestep_histogram.js";
 
 const NODE_TYPE = "LoraLabTrainLora";
 const NAME_WIDGET = "name";
@@ -60,7 +62,8 @@ function attachDashboard(node) {
   function redraw() {
     const before = view.minHeight();
     view.render(viewModel(job, { name: name(), resolveUrl: (url) => api.apiURL(url) }),
-      chartModel({ history, validation, width: CHART_WIDTH, height: CHART_HEIGHT, log: logScale }), { note, log: logScale });
+      chartModel({ history, validation, width: CHART_WIDTH, height: CHART_HEIGHT, log: logScale }),
+      histogramModel(job?.timestep_histogram, { width: HISTOGRAM_WIDTH, height: HISTOGRAM_HEIGHT }), { note, log: logScale });
     view.element.dataset.nodeId = String(node.id);
     if (view.minHeight() > before) {
       const min = node.computeSize();

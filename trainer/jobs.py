@@ -99,6 +99,7 @@ class Job:
         self._last_progress_publish: float | None = None
         self._timestep_counts = [0] * TIMESTEP_BINS
         self._num_timesteps: int | None = None
+        self._timestep_sampling: str | None = None  # the run's timestep_sampling setting, named with the histogram
         self._batch: dict[str, int] | None = None  # images per update and how they are made up
 
     # --- written by the trainer -------------------------------------------------------------------
@@ -182,6 +183,12 @@ class Job:
                 if not 0 <= int(t) < self._num_timesteps:
                     raise JobError(f"timestep {t} is outside [0, {self._num_timesteps}).")
                 self._timestep_counts[int(t) * TIMESTEP_BINS // self._num_timesteps] += 1
+
+    def set_timestep_sampling(self, sampling: str) -> None:
+        """Names the distribution the timesteps are drawn from (the run's timestep_sampling setting, e.g.
+        "logit_normal"), shown with the histogram."""
+        with self._lock:
+            self._timestep_sampling = str(sampling)
 
     def record_validation(self, step: int, loss: float) -> None:
         """Records the validation loss measured after `step` updates, and publishes it at once."""
@@ -334,9 +341,11 @@ class Job:
             "world_size": self._batch["world_size"] if self._batch else 1,  # training processes (torchrun)
             "batch": dict(self._batch) if self._batch else None,
             "phase_seconds": self._phase_seconds_locked(),  # where the run's time went, phase by phase
-            # counts[i]: draws in [i * range / bins, (i + 1) * range / bins); None before any step
+            # counts[i]: draws in [i * range / bins, (i + 1) * range / bins); None before any step;
+            # sampling: the distribution's setting name, None when the trainer did not say
             "timestep_histogram": None if self._num_timesteps is None else {
-                "range": [0, self._num_timesteps], "counts": list(self._timestep_counts)},
+                "range": [0, self._num_timesteps], "counts": list(self._timestep_counts),
+                "sampling": self._timestep_sampling},
         }
 
     def _publish(self, event: str) -> None:

@@ -32,6 +32,17 @@ const CSS = `
   color: inherit; background: transparent; border: 1px solid var(--border-color, #444); border-radius: 3px;
   cursor: pointer; opacity: 0.6; }
 .loralab-dash-logbtn[aria-pressed=true] { opacity: 1; background: rgba(74, 143, 221, 0.35); }
+.loralab-dash-hist { position: relative; height: 70px; box-sizing: border-box; border: 1px solid var(--border-color, #444);
+  border-radius: 4px; background: var(--comfy-input-bg, #222); }
+.loralab-dash-hist-head { position: absolute; top: 1px; left: 4px; right: 4px; height: 13px; display: flex;
+  justify-content: space-between; gap: 6px; font-size: 10px; opacity: 0.7; white-space: nowrap; overflow: hidden; }
+.loralab-dash-hist svg { position: absolute; left: 4px; top: 16px; width: calc(100% - 8px); height: calc(100% - 32px);
+  border-bottom: 1px solid var(--border-color, #444); }
+.loralab-dash-hist rect { fill: #7aa7e0; opacity: 0.85; }
+.loralab-dash-hist rect:hover { opacity: 1; }
+.loralab-dash-hist-axis { position: absolute; left: 4px; right: 4px; bottom: 1px; height: 13px; font-size: 10px;
+  opacity: 0.6; pointer-events: none; }
+.loralab-dash-hist-axis span { position: absolute; top: 0; white-space: nowrap; }
 .loralab-dash-empty { position: absolute; inset: 0; display: flex; align-items: center; justify-content: center; opacity: 0.5; }
 .loralab-dash-samples { display: flex; gap: 6px; overflow-x: auto; height: 70px; }
 .loralab-dash-samples figure { margin: 0; display: flex; flex-direction: column; align-items: center; flex: none; }

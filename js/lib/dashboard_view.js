@@ -1,6 +1,7 @@
-// The training dashboard as plain DOM: renders a view-model and a chart model, reports user intents.
+// The training dashboard as plain DOM: renders a view-model, the loss chart's model and the timestep
+// histogram's model, reports user intents.
 //
-// Owns no job state and knows no host: js/train_dashboard.js feeds it. The chart is an inline SVG
+// Owns no job state and knows no host: js/train_dashboard.js feeds it. The charts are inline SVGs
 // inside the DOM widget (the editor's newer node renderer drops canvas-drawn widgets). Every part
 // carries a data-testid and a `loralab-dash-*` class for browser tests and users' own styles.
 
@@ -11,10 +12,12 @@ import { ensureDashboardStyle } from "./dashboard_style.js";
 
 export const CHART_WIDTH = 300; // the SVG's own units; it stretches to the widget's width
 export const CHART_HEIGHT = 100;
+export const HISTOGRAM_WIDTH = 300; // the timestep histogram's SVG units, stretched the same way
+export const HISTOGRAM_HEIGHT = 40;
 
 // Heights (px) of the parts, for the widget's minimum height; they match dashboard_style.js.
 const GAP = 4;
-const HEIGHTS = { head: 18, bar: 10, stats: 3 * 17, chart: 110, samples: 70, checkpoint: 16, maxCheckpoints: 3,
+const HEIGHTS = { head: 18, bar: 10, stats: 3 * 17, chart: 110, histogram: 70, samples: 70, checkpoint: 16, maxCheckpoints: 3,
   message: 34, buttons: 26 };
 
 function stat(doc, testid, label) {
@@ -40,6 +43,47 @@ export function showOverlay(doc, src, caption) {
   doc.addEventListener("keydown", onKey, true);
   doc.body.append(overlay);
   return close;
+}
+
+/**
+ * The timestep histogram: a caption naming the distribution, the draws so far, one <rect> per bin with draws
+ * (its counts and timesteps in data-* attributes, its tooltip in a <title>) and axis labels in timesteps.
+ */
+function createHistogram(doc) {
+  const bars = svg(doc, "svg", { viewBox: `0 0 ${HISTOGRAM_WIDTH} ${HISTOGRAM_HEIGHT}`, preserveAspectRatio: "none" });
+  const caption = el(doc, "span", { className: "loralab-dash-hist-caption", dataset: { testid: "loralab-dash-timesteps-caption" } });
+  const total = el(doc, "span", { className: "loralab-dash-hist-total" });
+  const axis = el(doc, "div", { className: "loralab-dash-hist-axis" });
+  const empty = el(doc, "div", { className: "loralab-dash-empty", textContent: "the timesteps drawn appear here after the first step" });
+  const element = el(doc, "div", { className: "loralab-dash-hist", dataset: { testid: "loralab-dash-timesteps", total: "0" },
+    title: "how often each range of training timesteps was drawn (0 = least noise)" },
+  [el(doc, "div", { className: "loralab-dash-hist-head" }, [caption, total]), bars, axis, empty]);
+  let shownKey = "";
+
+  function render(model) {
+    const key = JSON.stringify([model.bars, model.ticks, model.caption]);
+    if (key === shownKey) return;
+    shownKey = key;
+    element.dataset.total = String(model.total);
+    element.dataset.range = model.range ? model.range.join(",") : "";
+    element.dataset.sampling = model.sampling;
+    caption.textContent = model.caption;
+    total.textContent = model.empty ? "" : `${model.total} ${model.total === 1 ? "draw" : "draws"}`;
+    empty.hidden = !model.empty;
+    bars.replaceChildren(...model.bars.map((bar) => {
+      const rect = svg(doc, "rect", { x: bar.x.toFixed(2), y: bar.y.toFixed(2), width: bar.width.toFixed(2),
+        height: bar.height.toFixed(2), "data-testid": "loralab-dash-timestep-bar", "data-bin": String(bar.index),
+        "data-count": String(bar.count), "data-lo": String(bar.lo), "data-hi": String(bar.hi) });
+      const title = svg(doc, "title");
+      title.textContent = bar.label;
+      rect.append(title);
+      return rect;
+    }));
+    axis.replaceChildren(...model.ticks.map((tick) => el(doc, "span", { textContent: tick.label,
+      style: `left: ${(tick.at * 100).toFixed(2)}%; transform: translateX(-${(tick.at * 100).toFixed(2)}%)` })));
+  }
+
+  return { element, render };
 }
 
 /**
@@ -73,6 +117,8 @@ export function createDashboard(doc, intents) {
   const chart = el(doc, "div", { className: "loralab-dash-chart", dataset: { testid: "loralab-dash-chart", points: "0" },
     title: "loss per step: faint = raw, bold = smoothed, dots = validation" }, [chartSvg, yMax, yMin, xMax, empty, logButton]);
 
+  const histogram = createHistogram(doc);
+
   const samples = el(doc, "div", { className: "loralab-dash-samples", dataset: { testid: "loralab-dash-samples" } });
   const checkpoints = el(doc, "ul", { className: "loralab-dash-ckpts", dataset: { testid: "loralab-dash-checkpoints" } });
   const message = el(doc, "div", { className: "loralab-dash-message", dataset: { testid: "loralab-dash-message" } });
@@ -85,7 +131,8 @@ export function createDashboard(doc, intents) {
       dataset: { testid: "loralab-dash-sample", action: "sample" } }),
   };
   const root = el(doc, "div", { className: "loralab-dash", dataset: { testid: "loralab-dash", state: "none" } }, [
-    el(doc, "div", { className: "loralab-dash-head" }, [state, jobLabel]), bar, statGrid, chart, samples, checkpoints,
+    el(doc, "div", { className: "loralab-dash-head" }, [state, jobLabel]), bar, statGrid, chart, histogram.element, samples,
+    checkpoints,
     message, el(doc, "div", { className: "loralab-dash-buttons" }, Object.values(buttons))]);
 
   root.addEventListener("click", (event) => {
@@ -132,8 +179,11 @@ export function createDashboard(doc, intents) {
 
   return {
     element: root,
-    /** Redraws from a view-model (dashboard_model.viewModel), a chart model and an optional note. */
-    render(vm, chartModel, { note = "", log = false } = {}) {
+    /**
+     * Redraws from a view-model (dashboard_model.viewModel), a chart model (dashboard_chart.chartModel), a
+     * histogram model (timestep_histogram.histogramModel) and an optional note.
+     */
+    render(vm, chartModel, histogramModel, { note = "", log = false } = {}) {
       root.dataset.state = vm.state;
       root.dataset.jobId = vm.jobId;
       state.textContent = vm.stateLabel;
@@ -145,6 +195,7 @@ export function createDashboard(doc, intents) {
       }
       stats.checkpoints.value.textContent = String(vm.checkpoints.length);
       renderChart(chartModel, log);
+      histogram.render(histogramModel);
       logButton.setAttribute("aria-pressed", String(log));
       renderSamples(vm.samples);
       renderCheckpoints(vm.checkpoints);
@@ -158,7 +209,7 @@ export function createDashboard(doc, intents) {
     },
     /** The height that shows every part without clipping. */
     minHeight() {
-      const parts = [HEIGHTS.head, HEIGHTS.bar, HEIGHTS.stats, HEIGHTS.chart, HEIGHTS.buttons];
+      const parts = [HEIGHTS.head, HEIGHTS.bar, HEIGHTS.stats, HEIGHTS.chart, HEIGHTS.histogram, HEIGHTS.buttons];
       if (shown.sampleRows) parts.push(HEIGHTS.samples);
       if (shown.checkpointRows) parts.push(shown.checkpointRows * HEIGHTS.checkpoint);
       if (shown.message) parts.push(HEIGHTS.message);

@@ -91,6 +91,7 @@ def run_training(model, clip, vae, spec: DatasetSpec, files: RunFiles, config: T
     job = JOBS.create(files.name, config.optimisation.steps, job_folder, node_id=node_id)
     group = process_group()  # torchrun from the command line: this process's share of the job
     job.set_batch(config.optimisation.batch_size, config.optimisation.grad_accumulation, world_size(group))
+    job.set_timestep_sampling(config.optimisation.timestep_sampling)
     job.start()
     return TrainingRun(HostParts(model, clip, vae), spec, files, config, plan_for(group, plan), job, node_id,
                        start_state, group, evaluation=evaluation).run()

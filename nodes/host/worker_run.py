@@ -84,6 +84,7 @@ def run_on_workers(model, clip, request: WorkerRequest, prompt: dict[str, Any] |
     work = WorkerFiles(Path(tempfile.mkdtemp(prefix=f"{files.name}-{int(time.time())}-", dir=root)))
     job = JOBS.create(files.name, opt.steps, str(work.folder), node_id=node_id)
     job.set_batch(opt.batch_size, opt.grad_accumulation, where.count)
+    job.set_timestep_sampling(opt.timestep_sampling)
     job.start()
     job.set_phase("starting workers", where.describe())
     work.prompt.write_text(json.dumps(worker_prompt(prompt, node_id)), encoding="utf-8")

@@ -345,3 +345,18 @@ def test_a_removed_checkpoint_leaves_the_snapshot(registry, events, tmp_path):
     job.remove_checkpoint("run-step1.safetensors")
     assert [c["lora_name"] for c in job.snapshot()["checkpoints"]] == ["run-step2.safetensors"]
     assert events[-1][0] == EVENT_CHECKPOINT
+
+
+def test_the_histogram_names_the_runs_timestep_distribution(registry, events, tmp_path):
+    job = registry.create("run", 10, str(tmp_path))
+    job.set_timestep_sampling("logit_normal")
+    assert job.snapshot()["timestep_histogram"] is None, "nothing to draw before the first step"
+    job.record_timesteps([0, 999, 512], 1000)
+    step(job, 1)
+    histogram = events[-1][1]["timestep_histogram"]  # published with the step
+    assert histogram["sampling"] == "logit_normal" and histogram["range"] == [0, 1000]
+    assert histogram["counts"] == [1] + [0] * 9 + [1] + [0] * 8 + [1]
+    assert registry.create("other", 10, str(tmp_path)).snapshot()["timestep_histogram"] is None
+    unnamed = registry.create("unnamed", 10, str(tmp_path))
+    unnamed.record_timesteps([5], 1000)
+    assert unnamed.snapshot()["timestep_histogram"]["sampling"] is None, "a trainer that did not say"
