@@ -1,5 +1,5 @@
-"""The Train LoRA dashboard in the host's real graph editor: follow a run queued from the editor, stop it
-from the dashboard, and recover the finished job after a page reload."""
+"""The Train LoRA dashboard in the host's real graph editor: follow a run queued from the editor (loss chart and
+timestep histogram), stop it from the dashboard, and recover the finished job after a page reload."""
 from __future__ import annotations
 
 import re
@@ -14,6 +14,7 @@ from scripts.make_demo_dataset import make_demo_dataset
 
 DATASET = "dash_rings"
 STEPS = 400  # far more than the test waits for: the run must still be going when "Stop & save" is clicked
+TIMESTEP_WINDOW = (300, 700)  # min_timestep, max_timestep of the run: on bin edges of the histogram (1000 / 20)
 
 
 def dashboard(editor: Editor, node_id: int):
@@ -28,6 +29,19 @@ def job_named(host, name: str) -> dict:
     jobs = [j for j in host.get_json("/api/loralab/jobs") if j["name"] == name]
     assert len(jobs) == 1, jobs
     return host.get_json(f"/api/loralab/jobs/{jobs[0]['id']}")
+
+
+def drawn_bars(dash) -> list[tuple[int, int, int, int]]:
+    """The histogram's bars as the dashboard drew them: (bin, count, first timestep, end timestep) each."""
+    return [tuple(bar) for bar in dash.get_by_test_id("loralab-dash-timestep-bar").evaluate_all(
+        "rects => rects.map(r => ['bin', 'count', 'lo', 'hi'].map(k => Number(r.dataset[k])))")]
+
+
+def expected_bars(histogram: dict) -> list[tuple[int, int, int, int]]:
+    """One bar per bin with draws, with the route's count and the bin's timesteps [i * T / bins, (i + 1) * T / bins)."""
+    num_timesteps, bins = histogram["range"][1], len(histogram["counts"])
+    return [(i, count, -(-i * num_timesteps // bins), -(-(i + 1) * num_timesteps // bins))
+            for i, count in enumerate(histogram["counts"]) if count]
 
 
 def wait_for_state(host, job_id: str, states: set[str], timeout: float = 60.0) -> dict:
@@ -74,12 +88,13 @@ def build_training_graph(editor: Editor, name: str) -> int:
         ck.connect(2, tr, tr.findInputSlot('vae'));
         ds.connect(0, tr, tr.findInputSlot('dataset'));
         set(op, {sample_steps: 2});  // samples on request only, and quick to render on a CPU
+        set(op, {min_timestep: arg.window[0], max_timestep: arg.window[1]});
         op.connect(0, tr, tr.findInputSlot('options'));
         app.canvas.ds.offset = [0, 0]; app.canvas.ds.scale = 1;
         app.canvas.setDirty(true, true);""",
               {"ckpt": ckpt, "data": data, "train": train, "options": options, "ckpt_name": TINY_CHECKPOINT_NAME,
                "folder": DATASET,
-               "name": name, "steps": STEPS})
+               "name": name, "steps": STEPS, "window": TIMESTEP_WINDOW})
     return train
 
 
@@ -96,11 +111,12 @@ def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
 
     editor.page.evaluate("async () => { await window.comfyAPI.app.app.queuePrompt(0); }")
 
-    # Live: websocket events move the step counter and the chart draws the loss.
+    # Live: websocket events move the step counter, the chart draws the loss and the histogram the timesteps.
     wait_for_dashboard(editor, train, "d.dataset.state === 'running' && parseInt(d.querySelector("
                        "'[data-testid=loralab-dash-step]').textContent) > 0 && Number(d.querySelector("
-                       "'[data-testid=loralab-dash-chart]').dataset.points) >= 2", "a running job with a loss chart",
-                       timeout_ms=120_000)
+                       "'[data-testid=loralab-dash-chart]').dataset.points) >= 2 && Number(d.querySelector("
+                       "'[data-testid=loralab-dash-timesteps]').dataset.total) >= 2",
+                       "a running job with a loss chart and a timestep histogram", timeout_ms=120_000)
     job_id = dash.get_attribute("data-job-id")
     assert job_id == job_named(host, name)["id"], "the node shows the job of its name"
     assert dash.get_by_test_id("loralab-dash-state").inner_text() == "training"
@@ -111,6 +127,8 @@ def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
     assert re.search(r"(it/s|s/it)$", dash.get_by_test_id("loralab-dash-rate").inner_text())
     assert re.fullmatch(r"(\d+h )?(\d+m )?\d+s|<1s", dash.get_by_test_id("loralab-dash-eta").inner_text())
     assert not dash.get_by_test_id("loralab-dash-stop").is_disabled()
+    assert drawn_bars(dash), "the histogram has bars while the run goes on"
+    expect(dash.get_by_test_id("loralab-dash-timesteps-caption")).to_have_text("timesteps drawn · uniform")
     editor.page.screenshot(path=str(artifacts / "dashboard_running.png"))
 
     # "Sample now" and "Save now", asked together so the trainer serves both at its next step: a sample
@@ -152,6 +170,16 @@ def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
     for control in ("stop", "save", "sample"):
         assert dash.get_by_test_id(f"loralab-dash-{control}").is_disabled()
     points = int(dash.get_by_test_id("loralab-dash-chart").get_attribute("data-points"))
+    # The histogram: the finished job's counts, bar for bar, and only inside [min_timestep, max_timestep).
+    histogram = snapshot["timestep_histogram"]
+    assert histogram["range"] == [0, 1000] and histogram["sampling"] == "uniform"
+    assert sum(histogram["counts"]) == snapshot["step"], "one draw per step of batch 1"
+    bars = expected_bars(histogram)
+    assert drawn_bars(dash) == bars
+    assert all(TIMESTEP_WINDOW[0] <= lo and hi <= TIMESTEP_WINDOW[1] for _, _, lo, hi in bars), bars
+    timesteps = dash.get_by_test_id("loralab-dash-timesteps")
+    assert timesteps.get_attribute("data-total") == str(snapshot["step"])
+    assert timesteps.get_attribute("data-sampling") == "uniform"
     editor.page.screenshot(path=str(artifacts / "dashboard_stopped.png"))
     assert editor.pack_errors == []
 
@@ -168,6 +196,7 @@ def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
     assert points >= 2
     expect(recovered.get_by_test_id("loralab-dash-checkpoint")).to_have_count(2)
     expect(recovered.get_by_test_id("loralab-dash-sample-image")).to_have_count(len(snapshot["samples"]))
+    assert drawn_bars(recovered) == bars, "the histogram comes back with the job's snapshot"
     editor.page.screenshot(path=str(artifacts / "dashboard_reloaded.png"))
     assert editor.pack_errors == []
 
