@@ -25,6 +25,7 @@ from ...trainer.jobs import Job
 from ...trainer.lora.file import parse_lora
 from ...trainer.training.checkpoint_pruning import checkpoints_to_delete
 from ...trainer.training.config import Evaluation, TrainConfig
+from ...trainer.training.conv_layout import channels_last_kernels
 from ...trainer.training.distributed import DataParallel
 from ...trainer.training.ema import AdapterEma
 from ...trainer.training.evaluation import evaluate
@@ -146,7 +147,8 @@ class TrainingRun:
             self.encode()
             try:
                 self.attach()
-                with normalisation_inputs_copied(*self.in_place_adders):
+                with normalisation_inputs_copied(*self.in_place_adders), \
+                        channels_last_kernels(self.unet, self.adapters.device):
                     self.baseline()
                     self.train()
                     self.save()  # before any evaluation: a Cancel there loses nothing
