@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
+from .losses import HUBER_SCHEDULES, LOSS_TYPES
 from .workers import WorkerRequest, parse_workers
 
 TARGET_KINDS: tuple[str, ...] = ("attention", "attention_ff", "attention_ff_conv")
@@ -198,6 +199,36 @@ class Optimisation:
                                                   "about 30% slower.")
     seed: int = setting(0, "Seed of the one random generator (LoRA init, timesteps, noise, data order, dropout).",
                         min=0, max=2**31 - 1)
+    loss_type: str = setting("l2", "Distance between prediction and target: l2 (mean squared error); l1; huber and "
+                                   "smooth_l1 (pseudo-Huber: quadratic below a threshold, linear above; less pulled "
+                                   "by outliers), with the threshold from huber_schedule and huber_c (sd-scripts).",
+                             choices=LOSS_TYPES)
+    huber_schedule: str = setting("snr", "huber, smooth_l1: the threshold per timestep: constant (huber_c); "
+                                         "exponential (from 1 at no noise down to huber_c at pure noise); snr (from "
+                                         "1 down to huber_c with the noise-to-signal ratio; epsilon and v models).",
+                                  choices=HUBER_SCHEDULES)
+    huber_c: float = setting(0.1, "huber, smooth_l1: the threshold (constant) or the threshold at pure noise "
+                                  "(exponential, snr); sd-scripts' default 0.1.",
+                             min=0.0, max=1.0, step=0.01, round=1e-4, exclusive_min=True)
+    debiased_estimation: bool = setting(False, "Weight each sample's loss by 1 / sqrt(SNR) (v models: 1 / (SNR + 1)) "
+                                               "with the SNR clamped to [0.001, 1000] (debiased estimation, Yu et "
+                                               "al. 2024, sd-scripts); combines with min_snr_gamma. Epsilon and v "
+                                               "models.")
+    noise_offset_random_strength: bool = setting(False, "Scale the noise offset by a random U(0, 1) per image, so "
+                                                        "offsets between 0 and noise_offset are trained.")
+    multires_noise_iterations: int = setting(0, "Multires (pyramid) noise: add this many levels of coarser, "
+                                                "upsampled noise (sd-scripts recommends 6-10); 0 = off.",
+                                             min=0, max=64)
+    multires_noise_discount: float = setting(0.3, "Multires noise: each coarser level is weighted by this power "
+                                                  "of its level (sd-scripts' default 0.3).",
+                                             min=0.0, max=1.0, step=0.01)
+    ip_noise_gamma: float = setting(0.0, "Input perturbation (Ning et al. 2023): the noisy input gets this much "
+                                         "extra noise that the target does not contain, e.g. 0.1; 0 = off.",
+                                    min=0.0, max=1.0, step=0.01)
+    ip_noise_gamma_random_strength: bool = setting(False, "Scale ip_noise_gamma by a random U(0, 1) per image.")
+    zero_terminal_snr: bool = setting(False, "Rescale the noise schedule so the last timestep is pure noise (zero "
+                                             "terminal SNR, Lin et al. 2023); for epsilon and v models (best with "
+                                             "v prediction), not flow models.")
 
     def __post_init__(self) -> None:
         _check_fields(self)

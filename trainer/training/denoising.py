@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from .objective import NoiseSchedule, TimestepSampling, sample_noise, sample_timesteps
+from .noise import NoiseOptions, input_perturbation, noise_offsets, pyramid_noise, sample_noise
+from .objective import NoiseSchedule, TimestepSampling, sample_timesteps
 
 # denoiser(x_t, timesteps [B] int64, cond) -> prediction shaped like x_t (epsilon / v / flow per schedule).
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
@@ -40,17 +41,26 @@ def _autocast(device: torch.device, mixed_precision: str) -> contextlib.Abstract
 
 
 def noisy_inputs(latents: torch.Tensor, schedule: NoiseSchedule, generator: torch.Generator, device: torch.device,
-                  noise_offset: float, sampling: TimestepSampling | None
+                  noise_options: NoiseOptions | None, sampling: TimestepSampling | None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x_t, training target, timesteps) for a batch of clean latents."""
+    """(x_t, training target, timesteps) for a batch of clean latents; noise_options None: plain Gaussian noise."""
+    options = noise_options or NoiseOptions()
     latents = latents.to(device=device, dtype=torch.float32)
     if latents.is_inference():
         latents = latents.clone()
     # Noise and timesteps come from the CPU generator (small tensors) so its state alone fixes them.
-    noise = sample_noise(tuple(latents.shape), generator, noise_offset).to(device)
+    shape = tuple(latents.shape)
+    noise = sample_noise(shape, generator, noise_offsets(shape[0], generator, options))
+    if options.multires_iterations > 0:
+        noise = pyramid_noise(noise, generator, options.multires_iterations, options.multires_discount)
+    noise = noise.to(device)
     timesteps = sample_timesteps(latents.shape[0], schedule, generator, sampling,
                                  latent_hw=(int(latents.shape[-2]), int(latents.shape[-1])))
-    return schedule.add_noise(latents, noise, timesteps), schedule.training_target(latents, noise, timesteps), timesteps
+    input_noise = noise
+    if options.ip_gamma > 0:  # x_t gets the perturbed noise; the target keeps the plain one
+        input_noise = input_perturbation(noise, generator, options.ip_gamma, options.ip_gamma_random_strength)
+    return (schedule.add_noise(latents, input_noise, timesteps), schedule.training_target(latents, noise, timesteps),
+            timesteps)
 
 
 def predict(denoiser: Denoiser, x_t: torch.Tensor, timesteps: torch.Tensor, cond: Any, device: torch.device,

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from .denoising import BatchFn, Denoiser, noisy_inputs, predict
-from .objective import NoiseSchedule, per_sample_loss
+from .losses import per_sample_loss
+from .objective import NoiseSchedule
 from .trainable_lora import LoraAdapterSet
 
 
@@ -30,7 +31,7 @@ def evaluate(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, sch
             draws = []
             for index in range(num_batches):  # every draw first, in the order a batch-by-batch loop makes them
                 latents, cond = batches(index, generator)
-                draws.append((*noisy_inputs(latents, schedule, generator, device, 0.0, None), cond))
+                draws.append((*noisy_inputs(latents, schedule, generator, device, None, None), cond))
             for group in _passes(draws, max_batch):
                 x_t, target, timesteps = (torch.cat([draw[i] for draw in group]) for i in range(3))
                 cond = _concat_conditions([draw[3] for draw in group])

@@ -25,7 +25,9 @@ from .config import Optimisation, TrainConfig
 from .denoising import BatchFn, Denoiser, map_tensors, noisy_inputs, predict
 from .distributed import DataParallel, describe_batch
 from .ema import AdapterEma
-from .objective import NoiseSchedule, TimestepSampling, diffusion_loss
+from .losses import LossSettings, training_loss
+from .noise import NoiseOptions
+from .objective import NoiseSchedule, TimestepSampling, training_schedule
 from .resume_checks import check_layers, check_optimizer, check_resumable
 from .resume_state import TrainState, optimizer_state_for
 from .schedules import lr_multiplier_at
@@ -135,17 +137,17 @@ def _seed_global_rng(seed: int, device: torch.device) -> None:
 
 def _batch_loss(denoiser: Denoiser, latents: torch.Tensor, cond: Any, schedule: NoiseSchedule,
                 generator: torch.Generator, device: torch.device, mixed_precision: str,
-                noise_offset: float, min_snr_gamma: float | None,
+                noise: NoiseOptions, losses: LossSettings,
                 sampling: TimestepSampling | None = None,
                 shard: DataParallel | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's loss and the timesteps drawn for it."""
-    x_t, target, timesteps = noisy_inputs(latents, schedule, generator, device, noise_offset, sampling)
+    x_t, target, timesteps = noisy_inputs(latents, schedule, generator, device, noise, sampling)
     share, drawn = 1.0, timesteps
     if shard is not None:  # the draws above are the global batch's; this process computes its items
         x_t, target, timesteps, cond, share = shard.take_shard(x_t, target, timesteps, cond)
     prediction = predict(denoiser, x_t, timesteps, cond, device, mixed_precision)
-    weights = schedule.min_snr_weights(timesteps, min_snr_gamma) if min_snr_gamma else None
-    return diffusion_loss(prediction, target, weights) * share, drawn  # drawn: every process's timesteps
+    loss = training_loss(prediction, target, timesteps, schedule, losses)
+    return loss * share, drawn  # drawn: every process's timesteps
 
 
 def _accumulate_gradients(denoiser: Denoiser, batches: BatchFn, schedule: NoiseSchedule, opt: Optimisation,
@@ -165,7 +167,7 @@ def _accumulate_gradients(denoiser: Denoiser, batches: BatchFn, schedule: NoiseS
             latents, cond = batches(step * opt.grad_accumulation + micro, generator)
             # Divided so the summed gradients equal those of one batch grad_accumulation times larger.
             loss, timesteps = _batch_loss(denoiser, latents, cond, schedule, generator, device, opt.mixed_precision,
-                                          opt.noise_offset, opt.min_snr_gamma, sampling, shard=shard)
+                                          NoiseOptions.of(opt), LossSettings.of(opt), sampling, shard=shard)
             loss = loss / opt.grad_accumulation
             drawn.extend(int(t) for t in timesteps)
             micro_loss = loss.item()
@@ -231,7 +233,8 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
     on_checkpoint(state) is called every checkpointing.every_n_steps updates (not after the last one:
     the result carries the final state). Raises NonFiniteLossError without applying the bad update, and
     ResumeStateError (before any work) if start_state cannot continue this run, and OptimizerError if the
-    optimizer cannot be built here, and ConfigError if the timestep sampling does not fit the schedule. With
+    optimizer cannot be built here, and ConfigError if the timestep sampling, loss or zero_terminal_snr setting
+    does not fit the schedule. With
     config.ema.enabled the EMA of the weights is updated after each update (`ema`, or one the loop makes from
     the adapters' weights) and saved in the state; pass your own to sample or export it. With a schedule-free
     optimizer the adapters hold its averaged weights (the ones to save and use) during on_step / on_checkpoint
@@ -246,6 +249,8 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
     device = adapters.device
     sampling = TimestepSampling.of(opt)
     sampling.check(schedule)
+    schedule = training_schedule(schedule, opt)  # zero_terminal_snr rescales it
+    LossSettings.of(opt).check(schedule)
     if not config.ema.enabled:
         ema = None
     elif ema is None:

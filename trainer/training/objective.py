@@ -1,4 +1,5 @@
-"""The denoising objective: noise schedule, timestep draws, noised input, target, min-SNR weights, noise offset.
+"""The denoising objective: noise schedule (and its zero-terminal-SNR rescale), timestep draws, noised input,
+target, min-SNR weights. The noise itself is drawn in noise.py, the loss computed in losses.py.
 
 All writes are x_t = a_t * x_0 + b_t * noise:
   DDPM ("epsilon", "v"): a_t = sqrt(alphas_cumprod[t]), b_t = sqrt(1 - alphas_cumprod[t]);
@@ -9,6 +10,7 @@ Targets: epsilon -> noise; v -> a_t * noise - b_t * x_0 (Salimans & Ho 2022); fl
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -16,6 +18,8 @@ import torch
 
 from ..errors import ConfigError
 from .config import Optimisation
+
+logger = logging.getLogger(__name__)
 
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v", "flow")
 # Flux's resolution-dependent shift (as sd-scripts' flux_shift and diffusers' dynamic shifting define it):
@@ -112,6 +116,28 @@ class NoiseSchedule:
         return torch.clamp(snr, max=gamma) / (snr + 1.0)
 
 
+def zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """alphas_cumprod rescaled to zero terminal SNR (Lin et al. 2023, Algorithm 1; diffusers'
+    rescale_zero_terminal_snr does it on the betas): sqrt(alphas_cumprod) shifted so that the last timestep's
+    is 0 (pure noise) and scaled so that the first keeps its value. Computed in fp64, returned fp32."""
+    root = alphas_cumprod.double().sqrt()
+    first, last = root[0], root[-1]
+    return ((root - last) * (first / (first - last))).pow(2).float()
+
+
+def training_schedule(schedule: NoiseSchedule, opt: Optimisation) -> NoiseSchedule:
+    """The schedule a run trains with: the model's, rescaled to zero terminal SNR with opt.zero_terminal_snr."""
+    if not opt.zero_terminal_snr:
+        return schedule
+    if schedule.prediction_type == "flow":
+        raise ConfigError("zero_terminal_snr = True is for epsilon and v prediction models; this is a flow-matching "
+                          "model, whose last timestep is already pure noise: turn it off.")
+    if schedule.prediction_type == "epsilon":
+        logger.warning("zero_terminal_snr on an epsilon-prediction model: at the last timestep the input is pure "
+                       "noise, so the target equals the input; Lin et al. 2023 pair the rescale with v prediction")
+    return NoiseSchedule(zero_terminal_snr(schedule.alphas_cumprod), schedule.prediction_type)
+
+
 @dataclass(frozen=True)
 class TimestepSampling:
     """How training timesteps are drawn: a distribution of u in (0, 1), mapped onto [min_timestep, max_timestep).
@@ -189,29 +215,3 @@ def sample_timesteps(batch_size: int, schedule: NoiseSchedule, generator: torch.
         return torch.randint(low, high, (batch_size,), generator=generator, device=generator.device)
     u = sample_unit_timesteps(batch_size, sampling, generator, latent_hw)
     return (low + (u * (high - low)).long()).clamp_(low, high - 1)
-
-
-def sample_noise(shape: tuple[int, ...], generator: torch.Generator, noise_offset: float = 0.0) -> torch.Tensor:
-    """Gaussian noise (fp32, generator's device), plus kohya's per-channel offset when noise_offset > 0.
-
-    The offset, noise_offset * N(0,1) per (sample, channel), lets the model learn to shift an image's
-    mean brightness, which zero-mean noise never teaches.
-    """
-    noise = torch.randn(shape, generator=generator, device=generator.device)
-    if noise_offset > 0:
-        offset_shape = tuple(shape[:2]) + (1,) * (len(shape) - 2)
-        noise = noise + noise_offset * torch.randn(offset_shape, generator=generator, device=generator.device)
-    return noise
-
-
-def per_sample_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of each sample [B] (fp32)."""
-    return (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
-
-
-def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean squared error per sample (fp32), optionally weighted per sample, averaged over the batch."""
-    per_sample = per_sample_loss(prediction, target)
-    if weights is not None:
-        per_sample = per_sample * weights.to(per_sample.device, per_sample.dtype)
-    return per_sample.mean()

@@ -28,6 +28,10 @@ _OPTIMIZER_FIELDS = ("optimizer", "optimizer_class", "optimizer_args")
 # Optimisation fields that decide which timesteps are drawn: the continued run would train another objective.
 _TIMESTEP_FIELDS = ("timestep_sampling", "min_timestep", "max_timestep", "sigmoid_scale", "logit_mean", "logit_std",
                     "discrete_flow_shift")
+# Optimisation fields that decide the loss and the noise of each step: the continued run would train another objective.
+_OBJECTIVE_FIELDS = ("loss_type", "huber_schedule", "huber_c", "min_snr_gamma", "debiased_estimation", "noise_offset",
+                     "noise_offset_random_strength", "multires_noise_iterations", "multires_noise_discount",
+                     "ip_noise_gamma", "ip_noise_gamma_random_strength", "zero_terminal_snr")
 # Ema fields that decide the saved averages; for_samples and for_final only choose which weights are used.
 # Named in messages by their input names (ema, ema_decay, ema_every).
 _EMA_FIELDS = {"enabled": "ema", "decay": "ema_decay", "every_n_steps": "ema_every"}
@@ -78,6 +82,13 @@ def check_resumable(saved: TrainConfig, current: TrainConfig, saved_step: int,
         raise ResumeStateError(f"{where} was trained with other timestep or EMA settings (" + "; ".join(other_math)
                                + "): continuing would not be the same run. Set them back, or turn resume off to "
                                "start a new run.", path=source)
+    other_objective = [f"{name}: saved {getattr(saved.optimisation, name)!r}, "
+                       f"now {getattr(current.optimisation, name)!r}" for name in _OBJECTIVE_FIELDS
+                       if getattr(saved.optimisation, name) != getattr(current.optimisation, name)]
+    if other_objective:
+        raise ResumeStateError(f"{where} was trained with other loss or noise settings ("
+                               + "; ".join(other_objective) + "): continuing would not be the same run. Set them "
+                               "back, or turn resume off to start a new run.", path=source)
     changed = [name for name, value in vars(current.optimisation).items()
                if name != "batch_size" and getattr(saved.optimisation, name) != value]
     if world_sizes is not None:

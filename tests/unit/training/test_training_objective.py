@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.training.objective import NoiseSchedule, diffusion_loss, sample_noise, sample_timesteps
+from trainer.training.losses import diffusion_loss
+from trainer.training.noise import sample_noise
+from trainer.training.objective import NoiseSchedule, sample_timesteps
 
 
 def test_scaled_linear_matches_stable_diffusion() -> None:
