@@ -31,7 +31,7 @@ from ...trainer.training.ema import AdapterEma
 from ...trainer.training.evaluation import evaluate
 from ...trainer.training.export import TrainingSummary, export_lora, kohya_metadata, save_lora
 from ...trainer.training.inplace_guard import normalisation_inputs_copied
-from ...trainer.training.layer_selection import select_targets
+from ...trainer.training.layer_selection import select_layers
 from ...trainer.training.loop import NonFiniteLossError, StepRecord, TrainResult, train
 from ...trainer.training.memory import estimate_training_memory, fits
 from ...trainer.training.objective import TimestepSampling
@@ -172,11 +172,14 @@ class TrainingRun:
         model, clip = self.host.model, self.host.clip
         self.schedule = host_model.noise_schedule_for(model)
         self.unet = host_model.diffusion_module(model)
-        self.unet_layers = select_targets(self.unet, self.config.lora.targets)
+        models = {"diffusion model": self.unet}
+        if self.train_clip:
+            self.text_encoder = models["text encoder"] = host_model.text_encoder_module(clip)
+        layers = select_layers(models, self.config.lora)  # include/exclude patterns may match in either model
+        self.unet_layers = layers["diffusion model"]
         trainable = lora_parameter_count(self.unet, self.unet_layers, self.config.lora.rank)
         if self.train_clip:
-            self.text_encoder = host_model.text_encoder_module(clip)
-            self.text_layers = select_targets(self.text_encoder, self.config.lora.targets)
+            self.text_layers = layers["text encoder"]
             self.name_map.update(host_model.clip_kohya_names(model, self.text_layers, TEXT_ENCODER_KEY_PREFIX))
             trainable += lora_parameter_count(self.text_encoder, self.text_layers, self.config.lora.rank)
         self.check_memory(trainable)

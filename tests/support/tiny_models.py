@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.training.config import LoraShape, Optimisation, TrainConfig
-from trainer.training.layer_selection import select_targets
+from trainer.training.layer_selection import select_layers
 from trainer.training.trainable_lora import LoraAdapterSet
 
 LATENT = (4, 8, 8)
@@ -98,7 +98,7 @@ def make_model(seed: int = 0) -> TinyDenoiser:
 
 def attach(model: nn.Module, shape: LoraShape, seed: int = 0) -> LoraAdapterSet:
     adapters = LoraAdapterSet.from_config(shape, seed)
-    adapters.attach(model, select_targets(model, shape.targets))
+    adapters.attach(model, select_layers({"unet": model}, shape)["unet"])
     return adapters
 
 

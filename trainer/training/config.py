@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
+from .layer_selection import layer_patterns
 from .losses import HUBER_SCHEDULES, LOSS_TYPES
 from .workers import WorkerRequest, parse_workers
 
@@ -113,9 +114,19 @@ class LoraShape:
     train_text_encoder: bool = setting(False, "Also train a LoRA on the text encoder.")
     text_encoder_lr: float = setting(0.0, "Learning rate for the text encoder LoRA; 0 = the same as the UNet "
                                           "learning rate.", min=0.0, max=1.0, step=1e-5, round=1e-7)
+    include_layers: str = setting("", "Also train these layers (Linear or Conv2d) besides the targets preset: "
+                                      "comma-separated regular expressions searched in the layer names as the "
+                                      "host names them, e.g. output_blocks\\.[3-5]\\..*proj_in (SD1/SDXL UNet) or "
+                                      "clip_l\\..*mlp (text encoder). Empty = none.")
+    exclude_layers: str = setting("", "Leave out these layers from what targets and include_layers select: "
+                                      "comma-separated regular expressions searched in the layer names, e.g. "
+                                      "attn1, input_blocks\\.[1-2]\\. (a plain word excludes every layer whose "
+                                      "name contains it). Empty = none.")
 
     def __post_init__(self) -> None:
         _check_fields(self)
+        layer_patterns("include_layers", self.include_layers)  # raises ConfigError naming an invalid pattern
+        layer_patterns("exclude_layers", self.exclude_layers)
 
     @property
     def scale(self) -> float:

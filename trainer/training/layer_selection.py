@@ -1,19 +1,30 @@
-"""Which layers of a model a LoRA trains: the `targets` presets (attention / + feed-forward / + conv) by layer name.
+"""Which layers of a model a LoRA trains: a `targets` preset chosen by layer name, widened by include_layers and
+narrowed by exclude_layers.
 
 Layers a LoRA trains: `nn.Linear`, `nn.Conv2d` (groups = 1), and linear layers of other types (a host's
 quantized linear layers) that declare `in_features` / `out_features` and hold a weight of shape
-[out_features, in_features]. Any other layer type with a weight matrix where a target sits is refused by
-`select_targets`, naming its type, rather than silently left out.
+[out_features, in_features]. Any other layer type with a weight matrix where a target sits (by preset or by an
+include pattern) is refused, naming its type, rather than silently left out; excluding it is one way round.
+
+include_layers / exclude_layers are comma-separated regular expressions searched anywhere in the layer names
+(`re.search`), so a plain word acts as ai-toolkit's only_if_contains / ignore_if_contains and OneTrainer's
+layer_filter, and `^...` anchors as sd-scripts' include_patterns / exclude_patterns (re.match) do. Names are the
+host model's own, e.g. `input_blocks.4.1.transformer_blocks.0.attn2.to_k` in a ComfyUI SD1 UNet.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, LoraTargetError
+
+if TYPE_CHECKING:
+    from .config import LoraShape
 
 # Layer-name patterns per target kind (matched with re.search against the full module name).
 # Attention projections: SD1/SD2/SDXL UNet (LDM and diffusers names), CLIP text encoders (HF layout),
@@ -48,6 +59,33 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(re.search(p, name) for p in patterns)
 
 
+def _searched(name: str, patterns: Sequence[re.Pattern[str]]) -> bool:
+    return any(p.search(name) for p in patterns)
+
+
+# A comma separates two patterns, except inside a {m,n} repeat.
+_PATTERN_SEPARATOR = re.compile(r",(?![^{]*\})")
+
+
+def layer_patterns(field_name: str, text: str) -> tuple[re.Pattern[str], ...]:
+    """The compiled regular expressions of an include_layers / exclude_layers text (empty text: none).
+
+    Raises ConfigError naming the field and the pattern that is not a valid regular expression.
+    """
+    patterns = []
+    for piece in _PATTERN_SEPARATOR.split(text):
+        source = piece.strip()
+        if not source:
+            continue
+        try:
+            patterns.append(re.compile(source))
+        except re.error as e:
+            raise ConfigError(f"{field_name} = '{text}' is not allowed: '{source}' is not a valid regular "
+                              f"expression ({e}); expected comma-separated regular expressions searched in the "
+                              r"layer names, e.g. 'attn2\.to_(k|v)$, output_blocks\.[3-5]\.'.") from e
+    return tuple(patterns)
+
+
 def is_linear_layer(module: nn.Module) -> bool:
     """nn.Linear, or another linear layer type (e.g. a host's quantized one) with in/out features and a
     [out_features, in_features] weight: a LoRA hooks onto its output whatever computes it."""
@@ -63,50 +101,105 @@ def _is_conv_layer(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups == 1
 
 
-def _unsupported_layer(name: str, module: nn.Module, targets_kind: str) -> bool:
-    """A layer with a weight matrix or kernel where a LoRA of `targets_kind` would train, of a type it cannot
-    train through (not Linear-like, not a torch convolution)."""
+def _is_trainable_layer(module: nn.Module) -> bool:
+    return is_linear_layer(module) or _is_conv_layer(module)
+
+
+def _unsupported_layer(module: nn.Module) -> bool:
+    """A layer with a weight matrix or kernel of a type a LoRA cannot train through (not Linear-like, not a torch
+    convolution: grouped, 1-D, 3-D and transposed ones are simply not LoRA targets here)."""
     weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor) or weight.ndim < 2 or is_linear_layer(module):
+    return (isinstance(weight, torch.Tensor) and weight.ndim >= 2 and not is_linear_layer(module)
+            and not isinstance(module, nn.modules.conv._ConvNd))
+
+
+def _in_preset(name: str, module: nn.Module, targets_kind: str) -> bool:
+    """Whether the `targets_kind` preset puts a LoRA on this layer (any layer type: the caller checks it)."""
+    if _matches(name, EMBEDDER_PATTERNS):
         return False
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return False  # grouped, 1-D, 3-D and transposed convolutions: not LoRA targets here
-    if _matches(name, ATTENTION_PATTERNS) or (targets_kind != "attention" and _matches(name, FEED_FORWARD_PATTERNS)):
+    if _matches(name, ATTENTION_PATTERNS) and (is_linear_layer(module) or _unsupported_layer(module)):
         return True
-    return (targets_kind == "attention_ff_conv" and weight.ndim == 4
-            and not _matches(name, CONV_EXCLUDED_PATTERNS))
+    if targets_kind != "attention" and _matches(name, FEED_FORWARD_PATTERNS):
+        return True
+    if targets_kind != "attention_ff_conv":
+        return False
+    weight = getattr(module, "weight", None)
+    is_kernel = _is_conv_layer(module) or (_unsupported_layer(module) and isinstance(weight, torch.Tensor)
+                                           and weight.ndim == 4)
+    return ((is_kernel and not _matches(name, CONV_EXCLUDED_PATTERNS))
+            or (is_linear_layer(module) and _matches(name, RES_BLOCK_LINEAR_PATTERNS)))
 
 
-def select_targets(model: nn.Module, targets_kind: str) -> list[str]:
-    """Names of the Linear/Conv2d modules of `model` that a LoRA of `targets_kind` trains, in model order.
+def _candidates(model: nn.Module, targets_kind: str,
+                include: Sequence[re.Pattern[str]]) -> Iterator[tuple[str, nn.Module]]:
+    """(name, layer) of each layer the preset or an include pattern selects, before exclusions, in model order:
+    trainable layers, and layers of an unsupported type in those positions."""
+    for name, module in model.named_modules():
+        if name and (_is_trainable_layer(module) or _unsupported_layer(module)) and (
+                _searched(name, include) or _in_preset(name, module, targets_kind)):
+            yield name, module
 
-    Raises LoraTargetError, before anything is attached, when a layer in a target position is of a type the
-    LoRA cannot train through (its output would come out unchanged, or wrong).
+
+def select_targets(model: nn.Module, targets_kind: str, include: Sequence[re.Pattern[str]] = (),
+                   exclude: Sequence[re.Pattern[str]] = ()) -> list[str]:
+    """Names of the Linear/Conv2d modules of `model` that a LoRA of `targets_kind` trains, in model order: the
+    preset's, plus those an `include` pattern matches, less those an `exclude` pattern matches.
+
+    Raises LoraTargetError, before anything is attached, when a selected layer is of a type the LoRA cannot
+    train through (its output would come out unchanged, or wrong).
     """
     kinds = ("attention", "attention_ff", "attention_ff_conv")
     if targets_kind not in kinds:
         raise ConfigError(f"targets = {targets_kind!r} is not allowed; expected one of {', '.join(kinds)}.")
     selected = []
-    for name, module in model.named_modules():
-        if not name or _matches(name, EMBEDDER_PATTERNS):
+    for name, module in _candidates(model, targets_kind, include):
+        if _searched(name, exclude):
             continue
-        is_linear = is_linear_layer(module)
-        is_conv = _is_conv_layer(module)
-        if not (is_linear or is_conv):
-            if _unsupported_layer(name, module, targets_kind):
-                kind = type(module)
-                raise LoraTargetError(
-                    f"layer '{name}' is a {kind.__module__}.{kind.__qualname__}, a layer type LoRA Lab cannot "
-                    "train a LoRA on (it trains Linear and Conv2d layers, and linear layers that declare "
-                    "in_features/out_features with a matching weight). Load the model with another weight "
-                    "dtype (e.g. weight_dtype 'default'), or choose targets that leave this layer out.")
-            continue
-        if _matches(name, ATTENTION_PATTERNS) and is_linear:
-            selected.append(name)
-        elif targets_kind != "attention" and _matches(name, FEED_FORWARD_PATTERNS):
-            selected.append(name)
-        elif targets_kind == "attention_ff_conv" and (
-                (is_conv and not _matches(name, CONV_EXCLUDED_PATTERNS))
-                or (is_linear and _matches(name, RES_BLOCK_LINEAR_PATTERNS))):
-            selected.append(name)
+        if not _is_trainable_layer(module):
+            kind = type(module)
+            raise LoraTargetError(
+                f"layer '{name}' is a {kind.__module__}.{kind.__qualname__}, a layer type LoRA Lab cannot "
+                "train a LoRA on (it trains Linear and Conv2d layers, and linear layers that declare "
+                "in_features/out_features with a matching weight). Load the model with another weight "
+                "dtype (e.g. weight_dtype 'default'), or choose targets or exclude_layers that leave this layer out.")
+        selected.append(name)
+    return selected
+
+
+def _name_examples(models: Mapping[str, nn.Module]) -> str:
+    names = [name for model in models.values() for name, module in model.named_modules()
+             if name and _is_trainable_layer(module)]
+    picked = names[::max(1, len(names) // 3)][:3]
+    return ", ".join(f"'{name}'" for name in picked)
+
+
+def select_layers(models: Mapping[str, nn.Module], shape: LoraShape) -> dict[str, list[str]]:
+    """select_targets of each model (by role, e.g. {"unet": ..., "text_encoder": ...}) with the shape's targets,
+    include_layers and exclude_layers.
+
+    Raises ConfigError for an include pattern that matches no Linear/Conv2d layer of any of the models, an exclude
+    pattern that leaves out no layer, and patterns that leave nothing to train; a pattern meant for one model
+    need not match in the other.
+    """
+    include = layer_patterns("include_layers", shape.include_layers)
+    exclude = layer_patterns("exclude_layers", shape.exclude_layers)
+    where = " or ".join(models)
+    for pattern in include:
+        if not any(pattern.search(name) for model in models.values() for name, module in model.named_modules()
+                   if name and (_is_trainable_layer(module) or _unsupported_layer(module))):
+            raise ConfigError(f"include_layers = '{shape.include_layers}' is not allowed: '{pattern.pattern}' "
+                              f"matches no Linear or Conv2d layer of the {where}; expected patterns searched in "
+                              f"their layer names, which look like {_name_examples(models)}.")
+    candidates = [name for model in models.values() for name, _ in _candidates(model, shape.targets, include)]
+    for pattern in exclude:
+        if not any(pattern.search(name) for name in candidates):
+            raise ConfigError(f"exclude_layers = '{shape.exclude_layers}' is not allowed: '{pattern.pattern}' "
+                              f"leaves out none of the {len(candidates)} layers that targets {shape.targets!r}"
+                              + (" and include_layers" if include else "") + " select; expected patterns "
+                              f"searched in their names, which look like {_name_examples(models)}.")
+    selected = {role: select_targets(model, shape.targets, include, exclude) for role, model in models.items()}
+    if exclude and not any(selected.values()):
+        raise ConfigError(f"exclude_layers = '{shape.exclude_layers}' is not allowed: it leaves out all "
+                          f"{len(candidates)} layers that targets {shape.targets!r} selects, so nothing would "
+                          "train; expected patterns that leave some layers in.")
     return selected
