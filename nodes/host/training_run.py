@@ -37,7 +37,7 @@ from ...trainer.training.memory import estimate_training_memory, fits
 from ...trainer.training.objective import TimestepSampling
 from ...trainer.training.optimizers import check_optimizer
 from ...trainer.training.resume_state import TrainState, load_state, save_state
-from ...trainer.training.trainable_lora import LoraAdapterSet, lora_parameter_count, release_inference_tensors
+from ...trainer.training.trainable_lora import LoraAdapterSet, adapter_parameter_count, release_inference_tensors
 from . import model as host_model
 from .distributed_run import plan_for, process_group, shared_encoding, world_size
 from .encoded_dataset import encode_dataset
@@ -177,11 +177,11 @@ class TrainingRun:
             self.text_encoder = models["text encoder"] = host_model.text_encoder_module(clip)
         layers = select_layers(models, self.config.lora)  # include/exclude patterns may match in either model
         self.unet_layers = layers["diffusion model"]
-        trainable = lora_parameter_count(self.unet, self.unet_layers, self.config.lora.rank)
+        trainable = adapter_parameter_count(self.unet, self.unet_layers, self.config.lora)
         if self.train_clip:
             self.text_layers = layers["text encoder"]
             self.name_map.update(host_model.clip_kohya_names(model, self.text_layers, TEXT_ENCODER_KEY_PREFIX))
-            trainable += lora_parameter_count(self.text_encoder, self.text_layers, self.config.lora.rank)
+            trainable += adapter_parameter_count(self.text_encoder, self.text_layers, self.config.lora)
         self.check_memory(trainable)
         TimestepSampling.of(self.config.optimisation).check(self.schedule)  # e.g. sigmoid on an epsilon model
         self.optimizer_name = check_optimizer(self.config.optimisation, comfy.model_management.get_torch_device())

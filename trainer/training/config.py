@@ -18,6 +18,8 @@ from .losses import HUBER_SCHEDULES, LOSS_TYPES
 from .workers import WorkerRequest, parse_workers
 
 TARGET_KINDS: tuple[str, ...] = ("attention", "attention_ff", "attention_ff_conv")
+# trainer/training/adapter_kinds/ trains each (one file per kind).
+ADAPTER_KINDS: tuple[str, ...] = ("lora", "loha", "lokr", "dora")
 SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "inverse_sqrt",
                               "warmup_stable_decay", "rex")
 # trainer/training/optimizers.py builds each; "custom" is any torch.optim-style class named by optimizer_class.
@@ -123,10 +125,31 @@ class LoraShape:
                                       "attn1, input_blocks\\.[1-2]\\. (a plain word excludes every layer whose "
                                       "name contains it). Empty = none.")
 
+    adapter: str = setting("lora", "What each layer trains: lora (LoCon on convolutions); loha (LyCORIS LoHa: the "
+                                   "elementwise product of two rank-r pairs, twice LoRA's parameters); lokr (LyCORIS "
+                                   "LoKr: a Kronecker product of a small full factor and a rank-r factor, see "
+                                   "lokr_factor); dora (LoRA whose weight W + delta is rescaled to a trained "
+                                   "magnitude per input column, as DoRA; reads the base weights).",
+                           choices=ADAPTER_KINDS)
+    lokr_factor: int = setting(-1, "lokr: how each layer's sizes are split between the two Kronecker factors: -1 = "
+                                   "automatic (the most even split, as LyCORIS), or the size of the small factor, "
+                                   "e.g. 8 or 16.", min=-1, max=1024)
+    use_tucker: bool = setting(False, "loha, lokr: factor the kernel of convolutions larger than 1x1 with a Tucker "
+                                      "core (LyCORIS use_tucker): fewer parameters at the same rank.")
+    rank_dropout: float = setting(0.0, "Training only, 0 = off. lora: each rank channel is dropped per image with "
+                                       "this probability and the rest scaled by 1 / (1 - p) (sd-scripts "
+                                       "rank_dropout); loha, lokr, dora: each output row of the layer's update is "
+                                       "dropped per pass (LyCORIS).", min=0.0, max=0.9, step=0.01)
+    module_dropout: float = setting(0.0, "Training only: a layer's whole adapter is skipped for a pass with this "
+                                         "probability (sd-scripts module_dropout); 0 = off.",
+                                    min=0.0, max=0.9, step=0.01)
+
     def __post_init__(self) -> None:
         _check_fields(self)
         layer_patterns("include_layers", self.include_layers)  # raises ConfigError naming an invalid pattern
         layer_patterns("exclude_layers", self.exclude_layers)
+        if self.lokr_factor == 0:
+            raise _invalid("lokr_factor", self.lokr_factor, "-1 (automatic) or a factor of at least 1")
 
     @property
     def scale(self) -> float:

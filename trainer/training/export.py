@@ -33,13 +33,15 @@ _ARCHITECTURES: dict[str, tuple[str, str]] = {
 
 def export_lora(adapters: LoraAdapterSet, name_map: dict[str, str],
                 dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
-    """kohya tensors `{prefix}.lora_down.weight`, `.lora_up.weight` (in `dtype`) and `.alpha` (fp32 0-dim).
+    """The file's tensors `{prefix}.{role}` (in `dtype`) and `{prefix}.alpha` (fp32 0-dim), by the adapter kind:
 
+    LoRA kohya's `.lora_down.weight` / `.lora_up.weight` (4-D for convs); LoHa LyCORIS' `.hada_w1_a`, `.hada_w1_b`,
+    `.hada_w2_a`, `.hada_w2_b` (+ `.hada_t1`, `.hada_t2` with Tucker); LoKr `.lokr_w1`, `.lokr_w2` or
+    `.lokr_w2_a` / `.lokr_w2_b` (+ `.lokr_t2`); DoRA LoRA's pair + `.dora_scale` [1, in(, 1, 1)].
     `name_map` maps each adapter key (engine module name) to its kohya prefix, e.g.
     `input_blocks.1.1.transformer_blocks.0.attn1.to_q`
     -> `lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q`.
-    Conv LoRAs keep kohya's 4-D shapes. Values are checked finite in fp32 and again after the cast,
-    since fp16 turns values above 65504 into inf.
+    Values are checked finite in fp32 and again after the cast, since fp16 turns values above 65504 into inf.
     """
     missing = [k for k in adapters.keys() if k not in name_map]
     if missing:
@@ -49,23 +51,23 @@ def export_lora(adapters: LoraAdapterSet, name_map: dict[str, str],
     if len(set(prefixes)) != len(prefixes):
         duplicate = next(p for p in prefixes if prefixes.count(p) > 1)
         raise LoraExportError(f"two trained layers map to the same kohya name '{duplicate}'.")
-    state = adapters.state_dict()
     out: dict[str, torch.Tensor] = {}
     for key in adapters.keys():
         prefix = name_map[key]
-        for suffix in ("lora_down.weight", "lora_up.weight"):
-            value = state[f"{key}.{suffix}"]
+        for role, value in adapters.file_tensors(key).items():
+            if role == "alpha":
+                # alpha stays fp32: loaders read it with .item(), and fp16 would round alphas such as 0.3.
+                out[f"{prefix}.alpha"] = value.reshape(())
+                continue
             if not bool(torch.isfinite(value).all()):
-                raise LoraValueError(f"layer '{key}' holds NaN/Inf values ({suffix}); the training diverged. "
-                                     "Use an earlier checkpoint or a lower learning rate.", key=f"{prefix}.{suffix}")
+                raise LoraValueError(f"layer '{key}' holds NaN/Inf values ({role}); the training diverged. "
+                                     "Use an earlier checkpoint or a lower learning rate.", key=f"{prefix}.{role}")
             converted = value.to(dtype).contiguous()
             if not bool(torch.isfinite(converted).all()):
-                raise LoraValueError(f"layer '{key}' has values too large for {dtype} ({suffix}, max "
+                raise LoraValueError(f"layer '{key}' has values too large for {dtype} ({role}, max "
                                      f"{value.abs().max().item():.3g}); save as bf16 or fp32.",
-                                     key=f"{prefix}.{suffix}")
-            out[f"{prefix}.{suffix}"] = converted
-        # alpha stays fp32: loaders read it with .item(), and fp16 would round alphas such as 0.3.
-        out[f"{prefix}.alpha"] = state[f"{key}.alpha"].float().reshape(())
+                                     key=f"{prefix}.{role}")
+            out[f"{prefix}.{role}"] = converted
     return out
 
 
@@ -112,11 +114,35 @@ class TrainingSummary:
     world_size: int = 1  # training processes (torchrun); batch_size is per process
 
 
+# LyCORIS' `algo` network argument of each kind trained through lycoris.kohya (DoRA: a LoRA with dora_wd).
+_LYCORIS_ALGOS = {"loha": "loha", "lokr": "lokr", "dora": "lora"}
+
+
+def _network_module(config: TrainConfig) -> str:
+    """ss_network_module: sd-scripts' own LoRA, or LyCORIS' kohya entry point for LoHa, LoKr and DoRA."""
+    return "networks.lora" if config.lora.adapter == "lora" else "lycoris.kohya"
+
+
 def _network_args(config: TrainConfig) -> dict[str, str]:
+    """ss_network_args as sd-scripts writes --network_args (text values), with LyCORIS' names for its kinds."""
+    lora = config.lora
+    args: dict[str, str] = {}
+    if lora.adapter in _LYCORIS_ALGOS:
+        args["algo"] = _LYCORIS_ALGOS[lora.adapter]
     # kohya records LoCon ranks as conv_dim/conv_alpha; our conv layers share the linear rank and alpha.
-    if config.lora.targets == "attention_ff_conv":
-        return {"conv_dim": str(config.lora.rank), "conv_alpha": str(config.lora.alpha)}
-    return {}
+    if lora.targets == "attention_ff_conv":
+        args.update(conv_dim=str(lora.rank), conv_alpha=str(lora.alpha))
+    if lora.adapter in ("loha", "lokr") and lora.use_tucker:
+        args["use_tucker"] = "True"
+    if lora.adapter == "lokr":
+        args["factor"] = str(lora.lokr_factor)
+    if lora.adapter == "dora":
+        args.update(dora_wd="True", wd_on_output="False")  # magnitude per input column
+    if lora.rank_dropout > 0:
+        args["rank_dropout"] = str(lora.rank_dropout)
+    if lora.module_dropout > 0:
+        args["module_dropout"] = str(lora.module_dropout)
+    return args
 
 
 def _kohya_optimizer(config: TrainConfig, optimizer_name: str | None) -> str:
@@ -142,7 +168,7 @@ def kohya_metadata(config: TrainConfig, summary: TrainingSummary, base_model_ver
     metadata = {
         "ss_output_name": summary.output_name,
         "ss_training_comment": summary.comment,
-        "ss_network_module": "networks.lora",
+        "ss_network_module": _network_module(config),
         "ss_network_dim": str(lora.rank),
         "ss_network_alpha": str(float(lora.alpha)),
         "ss_network_dropout": str(lora.dropout),

@@ -83,7 +83,7 @@ def build_optimizer(adapters: LoraAdapterSet,
     names_by_group: dict[str, list[str]] = {}
     params_by_group: dict[str, list[nn.Parameter]] = {}
     for name, param in adapters.named_parameters():
-        group = adapters.group_of(name.rsplit(".", 2)[0])
+        group = adapters.group_of_parameter(name)
         names_by_group.setdefault(group, []).append(name)
         params_by_group.setdefault(group, []).append(param)
     groups = [{"params": params_by_group[g], "lr": _base_lr(g, config), "base_lr": _base_lr(g, config),

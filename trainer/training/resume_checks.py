@@ -112,12 +112,7 @@ def _layer_fit_problem(key: str, saved: torch.Tensor, needed: torch.Size) -> str
 
 def check_layers(state: TrainState, adapters: LoraAdapterSet) -> None:
     """Raise ResumeStateError unless the state's LoRA tensors have exactly the adapters' keys and shapes."""
-    needed: dict[str, torch.Size] = {}
-    for key in adapters.keys():
-        adapter = adapters[key]
-        needed[f"{key}.lora_down.weight"] = adapter.lora_down.weight.shape
-        needed[f"{key}.lora_up.weight"] = adapter.lora_up.weight.shape
-        needed[f"{key}.alpha"] = adapter.alpha.shape
+    needed = adapters.state_shapes()
     missing, unexpected = sorted(needed.keys() - state.lora.keys()), sorted(state.lora.keys() - needed.keys())
     if missing or unexpected:
         parts = []

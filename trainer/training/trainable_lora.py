@@ -1,11 +1,11 @@
-"""Trainable LoRA attached to a host model's Linear/Conv2d layers by forward hooks (no module replaced).
+"""The trainable adapters of a run, attached to a host model's Linear/Conv2d layers by forward hooks.
 
-A = down, B = up: `down` maps the layer input to `rank` channels (Linear(in, r), or a Conv2d with the
-layer's kernel/stride/padding/dilation), `up` maps back to the output (Linear(r, out), or a 1x1 Conv2d),
-and the hook returns `base(x) + (alpha / rank) * up(down(dropout(x)))`. The base layer's
-weights are only ever read, never modified, and never copied to another dtype: a base stored in fp8, fp16 or
-bf16 computes through its own layers (a host casts such weights per layer to its compute dtype), while the
-LoRA branch runs in fp32: its input is cast to fp32 and its output back to the base layer's output dtype.
+No module is replaced: each selected layer gets a forward hook that adds its adapter's output (one kind per run,
+adapter_kinds/: LoRA/LoCon, LoHa, LoKr, DoRA) to the layer's own. The base layer's weights are only ever read,
+never modified, and never copied to another dtype as a whole: a base stored in fp8, fp16 or bf16 computes
+through its own layers (a host casts such weights per layer to its compute dtype), while the adapter runs in
+fp32 (its input cast to fp32, its output back to the base layer's output dtype). DoRA reads the base weight in
+fp32 one layer at a time, through the set's `weight_reader`.
 
 Which layers get an adapter is decided in layer_selection.py.
 """
@@ -14,95 +14,37 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
-from typing import Any, cast
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..adapters.lora import lora_delta
 from ..errors import LoraTargetError
+from .adapter_kinds import TRAINABLE_KINDS
+from .adapter_kinds.base import LayerGeometry, TrainableAdapter
 from .config import LoraShape
 from .layer_selection import is_linear_layer
 
 logger = logging.getLogger(__name__)
 
-
-class LoraAdapter(nn.Module):
-    """The down/up pair and alpha for one base layer; `forward(x)` returns only the scaled delta."""
-
-    lora_down: nn.Linear | nn.Conv2d
-    lora_up: nn.Linear | nn.Conv2d
-    alpha: torch.Tensor
-
-    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float, name: str,
-                 generator: torch.Generator | None = None) -> None:
-        """`base`: an nn.Conv2d or a linear layer (`is_linear_layer`)."""
-        super().__init__()
-        if isinstance(base, nn.Conv2d):
-            if base.groups != 1:
-                raise LoraTargetError(f"layer '{name}' is a grouped convolution (groups={base.groups}); "
-                                      "LoRA supports only groups=1 convolutions.")
-            kh, kw = base.kernel_size
-            in_size, out_size = base.in_channels * kh * kw, base.out_channels
-            # Built on "meta" so torch's default init does not consume the host's global RNG.
-            self.lora_down = nn.Conv2d(
-                base.in_channels, rank, (kh, kw), cast(tuple[int, int], base.stride),
-                cast("str | tuple[int, int]", base.padding), cast(tuple[int, int], base.dilation),
-                bias=False, padding_mode=base.padding_mode, device="meta")
-            self.lora_up = nn.Conv2d(rank, base.out_channels, (1, 1), bias=False, device="meta")
-        else:
-            in_size, out_size = int(base.in_features), int(base.out_features)
-            self.lora_down = nn.Linear(in_size, rank, bias=False, device="meta")
-            self.lora_up = nn.Linear(rank, out_size, bias=False, device="meta")
-        if rank > min(in_size, out_size):
-            raise LoraTargetError(
-                f"rank = {rank} is larger than layer '{name}' allows: it maps {in_size} inputs to "
-                f"{out_size} outputs, so rank can be at most {min(in_size, out_size)}. Lower the rank.")
-        self.to_empty(device="cpu")
-        self.register_buffer("alpha", torch.tensor(float(alpha)))
-        self.rank = rank
-        # A Python float, so the forward never reads the alpha buffer back from the device (a sync per layer
-        # on a GPU); load_state_dict keeps it in step with the buffer.
-        self.scale = float(alpha) / rank
-        self.dropout = dropout
-        self.reset_parameters(generator)
-
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        # kohya's init: down random, up zero, so up @ down == 0 and the model is unchanged at step 0.
-        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5), generator=generator)
-        nn.init.zeros_(self.lora_up.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Parameters stay fp32 for stable updates; the base may compute in fp16/bf16, so cast the input here
-        # (the hook casts the result back to the base layer's output dtype). Under CUDA autocast the
-        # matmuls still run in the autocast dtype.
-        x = x.to(self.lora_down.weight.dtype)
-        if self.training and self.dropout > 0:
-            x = F.dropout(x, p=self.dropout, training=True)
-        return self.lora_up(self.lora_down(x) * self.scale)  # scaled at rank width: the cheapest place
-
-    def delta_weight(self) -> torch.Tensor:
-        """The fp32 weight delta (shape of the base weight) that this adapter adds."""
-        down, up = self.lora_down.weight.detach(), self.lora_up.weight.detach()
-        # up is 1x1 for convs, so the combined kernel is a channel mix of down's kernel.
-        return (lora_delta(up, down) * self.scale).reshape(up.shape[0], *down.shape[1:])
+# Gives a base layer's weight as a tensor of its shape (any float dtype, any device); DoRA reads it.
+WeightReader = Callable[[nn.Module], torch.Tensor]
 
 
-def lora_parameter_count(model: nn.Module, module_names: list[str], rank: int) -> int:
-    """How many parameters LoRAs of `rank` on these Linear/Conv2d layers train (down + up), without building them."""
+def stored_weight(layer: nn.Module) -> torch.Tensor:
+    """The layer's `weight` as it is stored: the default weight reader (a host with layers that store their weight
+    otherwise, e.g. scaled or quantized, passes its own)."""
+    return layer.weight
+
+
+def adapter_parameter_count(model: nn.Module, module_names: list[str], shape: LoraShape) -> int:
+    """How many parameters the adapters of `shape` on these Linear/Conv2d layers train, without building them."""
     modules = dict(model.named_modules())
-    count = 0
-    for name in module_names:
-        base = modules[name]
-        if isinstance(base, nn.Conv2d):
-            kh, kw = base.kernel_size
-            count += rank * (base.in_channels * kh * kw + base.out_channels)
-        else:
-            count += rank * (int(base.in_features) + int(base.out_features))
-    return count
+    kind = TRAINABLE_KINDS[shape.adapter]
+    return sum(math.prod(factor) for name in module_names
+               for factor in kind.factor_shapes(LayerGeometry.of(modules[name], name), shape).values())
 
 
 def _layer_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
@@ -114,23 +56,41 @@ def _layer_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
 class LoraAdapterSet:
     """All adapters of one training run, keyed by module name (plus an optional key prefix).
 
-    `init_seed` fixes the random init of every lora_down (drawn on the CPU in attach order), so the
-    same seed gives the same LoRA on any device and whatever the host did to the global RNG.
+    `init_seed` fixes the random init of every adapter (drawn on the CPU in attach order), so the same seed
+    gives the same adapters on any device and whatever the host did to the global RNG. The other keywords are
+    LoraShape fields (adapter kind, rank dropout, ...).
     """
 
-    def __init__(self, rank: int, alpha: float, dropout: float = 0.0, init_seed: int = 0) -> None:
-        self.rank = rank
-        self.alpha = alpha
-        self.dropout = dropout
+    def __init__(self, rank: int, alpha: float, dropout: float = 0.0, init_seed: int = 0,
+                 weight_reader: WeightReader = stored_weight, **shape: Any) -> None:
+        self.shape = LoraShape(rank=rank, alpha=alpha, dropout=dropout, **shape)
+        self.rank, self.alpha, self.dropout = rank, alpha, dropout
+        self._kind = TRAINABLE_KINDS[self.shape.adapter]
+        self._read_weight = weight_reader
         self._init_generator = torch.Generator("cpu").manual_seed(init_seed)
-        self._adapters: dict[str, LoraAdapter] = {}
+        self._adapters: dict[str, TrainableAdapter] = {}
+        self._bases: dict[str, nn.Module] = {}
         self._groups: dict[str, str] = {}
+        self._parameter_keys: dict[str, str] = {}
         self._handles: dict[str, RemovableHandle] = {}
 
     @classmethod
-    def from_config(cls, shape: LoraShape, seed: int) -> LoraAdapterSet:
-        """An empty set with the config's rank, alpha and dropout, initialised from `seed`."""
-        return cls(shape.rank, shape.alpha, shape.dropout, init_seed=seed)
+    def from_config(cls, shape: LoraShape, seed: int, weight_reader: WeightReader = stored_weight) -> LoraAdapterSet:
+        """An empty set with the config's adapter kind and shape, initialised from `seed`."""
+        return cls(weight_reader=weight_reader, init_seed=seed, **vars(shape))
+
+    @property
+    def kind(self) -> str:
+        """The adapter kind every layer trains (LoraShape.adapter)."""
+        return self.shape.adapter
+
+    def _base_weight(self, base: nn.Module, name: str, device: torch.device) -> torch.Tensor:
+        weight = self._read_weight(base)
+        if type(weight) not in (torch.Tensor, nn.Parameter) or not weight.is_floating_point():
+            raise LoraTargetError(f"layer '{name}' stores its weight as a {type(weight).__name__} of {weight.dtype}; "
+                                  f"adapter {self.kind} reads the base weight and needs a plain float tensor. Load "
+                                  "the model with another weight dtype, or choose another adapter.")
+        return weight.detach().to(device=device, dtype=torch.float32)
 
     def attach(self, model: nn.Module, module_names: list[str], *, key_prefix: str = "",
                group: str = "unet") -> None:
@@ -149,18 +109,26 @@ class LoraAdapterSet:
             key = key_prefix + name
             if key in self._adapters:
                 raise LoraTargetError(f"layer '{key}' already has a LoRA attached.")
-            adapter = LoraAdapter(base, self.rank, self.alpha, self.dropout, key, self._init_generator)
+            adapter = self._kind(LayerGeometry.of(base, key), self.shape, key)
+            adapter.reset_parameters(self._init_generator,
+                                     lambda base=base, key=key: self._base_weight(base, key, torch.device("cpu")))
             adapter.to(device=base.weight.device, dtype=torch.float32)
-            self._adapters[key] = adapter
-            self._groups[key] = group
+            self._adapters[key], self._bases[key], self._groups[key] = adapter, base, group
+            self._parameter_keys.update({f"{key}.{pname}": key for pname, _ in adapter.named_parameters()})
             self._handles[key] = base.register_forward_hook(self._make_hook(adapter), with_kwargs=True)
-        logger.info("attached LoRA (rank %d, alpha %g) to %d layers", self.rank, self.alpha, len(module_names))
+        logger.info("attached %s (rank %d, alpha %g) to %d layers", self.kind, self.rank, self.alpha,
+                    len(module_names))
 
-    @staticmethod
-    def _make_hook(adapter: LoraAdapter) -> Any:
+    def _make_hook(self, adapter: TrainableAdapter) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
                  output: torch.Tensor) -> torch.Tensor:
-            return output + adapter(_layer_input(args, kwargs)).to(output.dtype)
+            # sd-scripts' module dropout: the whole adapter skipped for this pass, drawn from the global RNG
+            # (which the loop seeds per step and checkpoint recompute replays).
+            if adapter.training and adapter.module_dropout > 0 and bool(torch.rand(1) < adapter.module_dropout):
+                return output
+            x = _layer_input(args, kwargs)
+            added = adapter(x, lambda: self._base_weight(module, adapter.name, x.device))
+            return output + added.to(output.dtype)
         return hook
 
     def detach(self) -> None:
@@ -179,14 +147,19 @@ class LoraAdapterSet:
     def __len__(self) -> int:
         return len(self._adapters)
 
-    def __getitem__(self, key: str) -> LoraAdapter:
+    def __getitem__(self, key: str) -> TrainableAdapter:
         return self._adapters[key]
 
     def group_of(self, key: str) -> str:
         return self._groups[key]
 
+    def group_of_parameter(self, name: str) -> str:
+        """The optimizer group of a parameter named as `named_parameters` names it."""
+        return self._groups[self._parameter_keys[name]]
+
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """`{key}.lora_down.weight`, `{key}.lora_up.weight` in sorted key order (stable for optimizer state)."""
+        """`{key}.{role}` (e.g. `.lora_down.weight`, `.hada_w1_a`, `.dora_scale`) in sorted key order (stable for
+        optimizer state)."""
         for key in self.keys():
             for pname, param in self._adapters[key].named_parameters():
                 yield f"{key}.{pname}", param
@@ -195,7 +168,7 @@ class LoraAdapterSet:
         return [p for _, p in self.named_parameters()]
 
     def train(self, mode: bool = True) -> None:
-        """Training mode turns LoRA dropout on; eval mode (False) turns it off."""
+        """Training mode turns dropout, rank and module dropout on; eval mode (False) turns them off."""
         for adapter in self._adapters.values():
             adapter.train(mode)
 
@@ -210,38 +183,44 @@ class LoraAdapterSet:
             return param.device
         return torch.device("cpu")
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """kohya layout keyed by module name: `.lora_down.weight`, `.lora_up.weight`, `.alpha` (fp32 copies)."""
-        out: dict[str, torch.Tensor] = {}
-        for key in self.keys():
-            adapter = self._adapters[key]
-            out[f"{key}.lora_down.weight"] = adapter.lora_down.weight.detach().float().clone()
-            out[f"{key}.lora_up.weight"] = adapter.lora_up.weight.detach().float().clone()
-            out[f"{key}.alpha"] = adapter.alpha.detach().float().clone()
+    def file_tensors(self, key: str) -> dict[str, torch.Tensor]:
+        """One layer's tensors by their role in the file (`lora_down.weight`, `hada_w1_a`, ..., `alpha`), fp32."""
+        adapter = self._adapters[key]
+        out = {pname: param.detach().float().clone() for pname, param in adapter.named_parameters()}
+        out["alpha"] = adapter.alpha.detach().float().clone()
         return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every layer's `file_tensors`, keyed `{key}.{role}` (fp32 copies)."""
+        return {f"{key}.{role}": value for key in self.keys() for role, value in self.file_tensors(key).items()}
+
+    def state_shapes(self) -> dict[str, torch.Size]:
+        """The shape of every `state_dict` entry, without copying anything."""
+        shapes = {name: param.shape for name, param in self.named_parameters()}
+        shapes.update({f"{key}.alpha": self._adapters[key].alpha.shape for key in self.keys()})
+        return shapes
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Copy values from a state_dict() of a set with the same keys, shapes and alpha."""
-        expected = set(self.state_dict())
-        missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+        expected = self.state_shapes()
+        missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
         if missing or unexpected:
             raise LoraTargetError(f"LoRA state does not fit these layers: missing {missing[:3]}, "
                                   f"unexpected {unexpected[:3]} ({len(missing)} / {len(unexpected)} in all).")
+        for name, shape in expected.items():
+            if state[name].shape != shape:
+                raise LoraTargetError(f"'{name}' has shape {tuple(state[name].shape)}, this layer "
+                                      f"needs {tuple(shape)} (different rank or layer size?).")
         with torch.no_grad():
+            for name, param in self.named_parameters():
+                param.copy_(state[name])
             for key in self.keys():
-                adapter = self._adapters[key]
-                for suffix, target in (("lora_down.weight", adapter.lora_down.weight),
-                                       ("lora_up.weight", adapter.lora_up.weight), ("alpha", adapter.alpha)):
-                    value = state[f"{key}.{suffix}"]
-                    if value.shape != target.shape:
-                        raise LoraTargetError(f"'{key}.{suffix}' has shape {tuple(value.shape)}, this layer "
-                                              f"needs {tuple(target.shape)} (different rank or layer size?).")
-                    target.copy_(value)
-                adapter.scale = float(adapter.alpha) / adapter.rank
+                self._adapters[key].load_alpha(state[f"{key}.alpha"])
 
     def merged_delta(self, key: str) -> torch.Tensor:
-        """fp32 delta W (base weight shape) of one layer, as every loader merges it (strength 1)."""
-        return self._adapters[key].delta_weight()
+        """fp32 delta W' - W (base weight shape) of one layer, as every loader merges it (strength 1)."""
+        adapter = self._adapters[key]
+        return adapter.delta_weight(lambda: self._base_weight(self._bases[key], key, adapter.alpha.device))
 
 
 def release_inference_tensors(model: nn.Module) -> int:

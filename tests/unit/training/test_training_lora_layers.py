@@ -12,7 +12,7 @@ from trainer.errors import LoraTargetError
 from trainer.training.config import LoraShape
 from trainer.training.inplace_guard import normalisation_inputs_copied
 from trainer.training.layer_selection import select_targets
-from trainer.training.trainable_lora import LoraAdapterSet, lora_parameter_count, release_inference_tensors
+from trainer.training.trainable_lora import LoraAdapterSet, adapter_parameter_count, release_inference_tensors
 
 BLOCK = "attn.transformer_blocks.0"
 ATTENTION = [f"{BLOCK}.attn{i}.{p}" for i in (1, 2) for p in ("to_q", "to_k", "to_v", "to_out.0")]
@@ -229,4 +229,4 @@ def test_lora_parameter_count_matches_the_adapters_built() -> None:
     names = select_targets(model, "attention_ff_conv")
     adapters = LoraAdapterSet(rank=3, alpha=3.0)
     adapters.attach(model, names)
-    assert lora_parameter_count(model, names, 3) == sum(p.numel() for p in adapters.parameters()) > 0
+    assert adapter_parameter_count(model, names, adapters.shape) == sum(p.numel() for p in adapters.parameters()) > 0
