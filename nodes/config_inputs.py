@@ -86,6 +86,11 @@ def input_spec(name: str, choices: Sequence[str] | None = None) -> tuple[Any, di
     `choices` is for a text field whose choices only the host knows (sampler and scheduler names).
     """
     section, field_name = INPUT_FIELDS[name]
+    return field_input(section, field_name, choices)
+
+
+def field_input(section: type, field_name: str, choices: Sequence[str] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The INPUT_TYPES entry of one config field, for a node whose inputs are named as the fields."""
     f = config_field(section, field_name)
     options: dict[str, Any] = {"default": f.default, **f.metadata.get("ui", {}),
                               "tooltip": field_help(section, field_name)}

@@ -1,13 +1,20 @@
 """LoRA Dataset node: a folder of captioned images -> a dataset value; re-runs when the folder's files change."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import folder_paths
 
+from ..trainer.data.class_images import with_class_images
 from ..trainer.data.scan import fingerprint, scan_dataset
+from ..trainer.training.config import DataOptions
+from .config_inputs import field_input
 
 DATASET_TYPE = "LORALAB_DATASET"
+# Optional inputs named as DataOptions' fields, in the order saved workflows store them: new ones go at the end.
+DATA_OPTIONS = ("caption_prefix", "caption_suffix", "shuffle_caption", "keep_tokens", "keep_tokens_separator",
+                "caption_dropout_rate", "caption_tag_dropout_rate", "masked_loss", "reg_folder", "prior_loss_weight")
 
 
 def dataset_folder(folder: str) -> str:
@@ -59,12 +66,16 @@ class LoraLabDataset:
                 "tooltip": "Share of images held out to measure validation loss.",
             }),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Chooses the held-out images."}),
-        }}
+        }, "optional": {name: field_input(DataOptions, name) for name in DATA_OPTIONS}}
 
     @classmethod
-    def IS_CHANGED(cls, folder, **settings):
-        return fingerprint(dataset_folder(folder)), tuple(sorted(settings.items()))
+    def IS_CHANGED(cls, folder, reg_folder="", **settings):
+        reg = fingerprint(dataset_folder(reg_folder)) if reg_folder.strip() else ""
+        return fingerprint(dataset_folder(folder)), reg, reg_folder, tuple(sorted(settings.items()))
 
-    def scan(self, folder, trigger_word, resolution, flip, validation_share, seed):
-        spec = scan_dataset(dataset_folder(folder), trigger_word, resolution, flip, validation_share, seed)
+    def scan(self, folder, trigger_word, resolution, flip, validation_share, seed, **data_options):
+        options = DataOptions(**{f.name: data_options.get(f.name, f.default) for f in dataclasses.fields(DataOptions)})
+        spec = scan_dataset(dataset_folder(folder), trigger_word, resolution, flip, validation_share, seed, options)
+        if options.reg_folder.strip():
+            spec = with_class_images(spec, dataset_folder(options.reg_folder))
         return {"ui": {"text": [spec.summary(), *spec.warnings]}, "result": (spec,)}

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the host's sampling nodes are not needed to decide who join
     from .training_samples import SamplePlan
 
 log = logging.getLogger(__name__)
-_FIELDS = ("latent", "flipped", "context", "pooled")  # EncodedImage's tensors; its caption is the item's
+_FIELDS = ("latent", "flipped", "context", "pooled", "mask")  # EncodedImage's tensors; its caption is the item's
 
 
 def process_group() -> DataParallel | None:

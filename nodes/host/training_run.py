@@ -7,6 +7,7 @@ message says what was kept, and the host's MODEL and CLIP are left without LoRA 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import tempfile
@@ -40,7 +41,7 @@ from ...trainer.training.resume_state import TrainState, load_state, save_state
 from ...trainer.training.trainable_lora import LoraAdapterSet, adapter_parameter_count, release_inference_tensors
 from . import model as host_model
 from .distributed_run import plan_for, process_group, shared_encoding, world_size
-from .encoded_dataset import encode_dataset
+from .encoded_dataset import encode_dataset, training_batches
 from .jobs import JOBS
 from .patching import patch_model_and_clip
 from .run_control import CANCELLED, RunControl
@@ -85,6 +86,7 @@ class RunResult:
 def run_training(model, clip, vae, spec: DatasetSpec, files: RunFiles, config: TrainConfig, resume: bool,
                  node_id: str | None, plan: SamplePlan, evaluation: Evaluation) -> RunResult:
     """Trains a LoRA on the graph's own MODEL (and CLIP), saves it into the loras folder, returns the patched pair."""
+    config = dataclasses.replace(config, data=spec.options)  # the dataset's options: recorded, checked on resume
     start_state = _start_state(files, config, resume, host_model.base_model_version(model)[0])
     root = os.path.join(folder_paths.get_output_directory(), "loralab")
     os.makedirs(root, exist_ok=True)
@@ -188,7 +190,7 @@ class TrainingRun:
         self.base_version, self.architecture = host_model.base_model_version(model)
 
     def encode(self) -> None:
-        items = self.spec.items + self.spec.validation_items
+        items = self.spec.items + self.spec.validation_items + self.spec.class_items
 
         def before_each(index: int, count: int) -> None:
             self.job.set_phase("encoding", f"{index + 1}/{count}")
@@ -198,12 +200,13 @@ class TrainingRun:
             encoded = shared_encoding(self.group, items, lambda: encode_dataset(
                 items, self.spec, self.host.model, self.host.clip, self.host.vae, contexts=not self.train_clip,
                 before_each=before_each))
-        train_count = len(self.spec.items)
+        train_count, held_out = len(self.spec.items), len(self.spec.validation_items)
         # With several processes the loop is given the global batch and trains this process's shard of it.
         global_batch = self.config.optimisation.batch_size * world_size(self.group)
-        self.batches = LatentBatches(self.spec.items, encoded[:train_count], global_batch,
-                                     self.config.optimisation.seed)
-        self.validation_encoded = encoded[train_count:]
+        self.batches = training_batches(self.spec, encoded[:train_count], encoded[train_count + held_out:],
+                                        global_batch, self.config.optimisation.seed,
+                                        None if self.train_clip else self.host.clip)
+        self.validation_encoded = encoded[train_count:train_count + held_out]
 
     def attach(self) -> None:
         model, clip = self.host.model, self.host.clip
@@ -359,6 +362,7 @@ class TrainingRun:
         md = kohya_metadata(self.config, summary, self.base_version, self.schedule.prediction_type,
                             optimizer_name=self.optimizer_name)
         md["modelspec.architecture"] = self.architecture
+        md.update(self.spec.kohya_metadata())  # class images and data options, as sd-scripts names them
         return md
 
     def write_files(self, step: int, state: TrainState | None, final: bool) -> None:

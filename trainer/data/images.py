@@ -77,6 +77,16 @@ def probe_image(path: str, name: str) -> tuple[int, int]:
         return _oriented(header_size, image)
 
 
+def _has_alpha(image: Image.Image) -> bool:
+    return "A" in image.mode or "a" in image.mode or "transparency" in image.info
+
+
+def has_alpha(path: str, name: str) -> bool:
+    """Whether the image at `path` has an alpha channel (or a transparent palette entry); reads the header only."""
+    with _open(path, name) as image:
+        return _has_alpha(image)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB: transparency composited on white; grey, palette, CMYK and 16-bit converted."""
     if image.mode == "RGB":
@@ -87,21 +97,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
         full_scale = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
         grey = np.clip(np.rint(values * (255.0 / full_scale)), 0, 255).astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
-    has_alpha = "A" in image.mode or "a" in image.mode or "transparency" in image.info
-    if has_alpha:
+    if _has_alpha(image):
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
     return image.convert("RGB")
 
 
-def load_image_pixels(path: str, bucket: Bucket, name: str | None = None) -> torch.Tensor:
-    """Decode `path` into `bucket`: [H, W, 3] float32 in [0, 1] (the host VAE's layout, without batch).
-
-    Resized to cover the bucket with its aspect ratio kept, then centre-cropped; never stretched.
-    JPEGs are decoded at the smallest DCT scale that still covers the bucket.
-    """
-    name = name or os.path.basename(path)
-    bucket_w, bucket_h = bucket
+def decode_upright(path: str, bucket: Bucket, name: str) -> Image.Image:
+    """Decode `path` as displayed (EXIF orientation applied); JPEGs at the smallest DCT scale that still covers
+    the bucket. `name` is how messages refer to the file."""
     with _open(path, name) as image:
         if image.format in ("JPEG", "MPO"):  # EXIF is in the JPEG header: no decoding needed to read it
             width, height = _oriented(image.size, image)
@@ -110,15 +114,23 @@ def load_image_pixels(path: str, bucket: Bucket, name: str | None = None) -> tor
             image.draft("RGB", (need_h, need_w) if rotated else (need_w, need_h))
         try:
             image.load()
-            upright = ImageOps.exif_transpose(image)
+            return ImageOps.exif_transpose(image)
         except (OSError, SyntaxError, ValueError) as e:
             raise _unreadable(name, e) from e
-    rgb = to_rgb(upright)
-    size = cover_size(rgb.width, rgb.height, bucket)
-    if size != rgb.size:
+
+
+def fit_to_bucket(image: Image.Image, bucket: Bucket) -> Image.Image:
+    """Resized to cover `bucket` with its aspect ratio kept, then centre-cropped to it; never stretched."""
+    size = cover_size(image.width, image.height, bucket)
+    if size != image.size:
         # reducing_gap: a fast box reduce() first, then LANCZOS over the last factor of 3 or less.
-        rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    rgb = rgb.crop(centre_crop_box(rgb.width, rgb.height, (bucket_w, bucket_h)))
+        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return image.crop(centre_crop_box(image.width, image.height, bucket))
+
+
+def load_image_pixels(path: str, bucket: Bucket, name: str | None = None) -> torch.Tensor:
+    """Decode `path` into `bucket`: [H, W, 3] float32 in [0, 1] (the host VAE's layout, without batch)."""
+    rgb = fit_to_bucket(to_rgb(decode_upright(path, bucket, name or os.path.basename(path))), bucket)
     pixels = np.array(rgb, dtype=np.float32) / 255.0
     return torch.from_numpy(pixels)
 

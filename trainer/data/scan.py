@@ -2,9 +2,10 @@
 
 Layout: images directly in the folder are seen once per epoch; a sub-folder named `N_name` (kohya)
 repeats its images N times; other sub-folders are seen once. Deeper folders and hidden entries are
-ignored. Each image `x.png` takes its caption from `x.txt` next to it (UTF-8, a BOM allowed; lines
-joined with a space). An image without a caption (no file, or an empty one) is trained with the
-trigger word alone and listed in `spec.warnings`; without a trigger word that is an error.
+ignored, and so are `masks` folders (masks.py: with masked_loss they hold the images' masks). Each image
+`x.png` takes its caption from `x.txt` next to it (UTF-8, a BOM allowed; lines joined with a space). An
+image without a caption (no file, or an empty one) is trained with the trigger word alone and listed in
+`spec.warnings`; without a trigger word that is an error.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import os
 import random
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 
 from ..errors import DatasetError
-from .buckets import make_buckets, nearest_bucket, validate_resolution
-from .images import IMAGE_EXTENSIONS, probe_image
+from ..training.config import DataOptions
+from .buckets import Bucket, make_buckets, nearest_bucket, validate_resolution
+from .images import IMAGE_EXTENSIONS, has_alpha, probe_image
+from .masks import MASK_FOLDER, check_mask_file, find_mask_file
 from .spec import DatasetItem, DatasetSpec
 
 logger = logging.getLogger(__name__)
@@ -53,6 +57,12 @@ def _walk(root: str) -> Iterator[tuple[str, str | None, list[str]]]:
         for deeper in nested:
             logger.info("dataset: ignoring '%s/%s/': only one level of sub-folders is scanned", name, deeper)
         yield sub, name, sub_files
+
+
+def repeat_folder_name(folder_name: str) -> str | None:
+    """The name part of a kohya `N_name` folder (its class name), None for another folder."""
+    match = _REPEAT_FOLDER.match(folder_name)
+    return match.group(2) if match is not None else None
 
 
 def _repeats_of(folder_name: str | None) -> int:
@@ -128,27 +138,34 @@ def _missing_caption_error(names: list[str]) -> DatasetError:
                         f"trigger word to be used as the caption.")
 
 
-def scan_dataset(folder: str | os.PathLike[str], trigger_word: str = "", resolution: int = 512,
-                 flip: bool = False, validation_share: float = 0.0, seed: int = 0) -> DatasetSpec:
-    """Scan `folder` into a DatasetSpec; raise DatasetError for anything the user must fix first.
-
-    Every image is opened and checked here (unreadable, smaller than 8x8 px, too large), so training
-    never stops half-way on a bad file.
-    """
-    resolution = validate_resolution(resolution)
-    _check_settings(trigger_word, flip, validation_share, seed)
-    trigger_word = trigger_word.strip()
+def existing_folder(folder: str | os.PathLike[str], what: str = "dataset folder") -> str:
+    """`folder` as an absolute path; DatasetError if it is not a folder."""
     root = os.path.abspath(os.path.expanduser(os.fspath(folder)))
     if not os.path.isdir(root):
-        what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
-        raise DatasetError(f"dataset folder '{root}' {what}; create the folder and {_HOW_TO}.")
+        state = "is a file, not a folder" if os.path.exists(root) else "does not exist"
+        raise DatasetError(f"{what} '{root}' {state}; create the folder and {_HOW_TO}.")
+    return root
 
-    buckets = make_buckets(resolution)
+
+def _mask_of(directory: str, sub_name: str | None, image_name: str, relative: str,
+             size: tuple[int, int]) -> tuple[str | None, bool]:
+    """(mask file, alpha is the mask) of one image; the mask file checked against the image's size."""
+    mask_path = find_mask_file(directory, image_name)
+    if mask_path is None:
+        return None, has_alpha(os.path.join(directory, image_name), relative)
+    mask_name = "/".join(part for part in (sub_name, MASK_FOLDER, os.path.basename(mask_path)) if part)
+    check_mask_file(mask_path, mask_name, size, relative)
+    return mask_path, False
+
+
+def find_items(root: str, buckets: tuple[Bucket, ...], masked_loss: bool) -> list[DatasetItem]:
+    """Every image under `root` with its caption file's text ("" and caption_missing without one) and, with
+    masked_loss, its mask; every image (and mask) opened and checked."""
     root_name = os.path.basename(root)
     items: list[DatasetItem] = []
-    warnings: list[str] = []
-    uncaptioned: list[str] = []
     for directory, sub_name, file_names in _walk(root):
+        if sub_name == MASK_FOLDER:
+            continue  # the root images' masks, not images to train on
         repeats = _repeats_of(sub_name)
         for image_name in filter(_is_image, file_names):
             path = os.path.join(directory, image_name)
@@ -160,20 +177,42 @@ def scan_dataset(folder: str | os.PathLike[str], trigger_word: str = "", resolut
             if caption_name is not None:
                 caption = read_caption(os.path.join(directory, caption_name),
                                        caption_name if sub_name is None else f"{sub_name}/{caption_name}")
-            if not caption:
-                if not trigger_word:
-                    uncaptioned.append(relative)
-                    continue
-                warnings.append(f"'{relative}' has no caption; it is trained with the trigger word "
-                                f"'{trigger_word}' alone.")
+            mask_path, alpha_mask = (_mask_of(directory, sub_name, image_name, relative, size) if masked_loss
+                                     else (None, False))
             items.append(DatasetItem(
-                path=path, relative_path=relative, caption=with_trigger(caption, trigger_word),
-                caption_path=caption_path, caption_missing=not caption, group=sub_name or root_name,
-                repeats=repeats, size=size, bucket=nearest_bucket(size[0], size[1], buckets)))
+                path=path, relative_path=relative, caption=caption, caption_path=caption_path,
+                caption_missing=not caption, group=sub_name or root_name, repeats=repeats, size=size,
+                bucket=nearest_bucket(size[0], size[1], buckets), mask_path=mask_path, alpha_mask=alpha_mask))
+    return items
+
+
+def scan_dataset(folder: str | os.PathLike[str], trigger_word: str = "", resolution: int = 512,
+                 flip: bool = False, validation_share: float = 0.0, seed: int = 0,
+                 options: DataOptions | None = None) -> DatasetSpec:
+    """Scan `folder` into a DatasetSpec; raise DatasetError for anything the user must fix first.
+
+    Every image (and, with options.masked_loss, every mask) is opened and checked here (unreadable, smaller
+    than 8x8 px, too large, a mask of another size), so training never stops half-way on a bad file. Class
+    images (options.reg_folder) are added by class_images.with_class_images.
+    """
+    resolution = validate_resolution(resolution)
+    _check_settings(trigger_word, flip, validation_share, seed)
+    options = options or DataOptions()
+    trigger_word = trigger_word.strip()
+    root = existing_folder(folder)
+    buckets = make_buckets(resolution)
+    found = find_items(root, buckets, options.masked_loss)
+    uncaptioned = [item.relative_path for item in found if item.caption_missing and not trigger_word]
     if uncaptioned:
         raise _missing_caption_error(uncaptioned)
-    if not items:
+    if not found:
         raise DatasetError(f"no images found in dataset folder '{root}' or its sub-folders; {_HOW_TO}.")
+    warnings = [f"'{item.relative_path}' has no caption; it is trained with the trigger word '{trigger_word}' "
+                "alone." for item in found if item.caption_missing]
+    items = [replace(item, caption=with_trigger(item.caption, trigger_word)) for item in found]
+    if options.masked_loss and not any(item.mask_path or item.alpha_mask for item in items):
+        warnings.append(f"masked_loss is on, but no image has a mask (a same-name image in a '{MASK_FOLDER}' "
+                        "folder beside it, or an alpha channel): every image trains everywhere.")
 
     held_out = split_validation(len(items), float(validation_share), seed)
     spec = DatasetSpec(
@@ -181,7 +220,7 @@ def scan_dataset(folder: str | os.PathLike[str], trigger_word: str = "", resolut
         validation_share=float(validation_share), seed=seed, buckets=buckets,
         items=tuple(item for i, item in enumerate(items) if i not in held_out),
         validation_items=tuple(item for i, item in enumerate(items) if i in held_out),
-        warnings=tuple(warnings))
+        warnings=tuple(warnings), options=options)
     for warning in warnings:
         logger.warning("dataset: %s", warning)
     logger.info("dataset '%s': %s", root, spec.summary())
@@ -189,7 +228,7 @@ def scan_dataset(folder: str | os.PathLike[str], trigger_word: str = "", resolut
 
 
 def fingerprint(folder: str | os.PathLike[str]) -> str:
-    """A cheap hash of (relative path, size, mtime_ns) of every image and caption file scan_dataset reads.
+    """A cheap hash of (relative path, size, mtime_ns) of every image, caption and mask file scan_dataset reads.
 
     Changes when a file is added, removed, renamed or edited; no file is opened. A missing folder has a
     fingerprint too (scan_dataset then reports it), so a node can always compare.
@@ -200,10 +239,15 @@ def fingerprint(folder: str | os.PathLike[str]) -> str:
         digest.update(f"missing:{root}".encode())
         return digest.hexdigest()
     for directory, sub_name, file_names in _walk(root):
-        for name in file_names:
-            if not (_is_image(name) or name.lower().endswith(CAPTION_EXTENSION)):
+        listed = [(name if sub_name is None else f"{sub_name}/{name}", os.path.join(directory, name))
+                  for name in file_names]
+        masks = os.path.join(directory, MASK_FOLDER)
+        if sub_name not in (None, MASK_FOLDER) and os.path.isdir(masks):  # the root's masks/ is walked already
+            listed += [(f"{sub_name}/{MASK_FOLDER}/{name}", os.path.join(masks, name))
+                       for name in sorted(os.listdir(masks))]
+        for relative, path in listed:
+            if not (_is_image(relative) or relative.lower().endswith(CAPTION_EXTENSION)) or not os.path.isfile(path):
                 continue
-            stat = os.stat(os.path.join(directory, name))
-            relative = name if sub_name is None else f"{sub_name}/{name}"
+            stat = os.stat(path)
             digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections import Counter
 from dataclasses import dataclass
+
+from ..training.config import DataOptions
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,8 @@ class DatasetItem:
     repeats: int
     size: tuple[int, int]
     bucket: tuple[int, int]
+    mask_path: str | None = None  # with masked_loss: its file in masks/ (masks.py)
+    alpha_mask: bool = False  # with masked_loss and no mask file: its alpha channel is the mask
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,14 @@ class DatasetSpec:
     items: tuple[DatasetItem, ...]  # trained on
     validation_items: tuple[DatasetItem, ...]  # held out, never trained on
     warnings: tuple[str, ...] = ()
+    options: DataOptions = DataOptions()  # caption transforms, masked loss, regularisation
+    class_items: tuple[DatasetItem, ...] = ()  # regularisation images, repeats balanced against the items
+    class_folder: str = ""  # where they were found (absolute), "" without
+
+    @property
+    def masked_count(self) -> int:
+        """Training and class images that have a mask (a file or an alpha channel)."""
+        return sum(item.mask_path is not None or item.alpha_mask for item in self.items + self.class_items)
 
     @property
     def all_items(self) -> tuple[DatasetItem, ...]:
@@ -84,6 +98,11 @@ class DatasetSpec:
         missing = sum(item.caption_missing for item in everything)
         if missing:
             text += f", {missing} missing caption{'s' if missing != 1 else ''}"
+        if self.class_items:
+            text += (f", {len(self.class_items)} class images → {sum(i.repeats for i in self.class_items)} "
+                     f"samples/epoch (prior loss weight {self.options.prior_loss_weight:g})")
+        if self.options.masked_loss:
+            text += f", {self.masked_count} masked"
         return text
 
     def tag_frequency(self) -> dict[str, dict[str, int]]:
@@ -98,3 +117,21 @@ class DatasetSpec:
                 if tag:
                     tags[tag] = tags.get(tag, 0) + 1
         return out
+
+    def kohya_metadata(self) -> dict[str, str]:
+        """sd-scripts' metadata of the class images and the data options (ss_num_reg_images, ss_reg_dataset_dirs,
+        ss_prior_loss_weight, caption and mask settings)."""
+        options = self.options
+        reg_dirs: dict[str, dict[str, int]] = {}
+        for item in self.class_items:
+            entry = reg_dirs.setdefault(f"{os.path.basename(self.class_folder)}/{item.group}",
+                                        {"n_repeats": 0, "img_count": 0})
+            entry["n_repeats"] = max(entry["n_repeats"], item.repeats)
+            entry["img_count"] += 1
+        return {"ss_num_reg_images": str(len(self.class_items)), "ss_reg_dataset_dirs": json.dumps(reg_dirs),
+                "ss_prior_loss_weight": str(options.prior_loss_weight),
+                "ss_caption_dropout_rate": str(options.caption_dropout_rate),
+                "ss_caption_tag_dropout_rate": str(options.caption_tag_dropout_rate),
+                "ss_shuffle_caption": str(options.shuffle_caption), "ss_keep_tokens": str(options.keep_tokens),
+                "ss_keep_tokens_separator": options.keep_tokens_separator,
+                "ss_masked_loss": str(options.masked_loss)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -15,9 +15,27 @@ from .objective import NoiseSchedule, TimestepSampling, sample_timesteps
 
 # denoiser(x_t, timesteps [B] int64, cond) -> prediction shaped like x_t (epsilon / v / flow per schedule).
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
-# batches(micro_batch_index, generator) -> (latents [B, C, H, W], cond). Draw any randomness (data order,
-# flips) from `generator` only: then a resumed run sees exactly the batches an uninterrupted one would.
-BatchFn = Callable[[int, torch.Generator], tuple[torch.Tensor, Any]]
+
+
+class Batch(NamedTuple):
+    """One micro-batch: clean latents [B, C, H, W], the condition, and optionally the loss weight of each latent
+    element (`mask`, broadcastable to the latents, e.g. [B, 1, H, W]) and of each item (`weight` [B])."""
+
+    latents: torch.Tensor
+    cond: Any
+    mask: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+
+
+# batches(micro_batch_index, generator) -> a Batch, or a plain (latents, cond) pair. Draw any randomness (data
+# order, flips, caption transforms) from `generator` only: then a resumed run sees exactly the batches an
+# uninterrupted one would.
+BatchFn = Callable[[int, torch.Generator], Batch | tuple[torch.Tensor, Any]]
+
+
+def as_batch(value: Batch | tuple[torch.Tensor, Any]) -> Batch:
+    """A BatchFn's result as a Batch: a plain (latents, cond) pair weights every element and item alike."""
+    return value if isinstance(value, Batch) else Batch(*value)
 
 
 def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:

@@ -121,12 +121,17 @@ class DataParallel:
         with share 0: zero loss and zero gradients, but the same collectives as the others.
         """
         batch_size = x_t.shape[0]
-        index = self.shard(batch_size)
-        share = len(index) / batch_size
-        if not index:
-            index = [0]
+        index, share = self._shard_or_first(batch_size), len(self.shard(batch_size)) / batch_size
         return (_take(x_t, index, batch_size), _take(target, index, batch_size),
                 _take(timesteps, index, batch_size), _take(cond, index, batch_size), share)
+
+    def take_items(self, value: Any, batch_size: int) -> Any:
+        """This process's items of any other batched value (a loss mask, item weights; None stays None), as
+        take_shard takes them."""
+        return _take(value, self._shard_or_first(batch_size), batch_size)
+
+    def _shard_or_first(self, batch_size: int) -> list[int]:
+        return self.shard(batch_size) or [0]  # no items: item 0, with share 0
 
     # --- agreement and reduction --------------------------------------------------------------------------
 

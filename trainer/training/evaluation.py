@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .denoising import BatchFn, Denoiser, noisy_inputs, predict
+from .denoising import BatchFn, Denoiser, as_batch, noisy_inputs, predict
 from .losses import per_sample_loss
 from .objective import NoiseSchedule
 from .trainable_lora import LoraAdapterSet
@@ -30,7 +30,8 @@ def evaluate(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, sch
         with torch.inference_mode(False), torch.no_grad():
             draws = []
             for index in range(num_batches):  # every draw first, in the order a batch-by-batch loop makes them
-                latents, cond = batches(index, generator)
+                # Plain MSE: a batch's mask and item weights are training-time options, not the measure.
+                latents, cond = as_batch(batches(index, generator))[:2]
                 draws.append((*noisy_inputs(latents, schedule, generator, device, None, None), cond))
             for group in _passes(draws, max_batch):
                 x_t, target, timesteps = (torch.cat([draw[i] for draw in group]) for i in range(3))

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import NonFiniteLossError, PeerProcessError
 from . import optimizers
 from .config import Optimisation, TrainConfig
-from .denoising import BatchFn, Denoiser, map_tensors, noisy_inputs, predict
+from .denoising import Batch, BatchFn, Denoiser, as_batch, map_tensors, noisy_inputs, predict
 from .distributed import DataParallel, describe_batch
 from .ema import AdapterEma
 from .losses import LossSettings, training_loss
@@ -135,18 +135,19 @@ def _seed_global_rng(seed: int, device: torch.device) -> None:
         torch.cuda.default_generators[_cuda_index(device)].manual_seed(seed)
 
 
-def _batch_loss(denoiser: Denoiser, latents: torch.Tensor, cond: Any, schedule: NoiseSchedule,
+def _batch_loss(denoiser: Denoiser, batch: Batch, schedule: NoiseSchedule,
                 generator: torch.Generator, device: torch.device, mixed_precision: str,
                 noise: NoiseOptions, losses: LossSettings,
                 sampling: TimestepSampling | None = None,
                 shard: DataParallel | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's loss and the timesteps drawn for it."""
-    x_t, target, timesteps = noisy_inputs(latents, schedule, generator, device, noise, sampling)
-    share, drawn = 1.0, timesteps
+    x_t, target, timesteps = noisy_inputs(batch.latents, schedule, generator, device, noise, sampling)
+    share, drawn, cond, mask, weight = 1.0, timesteps, batch.cond, batch.mask, batch.weight
     if shard is not None:  # the draws above are the global batch's; this process computes its items
         x_t, target, timesteps, cond, share = shard.take_shard(x_t, target, timesteps, cond)
+        mask, weight = shard.take_items((mask, weight), batch.latents.shape[0])
     prediction = predict(denoiser, x_t, timesteps, cond, device, mixed_precision)
-    loss = training_loss(prediction, target, timesteps, schedule, losses)
+    loss = training_loss(prediction, target, timesteps, schedule, losses, element_weights=mask, sample_weights=weight)
     return loss * share, drawn  # drawn: every process's timesteps
 
 
@@ -164,9 +165,9 @@ def _accumulate_gradients(denoiser: Denoiser, batches: BatchFn, schedule: NoiseS
     with _fork_rng(device):
         _seed_global_rng(step_seed + (shard.rank if shard is not None else 0), device)  # own dropout per process
         for micro in range(opt.grad_accumulation):
-            latents, cond = batches(step * opt.grad_accumulation + micro, generator)
+            batch = as_batch(batches(step * opt.grad_accumulation + micro, generator))
             # Divided so the summed gradients equal those of one batch grad_accumulation times larger.
-            loss, timesteps = _batch_loss(denoiser, latents, cond, schedule, generator, device, opt.mixed_precision,
+            loss, timesteps = _batch_loss(denoiser, batch, schedule, generator, device, opt.mixed_precision,
                                           NoiseOptions.of(opt), LossSettings.of(opt), sampling, shard=shard)
             loss = loss / opt.grad_accumulation
             drawn.extend(int(t) for t in timesteps)

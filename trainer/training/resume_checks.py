@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import ResumeStateError
-from .config import LoraShape, TrainConfig
+from .config import DataOptions, LoraShape, TrainConfig
 from .trainable_lora import LoraAdapterSet
 
 if TYPE_CHECKING:
@@ -89,6 +89,13 @@ def check_resumable(saved: TrainConfig, current: TrainConfig, saved_step: int,
         raise ResumeStateError(f"{where} was trained with other loss or noise settings ("
                                + "; ".join(other_objective) + "): continuing would not be the same run. Set them "
                                "back, or turn resume off to start a new run.", path=source)
+    # Every data option (captions, masks, class images) decides what the steps train on and what they draw.
+    other_data = [f"{f.name}: saved {getattr(saved.data, f.name)!r}, now {getattr(current.data, f.name)!r}"
+                  for f in dataclasses.fields(DataOptions) if getattr(saved.data, f.name) != getattr(current.data, f.name)]
+    if other_data:
+        raise ResumeStateError(f"{where} was trained with other dataset options (" + "; ".join(other_data)
+                               + "): continuing would not be the same run. Set them back on the LoRA Dataset node, "
+                               "or turn resume off to start a new run.", path=source)
     changed = [name for name, value in vars(current.optimisation).items()
                if name != "batch_size" and getattr(saved.optimisation, name) != value]
     if world_sizes is not None:
