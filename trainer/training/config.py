@@ -263,6 +263,11 @@ class Optimisation:
     zero_terminal_snr: bool = setting(False, "Rescale the noise schedule so the last timestep is pure noise (zero "
                                              "terminal SNR, Lin et al. 2023); for epsilon and v models (best with "
                                              "v prediction), not flow models.")
+    loraplus_lr_ratio: float = setting(0.0, "LoRA+ (Hayou et al. 2024): the up matrices (lora_up) of the LoRA train "
+                                            "at this many times the learning rate of the down matrices, in the UNet "
+                                            "and the text encoder alike (sd-scripts' loraplus_lr_ratio); the paper "
+                                            "suggests 16, sd-scripts' docs start near 4. lora and dora adapters "
+                                            "only. 0 = off.", min=0.0, max=1000.0, step=0.5)
 
     def __post_init__(self) -> None:
         _check_fields(self)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import NonFiniteLossError, PeerProcessError
+from ..errors import ConfigError, NonFiniteLossError, PeerProcessError
 from . import optimizers
 from .config import Optimisation, TrainConfig
 from .denoising import Batch, BatchFn, Denoiser, as_batch, map_tensors, noisy_inputs, predict
@@ -66,16 +66,24 @@ class TrainResult:
     state: TrainState
 
 
+# LoRA+ (sd-scripts' loraplus_lr_ratio): the up matrices of each adapter group train in a param group of their own,
+# "<group>.lora_up", at the group's learning rate x loraplus_lr_ratio.
+LORAPLUS_GROUP_SUFFIX = ".lora_up"
+
+
 def _base_lr(group_name: str, config: TrainConfig) -> float:
     """The peak learning rate of one param group (the schedule multiplies it by lr_multiplier_at(step))."""
-    if group_name == "text_encoder":
-        return config.lora.text_encoder_lr or config.optimisation.learning_rate
-    return config.optimisation.learning_rate
+    adapter_group = group_name.removesuffix(LORAPLUS_GROUP_SUFFIX)
+    lr = config.optimisation.learning_rate
+    if adapter_group == "text_encoder":
+        lr = config.lora.text_encoder_lr or lr
+    return lr if adapter_group == group_name else lr * config.optimisation.loraplus_lr_ratio
 
 
 def build_optimizer(adapters: LoraAdapterSet,
                     config: TrainConfig) -> tuple[torch.optim.Optimizer, str, list[list[str]]]:
-    """The configured optimizer (optimizers.build_optimizer) with one param group per adapter group.
+    """The configured optimizer (optimizers.build_optimizer) with one param group per adapter group, and with
+    LoRA+ one more per adapter group for its up matrices.
 
     Returns the optimizer, the name of the kind actually used (another only with optimizer_fallback on),
     and each group's parameter names.
@@ -84,8 +92,14 @@ def build_optimizer(adapters: LoraAdapterSet,
     params_by_group: dict[str, list[nn.Parameter]] = {}
     for name, param in adapters.named_parameters():
         group = adapters.group_of_parameter(name)
+        if config.optimisation.loraplus_lr_ratio > 0 and name.endswith(".lora_up.weight"):
+            group += LORAPLUS_GROUP_SUFFIX
         names_by_group.setdefault(group, []).append(name)
         params_by_group.setdefault(group, []).append(param)
+    if config.optimisation.loraplus_lr_ratio > 0 and not any(g.endswith(LORAPLUS_GROUP_SUFFIX) for g in names_by_group):
+        raise ConfigError(f"loraplus_lr_ratio = {config.optimisation.loraplus_lr_ratio!r} is not allowed with adapter "
+                          f"{config.lora.adapter!r}: LoRA+ raises the learning rate of the up matrices (lora_up), "
+                          "which only lora and dora adapters have; expected 0 (off), or adapter lora or dora.")
     groups = [{"params": params_by_group[g], "lr": _base_lr(g, config), "base_lr": _base_lr(g, config),
                "group_name": g} for g in sorted(params_by_group)]
     group_names = [names_by_group[g] for g in sorted(names_by_group)]

@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 # LoraShape fields a run may change on resume; every other one (rank, alpha, targets, text encoder, and
 # any field added later) decides the LoRA's tensors, so a state trained with another value cannot continue.
 _FREE_LORA_FIELDS = frozenset({"dropout", "text_encoder_lr"})
-# Optimisation fields that decide what the saved optimizer statistics mean: a run cannot continue with others.
-_OPTIMIZER_FIELDS = ("optimizer", "optimizer_class", "optimizer_args")
+# Optimisation fields that decide what the saved optimizer statistics mean, and how they are grouped (LoRA+ puts the
+# up matrices in param groups of their own): a run cannot continue with others.
+_OPTIMIZER_FIELDS = ("optimizer", "optimizer_class", "optimizer_args", "loraplus_lr_ratio")
 # Optimisation fields that decide which timesteps are drawn: the continued run would train another objective.
 _TIMESTEP_FIELDS = ("timestep_sampling", "min_timestep", "max_timestep", "sigmoid_scale", "logit_mean", "logit_std",
                     "discrete_flow_shift")
