@@ -184,15 +184,14 @@ class LoraAdapterSet:
         return torch.device("cpu")
 
     def file_tensors(self, key: str) -> dict[str, torch.Tensor]:
-        """One layer's tensors by their role in the file (`lora_down.weight`, `hada_w1_a`, ..., `alpha`), fp32."""
-        adapter = self._adapters[key]
-        out = {pname: param.detach().float().clone() for pname, param in adapter.named_parameters()}
-        out["alpha"] = adapter.alpha.detach().float().clone()
-        return out
+        """One layer's tensors as the file holds them, by role (`lora_down.weight`, `hada_w1_a`, ..., `alpha`), fp32."""
+        return self._adapters[key].file_tensors()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Every layer's `file_tensors`, keyed `{key}.{role}` (fp32 copies)."""
-        return {f"{key}.{role}": value for key in self.keys() for role, value in self.file_tensors(key).items()}
+        """Every trained tensor and alpha, keyed `{key}.{role}` as `named_parameters` (fp32 copies)."""
+        out = {name: param.detach().float().clone() for name, param in self.named_parameters()}
+        out.update({f"{key}.alpha": self._adapters[key].alpha.detach().float().clone() for key in self.keys()})
+        return out
 
     def state_shapes(self) -> dict[str, torch.Size]:
         """The shape of every `state_dict` entry, without copying anything."""

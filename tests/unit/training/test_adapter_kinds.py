@@ -54,6 +54,11 @@ def _randomise(adapters: LoraAdapterSet, seed: int = 3) -> None:
             p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if name.endswith("dora_scale") else 0.0))
 
 
+def _factors(adapters: LoraAdapterSet) -> dict[str, torch.Tensor]:
+    """Layer "0"'s trained tensors by role."""
+    return {name.removeprefix("0."): value for name, value in adapters.state_dict().items()}
+
+
 def _apply(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, nn.Conv2d):
         return F.conv2d(x, weight, layer.bias, layer.stride, layer.padding)
@@ -126,7 +131,7 @@ def test_forward_is_base_plus_the_kinds_delta(kind: str, layer: str, tucker: boo
     adapters.train(False)
     base = model[0]
     weight = base.weight.detach()
-    delta = _direct_delta(kind, adapters.file_tensors("0"), weight, ALPHA / rank)
+    delta = _direct_delta(kind, _factors(adapters), weight, ALPHA / rank)
     assert torch.count_nonzero(delta) > 0
     torch.testing.assert_close(adapters.merged_delta("0"), delta, rtol=1e-5, atol=1e-6)
     x = _input(layer)
@@ -201,7 +206,7 @@ def test_rank_dropout_of_rebuilt_kinds_drops_output_rows_as_lycoris(kind: str) -
     _randomise(adapters)
     base = model[0]
     weight = base.weight.detach()
-    low_rank = _direct_delta(kind if kind != "dora" else "lora", adapters.file_tensors("0"), weight, ALPHA)
+    low_rank = _direct_delta(kind if kind != "dora" else "lora", _factors(adapters), weight, ALPHA)
     adapters.train(True)
     x = _input("linear")
     torch.manual_seed(12)
@@ -260,6 +265,16 @@ def test_lokr_records_alpha_as_lycoris_when_both_factors_are_full() -> None:
     assert float(full.file_tensors("0")["alpha"]) == 2.0 and full["0"].scale == 1.0
     assert set(decomposed.file_tensors("0")) == {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "alpha"}
     assert decomposed["0"].scale == ALPHA
+
+
+def test_lokr_tucker_is_written_with_w2_rebuilt_in_full() -> None:
+    """The host's LoKr loader fails on a lokr_t2 core; the file holds w2 = scale * Tucker rebuild, alpha = rank."""
+    _, adapters = _attached("lokr", "conv", True, rank=1)
+    _randomise(adapters)
+    assert {"lokr_t2", "lokr_w2_a", "lokr_w2_b"} <= set(_factors(adapters))  # trained as Tucker
+    written = adapters.file_tensors("0")
+    assert set(written) == {"lokr_w1", "lokr_w2", "alpha"} and float(written["alpha"]) == 1.0
+    assert written["lokr_w2"].shape == (4, 4, 3, 3)
 
 
 def test_dora_magnitude_starts_at_the_base_weights_column_norms() -> None:

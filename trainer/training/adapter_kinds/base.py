@@ -126,6 +126,12 @@ class TrainableAdapter(nn.Module):
         """The kind's initialisation, drawn from `generator`, such that the layer is unchanged at step 0."""
         raise NotImplementedError
 
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors a file holds for this layer, by role (with `alpha`), fp32 copies: the factors as trained."""
+        out = {role: param.detach().float().clone() for role, param in self.named_parameters()}
+        out["alpha"] = self.alpha.detach().float().clone()
+        return out
+
     def factors(self) -> dict[str, torch.Tensor]:
         """The trainable tensors by role (live parameters: differentiable)."""
         return dict(self.named_parameters())

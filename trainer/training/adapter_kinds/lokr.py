@@ -6,6 +6,10 @@ when r < max(b, d) / 2, else full (lokr_w2); with use_tucker on a kernel larger 
 Tucker core lokr_t2 [r, r, kh, kw] with lokr_w2_a [r, b], lokr_w2_b [r, d]. scale = alpha / r with a decomposed
 w2; with both factors full it is 1 (and the file's alpha is r, as LyCORIS writes it). Init: w1, w2_a and the core
 Kaiming-uniform, lokr_w2_b (or the full lokr_w2) zero, so the product is zero at step 0.
+
+A Tucker w2 is written to the file rebuilt in full (lokr_w2 = scale * t2 x w2_a x w2_b, alpha = r, scale 1): the
+host's LoKr loader (ComfyUI 0.3.75) fails on a lokr_t2 core (kron of its non-contiguous rebuild), leaving the layer
+unpatched. The trained factors (and the resume state) stay Tucker.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from ...adapters.base import tucker
 from ...adapters.lokr import lokr_delta
 from ..config import LoraShape
 from .base import BaseWeight, LayerGeometry, TrainableAdapter
@@ -93,3 +98,12 @@ class LokrKind(TrainableAdapter):
 
     def scaled_delta(self) -> torch.Tensor:
         return (lokr_delta(self.factors()) * self.scale).reshape(self.layer.weight_shape)
+
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        if "lokr_t2" not in self._parameters:
+            return super().file_tensors()
+        with torch.no_grad():
+            factors = {role: param.detach().float() for role, param in self.named_parameters()}
+            w2 = tucker(factors["lokr_t2"], factors["lokr_w2_b"], factors["lokr_w2_a"]) * self.scale
+        return {"lokr_w1": factors["lokr_w1"].clone(), "lokr_w2": w2.contiguous(),
+                "alpha": torch.tensor(float(self.rank))}
