@@ -5,6 +5,12 @@ from .dataset import LoraLabDataset
 from .extract_lora import LoraLabExtractLora
 from .load_lora import LoraLabLoadLora
 from .merge_loras import LoraLabMergeLoras
+from .option_groups import (
+    LoraLabAdapterOptions,
+    LoraLabObjectiveOptions,
+    LoraLabOptimizerOptions,
+    LoraLabRunOptions,
+)
 from .preview_samples import LoraLabPreviewSamples
 from .resize_lora import LoraLabResizeLora
 from .stack_loras import LoraLabStackLoras
@@ -17,6 +23,10 @@ NODE_CLASS_MAPPINGS = {
     "LoraLabDataset": LoraLabDataset,
     "LoraLabTrainLora": LoraLabTrainLora,
     "LoraLabTrainOptions": LoraLabTrainOptions,
+    "LoraLabAdapterOptions": LoraLabAdapterOptions,
+    "LoraLabOptimizerOptions": LoraLabOptimizerOptions,
+    "LoraLabObjectiveOptions": LoraLabObjectiveOptions,
+    "LoraLabRunOptions": LoraLabRunOptions,
     "LoraLabPreviewSamples": LoraLabPreviewSamples,
     "LoraLabMergeLoras": LoraLabMergeLoras,
     "LoraLabResizeLora": LoraLabResizeLora,
@@ -30,6 +40,10 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LoraLabDataset": "LoRA Dataset (LoRA Lab)",
     "LoraLabTrainLora": "Train LoRA (LoRA Lab)",
     "LoraLabTrainOptions": "Train LoRA Options (LoRA Lab)",
+    "LoraLabAdapterOptions": "Adapter Options (LoRA Lab)",
+    "LoraLabOptimizerOptions": "Optimizer Options (LoRA Lab)",
+    "LoraLabObjectiveOptions": "Objective Options (LoRA Lab)",
+    "LoraLabRunOptions": "Run Options (LoRA Lab)",
     "LoraLabPreviewSamples": "Preview Samples (LoRA Lab)",
     "LoraLabMergeLoras": "Merge LoRAs (LoRA Lab)",
     "LoraLabResizeLora": "Resize LoRA (LoRA Lab)",

@@ -23,6 +23,29 @@ def option_defaults() -> dict[str, object]:
             for name in train_options.REQUIRED + train_options.OPTIONAL}
 
 
+@functools.cache
+def setting_defaults() -> dict[str, object]:
+    """Every setting's default by input name, as the option nodes announce it."""
+    config_inputs = import_pack_module("nodes.config_inputs")
+    return {name: config_inputs.input_spec(name)[1]["default"] for name in config_inputs.INPUT_FIELDS}
+
+
+def option_nodes(g: Graph, options: dict) -> list:
+    """A Train LoRA Options node with `options` over the tests' settings, chained into the grouped option node of
+    each setting the older node does not have; returns the output for Train LoRA's `options` input."""
+    unknown = set(options) - set(setting_defaults())
+    if unknown:  # the host would drop an input no node declares, and the test would train without it
+        raise KeyError(f"no option node has the inputs {sorted(unknown)}")
+    values = {**setting_defaults(), **TEST_OPTIONS, **options}
+    node = g.add("LoraLabTrainOptions", **{name: values[name] for name in option_defaults()})
+    groups = import_pack_module("nodes.option_groups")
+    for group in (groups.LoraLabAdapterOptions, groups.LoraLabOptimizerOptions, groups.LoraLabObjectiveOptions,
+                  groups.LoraLabRunOptions):
+        if any(name in group.SETTINGS and name not in option_defaults() for name in options):
+            node = g.add(group.__name__, options=out(node), **{name: values[name] for name in group.SETTINGS})
+    return out(node)
+
+
 def train_graph(name: str, steps: int = 12, lr: float = 2e-3, rank: int = 4, folder: str = "rings",
                 options: dict | None = None, validation_share: float = 0.0, resolution: int = 64,
                 batch_size: int = 1) -> tuple[Graph, str]:
@@ -32,8 +55,7 @@ def train_graph(name: str, steps: int = 12, lr: float = 2e-3, rank: int = 4, fol
                  validation_share=validation_share, seed=0)
     kwargs = {}
     if options is not None:
-        opts = g.add("LoraLabTrainOptions", **{**option_defaults(), **TEST_OPTIONS, **options})
-        kwargs["options"] = out(opts)
+        kwargs["options"] = option_nodes(g, options)
     train = g.add("LoraLabTrainLora", model=out(ckpt, 0), clip=out(ckpt, 1), vae=out(ckpt, 2), dataset=out(data),
                   name=name, steps=steps, learning_rate=lr, rank=rank, alpha=float(rank), batch_size=batch_size, seed=5,
                   **kwargs)

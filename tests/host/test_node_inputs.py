@@ -11,6 +11,7 @@ from scripts.training_graphs import train_graph
 from trainer.training import config
 
 KINDS = {int: "INT", float: "FLOAT", bool: "BOOLEAN", str: "STRING"}
+GROUPED_NODES = ("LoraLabAdapterOptions", "LoraLabOptimizerOptions", "LoraLabObjectiveOptions", "LoraLabRunOptions")
 HOST_CHOICES = {"sample_sampler": "SAMPLERS", "sample_scheduler": "SCHEDULERS"}  # comfy.samplers.KSampler.<name>
 # Not in prompts saved before them.
 NEWER_OPTIONAL = ("train_text_encoder", "text_encoder_lr", "keep_last", "optimizer_class", "optimizer_args",
@@ -41,12 +42,15 @@ def _expected(name: str) -> tuple[object, dict]:
 @pytest.mark.parametrize(("node", "required", "optional"), [
     ("LoraLabTrainLora", ("steps", "learning_rate", "rank", "alpha", "batch_size", "seed"), ()),
     ("LoraLabTrainOptions", None, NEWER_OPTIONAL),
+    *((group, "grouped", ()) for group in GROUPED_NODES),
 ])
-def test_announced_inputs_are_the_config_fields(host, node: str, required: tuple | None, optional: tuple) -> None:
+def test_announced_inputs_are_the_config_fields(host, node: str, required: tuple | str | None, optional: tuple) -> None:
     info = host.get_json(f"/object_info/{node}")[node]
     announced = {**info["input"]["required"], **info["input"].get("optional", {})}
     if required is None:  # every required input of the options node is a setting
         required = tuple(info["input"]["required"])
+    elif required == "grouped":
+        required = getattr(import_pack_module("nodes.option_groups"), node).SETTINGS
     assert set(optional) <= set(info["input"].get("optional", {}))
     settings = [*required, *optional]
     wrong = {}
@@ -58,6 +62,8 @@ def test_announced_inputs_are_the_config_fields(host, node: str, required: tuple
     assert wrong == {}
     if node == "LoraLabTrainOptions":  # nothing on the node that is not a setting
         assert sorted(announced) == sorted(settings)
+    elif node != "LoraLabTrainLora":  # a grouped node: its settings, in order, and the chain input
+        assert list(info["input"]["required"]) == list(required) and list(info["input"]["optional"]) == ["options"]
 
 
 def test_api_prompt_without_the_newer_optional_inputs_runs(host, rings) -> None:

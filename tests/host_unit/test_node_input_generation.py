@@ -19,7 +19,8 @@ WORKFLOWS = ("workflows/train_lora_from_folder.json", "workflows/resume_stopped_
 @pytest.fixture(scope="module")
 def pack() -> dict[str, ModuleType]:
     return {name: import_pack_module(module) for name, module in (
-        ("inputs", "nodes.config_inputs"), ("options", "nodes.train_options"), ("config", "trainer.training.config"))}
+        ("inputs", "nodes.config_inputs"), ("options", "nodes.train_options"), ("config", "trainer.training.config"),
+        ("groups", "nodes.option_groups"))}
 
 
 def test_no_inputs_means_the_dataclass_defaults(pack: dict[str, ModuleType]) -> None:
@@ -56,8 +57,34 @@ def test_every_setting_has_exactly_one_input(pack: dict[str, ModuleType]) -> Non
     assert len(reached) == len(set(reached))
     assert declared - set(reached) == NOT_ON_A_NODE and set(reached) <= declared
     train_lora_inputs = ("steps", "learning_rate", "rank", "alpha", "batch_size", "seed")
-    on_nodes = list(train_lora_inputs) + list(pack["options"].REQUIRED) + list(pack["options"].OPTIONAL)
-    assert sorted(on_nodes) == sorted(inputs.INPUT_FIELDS)
+    older_node = list(pack["options"].REQUIRED) + list(pack["options"].OPTIONAL)
+    grouped = [name for group in _groups(pack) for name in group.SETTINGS]
+    # The grouped nodes hold every option once: a graph needs no Train LoRA Options node, which keeps its inputs.
+    assert len(grouped) == len(set(grouped))
+    assert sorted(grouped) == sorted(set(inputs.INPUT_FIELDS) - set(train_lora_inputs))
+    assert set(older_node) <= set(grouped) and len(older_node) == len(set(older_node))
+
+
+def _groups(pack: dict[str, ModuleType]) -> list[type]:
+    groups = pack["groups"]
+    return [groups.LoraLabAdapterOptions, groups.LoraLabOptimizerOptions, groups.LoraLabObjectiveOptions,
+            groups.LoraLabRunOptions]
+
+
+def test_grouped_option_nodes_chain_and_the_nearer_node_wins(pack: dict[str, ModuleType]) -> None:
+    groups, inputs, config = pack["groups"], pack["inputs"], pack["config"]
+    (older,) = pack["options"].LoraLabTrainOptions().options(optimizer="lion", loss_type="l1")
+    (objective,) = groups.LoraLabObjectiveOptions().options(options=older, loss_type="huber", huber_c=0.2)
+    (optimizer,) = groups.LoraLabOptimizerOptions().options(options=objective, optimizer="prodigy")
+    built = inputs.build_config({**optimizer, "learning_rate": 1.0})
+    assert built.optimisation.optimizer == "prodigy" and built.optimisation.loss_type == "huber"
+    assert built.optimisation.huber_c == 0.2 and older == {"optimizer": "lion", "loss_type": "l1"}  # not changed
+    for group in _groups(pack):
+        types = group.INPUT_TYPES()
+        assert list(types["required"]) == list(group.SETTINGS) and list(types["optional"]) == ["options"]
+        for name in group.SETTINGS:  # the same entry as wherever else the setting is an input
+            section, field_name = inputs.INPUT_FIELDS[name]
+            assert types["required"][name][1]["tooltip"] == config.field_help(section, field_name)
 
 
 def test_input_entries_come_from_the_fields(pack: dict[str, ModuleType]) -> None:
