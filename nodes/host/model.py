@@ -44,6 +44,13 @@ def text_encoder_module(clip) -> torch.nn.Module:
     return clip.cond_stage_model
 
 
+def layer_weight(layer: torch.nn.Module) -> torch.Tensor:
+    """A layer's weight as it computes with it (DoRA's base weight): the host's scaled-fp8 and quantized layers turn
+    their stored weight into it with their own `convert_weight` (times scale_weight; dequantized)."""
+    convert = getattr(layer, "convert_weight", None)
+    return layer.weight if convert is None else convert(layer.weight)
+
+
 def adds_residuals_in_place(model) -> bool:
     """Whether the host's denoiser adds to its residual stream in place (its DiT blocks for SD3/Flux), so that
     training through it needs trainer.inplace_guard."""

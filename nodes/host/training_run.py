@@ -123,7 +123,8 @@ class TrainingRun:
         self.evaluation = evaluation
         self.group = group  # several processes (distributed_run.py): only the main one writes files
         self.control = RunControl(job)
-        self.adapters = LoraAdapterSet.from_config(config.lora, config.optimisation.seed)
+        self.adapters = LoraAdapterSet.from_config(config.lora, config.optimisation.seed,
+                                                   weight_reader=host_model.layer_weight)
         self.name_map: dict[str, str] = {}
         self.checkpoints: list[str] = []
         self.in_place_adders: list[torch.nn.Module] = []

@@ -99,3 +99,33 @@ def test_the_hosts_loader_reproduces_the_trained_weight_of_every_layer(host: Sim
     assert {type(p[0][1]).__name__ for p in patched_model.patches.values()} == kinds
     expected = {"loha": "LoHaAdapter", "lokr": "LoKrAdapter"}.get(SHAPES[name]["adapter"], "LoRAAdapter")
     assert kinds == {expected}
+
+
+def test_dora_on_the_hosts_scaled_fp8_layers_reads_the_weight_they_compute_with(host: SimpleNamespace) -> None:
+    """`comfy.ops.scaled_fp8_ops`: an fp8 weight times `scale_weight`. DoRA's magnitude and W' use that weight
+    (host_model.layer_weight, the reader Train LoRA passes), not the stored fp8 values: W' = W at step 0."""
+    generator = torch.Generator().manual_seed(4)
+    true_weight = torch.randn(6, 8, generator=generator)
+    layer = host.comfy.ops.scaled_fp8_ops().Linear(8, 6, bias=False, dtype=torch.float8_e4m3fn)
+    with torch.no_grad():
+        layer.weight = torch.nn.Parameter((true_weight / 4.0).to(torch.float8_e4m3fn), requires_grad=False)
+        layer.scale_weight = torch.nn.Parameter(torch.tensor(4.0), requires_grad=False)
+    dequantised = layer.weight.float() * 4.0
+    model = torch.nn.Sequential(layer)
+    x = torch.randn(3, 8, generator=generator)
+    before = model(x)
+    torch.testing.assert_close(before, x @ dequantised.T)  # the host computes with the scaled weight
+
+    adapters = LoraAdapterSet(rank=2, alpha=2.0, adapter="dora", weight_reader=host.host_model.layer_weight)
+    adapters.attach(model, ["0"])
+    norms = dequantised.norm(dim=0, keepdim=True) + torch.finfo(torch.float32).eps
+    torch.testing.assert_close(adapters["0"].dora_scale.detach(), norms)
+    adapters.train(False)
+    assert torch.equal(model(x), before)
+    _randomise(adapters)
+    changed = dequantised + adapters.merged_delta("0")
+    low_rank = adapters["0"].lora_up.weight @ adapters["0"].lora_down.weight
+    direct = adapters["0"].dora_scale * (dequantised + low_rank) / (
+        (dequantised + low_rank).norm(dim=0, keepdim=True) + torch.finfo(torch.float32).eps)
+    torch.testing.assert_close(changed, direct.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model(x), x @ changed.T, rtol=1e-5, atol=1e-5)
