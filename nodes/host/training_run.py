@@ -34,7 +34,7 @@ from ...trainer.training.export import TrainingSummary, export_lora, kohya_metad
 from ...trainer.training.inplace_guard import normalisation_inputs_copied
 from ...trainer.training.layer_selection import select_layers
 from ...trainer.training.loop import NonFiniteLossError, StepRecord, TrainResult, train
-from ...trainer.training.memory import estimate_training_memory, fits
+from ...trainer.training.memory import adapter_parameter_shapes, estimate_training_memory, fits
 from ...trainer.training.objective import TimestepSampling
 from ...trainer.training.optimizers import check_optimizer
 from ...trainer.training.resume_state import TrainState, load_state, save_state
@@ -344,10 +344,14 @@ class TrainingRun:
         params_bytes = sum(p.numel() * p.element_size() for p in self.unet.parameters())
         opt = self.config.optimisation
         on_gpu = comfy.model_management.get_torch_device().type == "cuda"
+        shapes = adapter_parameter_shapes(self.unet, self.unet_layers, self.config.lora)  # for the optimizer state
+        if self.train_clip:
+            shapes += adapter_parameter_shapes(self.text_encoder, self.text_layers, self.config.lora)
         estimate = estimate_training_memory(params_bytes, trainable_params, opt.batch_size, self.spec.resolution,
                                             gradient_checkpointing=opt.gradient_checkpointing,
                                             mixed_precision=opt.mixed_precision if on_gpu else "no",
-                                            optimizer=opt.optimizer, rank=self.config.lora.rank)
+                                            optimizer=opt.optimizer, rank=self.config.lora.rank,
+                                            parameter_shapes=shapes)
         available = host_model.free_memory_bytes() + self.host.model.loaded_size()  # what the model holds counts
         ok, options = fits(estimate, available, eight_bit=on_gpu)
         if not ok:

@@ -2,7 +2,11 @@
 
 total = weights + LoRA params (fp32) + their grads (fp32) + optimizer state + activations + overhead
   - weights: the frozen model as loaded (caller passes bytes, so fp16/bf16/fp8 loading is accounted for);
-  - optimizer: AdamW keeps two fp32 moments (8 B/param); AdamW8bit two 8-bit moments (~2 B/param);
+  - optimizer: the state each optimizer's library allocates by its first step, per parameter tensor
+    (optimizer_state_bytes): AdamW two fp32 moments and a step (8 B/param); adamw8bit two 8-bit moments and a
+    block maximum per 256 (~2 B/param; fp32 for tensors under 4096 elements); Lion one moment (4 B/param);
+    Adafactor a factored second moment (a row and a column per matrix, ~4/rank B/param on a LoRA matrix);
+    Prodigy four fp32 tensors (16 B/param); schedule-free AdamW two (8 B/param); SGD with momentum one;
   - activations: batch x latent pixels x ACTIVATION_BYTES_PER_LATENT_PIXEL, scaled by the element size
     (fp32 doubles it) and by sqrt(model size / SD1.5 UNet size); gradient checkpointing keeps about
     CHECKPOINTING_FACTOR of them. Calibrated on public reports (SD1.5 at 512 px, batch 1, fp16, no
@@ -16,7 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from torch import nn
+
+from .adapter_kinds import TRAINABLE_KINDS
+from .adapter_kinds.base import LayerGeometry
+from .config import LoraShape
 
 GIB = 1024**3
 SD15_UNET_PARAMS_BYTES = 860_000_000 * 2
@@ -25,7 +36,43 @@ CHECKPOINTING_FACTOR = 0.2
 OVERHEAD_FRACTION = 0.10
 OVERHEAD_FIXED_BYTES = 256 * 1024**2
 _ELEMENT_BYTES = {"no": 4, "fp16": 2, "bf16": 2}
-_OPTIMIZER_BYTES_PER_PARAM = {"adamw": 8.0, "adamw8bit": 2.0}
+# Per optimizer kind: state bytes per element of a parameter, and per parameter tensor (torch's 0-d fp32 `step`).
+# Counted from each library's state after one step (tests/unit/training/test_optimizer_memory.py); with the
+# defaults optimizers.py passes. custom: unknown, counted as AdamW.
+_STATE_BYTES = {"adamw": (8, 4), "lion": (4, 0), "prodigy": (16, 0), "adamw_schedulefree": (8, 0),
+                "sgd_nesterov": (4, 0), "custom": (8, 4)}
+STEP_BYTES = 4
+# bitsandbytes' 8-bit states: tensors under min_8bit_size keep fp32 states; block-wise absmax per 256 elements.
+BNB_MIN_8BIT_SIZE = 4096
+BNB_BLOCK_SIZE = 256
+
+
+def _tensor_state_bytes(optimizer: str, shape: tuple[int, ...]) -> int:
+    n = math.prod(shape)
+    if optimizer == "adamw8bit":
+        if n < BNB_MIN_8BIT_SIZE:
+            return 8 * n
+        return 2 * n + 2 * 4 * math.ceil(n / BNB_BLOCK_SIZE)  # (the two 256-entry quantile maps are shared)
+    if optimizer == "adafactor":  # torch's: the second moment factored over the last two dims, no momentum
+        if len(shape) < 2:
+            return 4 * n + STEP_BYTES
+        return 4 * (math.prod(shape[:-1]) + math.prod(shape[:-2]) * shape[-1]) + STEP_BYTES
+    per_element, per_tensor = _STATE_BYTES.get(optimizer, _STATE_BYTES["custom"])
+    return per_element * n + per_tensor
+
+
+def adapter_parameter_shapes(model: nn.Module, module_names: Sequence[str], shape: LoraShape) -> list[tuple[int, ...]]:
+    """The shapes of the tensors that adapters of `shape` train on these layers of `model`, without building them."""
+    modules = dict(model.named_modules())
+    kind = TRAINABLE_KINDS[shape.adapter]
+    return [tuple(factor) for name in module_names
+            for factor in kind.factor_shapes(LayerGeometry.of(modules[name], name), shape).values()]
+
+
+def optimizer_state_bytes(optimizer: str, shapes: Iterable[tuple[int, ...]]) -> int:
+    """Bytes of optimizer state for fp32 trainable tensors of these shapes, as the optimizer kind's library keeps
+    them (with the defaults; optimizer_args such as Prodigy's slice_p can lower it)."""
+    return sum(_tensor_state_bytes(optimizer, tuple(shape)) for shape in shapes)
 
 
 @dataclass(frozen=True)
@@ -42,6 +89,8 @@ class MemoryInputs:
     mixed_precision: str = "fp16"
     optimizer: str = "adamw"
     rank: int | None = None  # when given, suggestions may lower it (trainable params scale with rank)
+    # The trainable tensors' shapes, for the optimizer state (Adafactor's depends on them); None: one flat tensor.
+    parameter_shapes: tuple[tuple[int, ...], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +123,10 @@ def _estimate(inputs: MemoryInputs) -> MemoryEstimate:
     # The latents themselves (input, noise, target, prediction), fp32.
     activations += 4 * inputs.batch_size * latent_pixels * inputs.latent_channels * 4
     lora = 4 * inputs.trainable_params
-    optimizer = int(_OPTIMIZER_BYTES_PER_PARAM.get(inputs.optimizer, 8.0) * inputs.trainable_params)
+    shapes = inputs.parameter_shapes or ((inputs.trainable_params,),)
+    # Scaled when a suggestion changes the rank (and so the parameter count) of the same layers.
+    counted = sum(math.prod(shape) for shape in shapes)
+    optimizer = optimizer_state_bytes(inputs.optimizer, shapes) * inputs.trainable_params // max(counted, 1)
     subtotal = inputs.model_params_bytes + 2 * lora + optimizer + int(activations)
     return MemoryEstimate(inputs=inputs, weights_bytes=inputs.model_params_bytes, lora_bytes=lora,
                           gradient_bytes=lora, optimizer_bytes=optimizer, activation_bytes=int(activations),
@@ -85,8 +137,13 @@ def estimate_training_memory(model_params_bytes: int, trainable_params: int, bat
                              resolution: int | tuple[int, int], latent_channels: int = 4,
                              gradient_checkpointing: bool = False, mixed_precision: str = "fp16",
                              optimizer: str = "adamw", rank: int | None = None,
-                             latent_downscale: int = 8) -> MemoryEstimate:
-    """Estimate the accelerator memory one training step needs (see the module docstring for the formula)."""
+                             latent_downscale: int = 8,
+                             parameter_shapes: Sequence[tuple[int, ...]] | None = None) -> MemoryEstimate:
+    """Estimate the accelerator memory one training step needs (see the module docstring for the formula).
+
+    `parameter_shapes`: the trainable tensors' shapes (their element count is trainable_params), for an exact
+    optimizer state; without them the parameters count as one flat tensor.
+    """
     if isinstance(resolution, int):
         resolution = (resolution, resolution)
     for name, value in (("model_params_bytes", model_params_bytes), ("trainable_params", trainable_params)):
@@ -94,9 +151,13 @@ def estimate_training_memory(model_params_bytes: int, trainable_params: int, bat
             raise ValueError(f"{name} = {value} is not allowed; expected 0 or more.")
     if batch_size < 1 or min(resolution) < 1:
         raise ValueError(f"batch_size = {batch_size}, resolution = {resolution}: expected positive values.")
+    shapes = None if parameter_shapes is None else tuple(tuple(shape) for shape in parameter_shapes)
+    if shapes is not None and sum(math.prod(shape) for shape in shapes) != trainable_params:
+        raise ValueError(f"parameter_shapes hold {sum(math.prod(shape) for shape in shapes)} elements; expected "
+                         f"trainable_params = {trainable_params}.")
     return _estimate(MemoryInputs(model_params_bytes, trainable_params, batch_size, (resolution[0], resolution[1]),
                                   latent_channels, latent_downscale, gradient_checkpointing, mixed_precision,
-                                  optimizer, rank))
+                                  optimizer, rank, shapes))
 
 
 def _gib(n: int) -> str:
