@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.adapters.delta import delta_weight
-from trainer.errors import ConfigError, ResumeStateError
+from trainer.errors import ConfigError, LoraTargetError, ResumeStateError
 from trainer.lora.file import parse_lora
 from trainer.training.adapter_kinds import TRAINABLE_KINDS
 from trainer.training.adapter_kinds.lokr import factorization
@@ -283,6 +283,14 @@ def test_dora_magnitude_starts_at_the_base_weights_column_norms() -> None:
     norms = torch.linalg.vector_norm(weight, dim=(0, 2, 3), keepdim=True) + torch.finfo(torch.float32).eps
     assert adapters["0"].dora_scale.shape == (1, 12, 1, 1)
     torch.testing.assert_close(adapters["0"].dora_scale.detach(), norms)
+
+
+def test_dora_refuses_a_layer_whose_weight_is_no_float_tensor() -> None:
+    layer = nn.Linear(12, 16)
+    layer.weight = nn.Parameter(torch.zeros(16, 12, dtype=torch.int8), requires_grad=False)
+    with pytest.raises(LoraTargetError, match=r"layer '0' stores its weight as a Parameter of torch.int8; adapter "
+                                              r"dora reads the base weight and needs a plain float tensor"):
+        LoraAdapterSet(2, 2.0, adapter="dora").attach(nn.Sequential(layer), ["0"])
 
 
 def test_resume_state_round_trip_per_kind() -> None:
