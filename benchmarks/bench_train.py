@@ -133,7 +133,8 @@ def rss_bytes(pid: int) -> int:
 
 
 class RssSampler:
-    """Samples the host's VmRSS every `period` s in a thread; `peak` is the highest value seen."""
+    """Samples the host's VmRSS every `period` s in a thread; `peak` is the highest value seen, `after` the value
+    once the prompt has ended (what the run left behind: training tensors it did not give back)."""
 
     def __init__(self, pid: int, period: float = 0.02) -> None:
         self.pid, self.period = pid, period
@@ -154,7 +155,8 @@ class RssSampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, rss_bytes(self.pid))
+        self.after = rss_bytes(self.pid)
+        self.peak = max(self.peak, self.after)
 
 
 class Runner:
@@ -188,7 +190,8 @@ class Runner:
             losses, eval_loss = ui["loss_history"], ui["eval_loss"]
         if len(losses) != steps:
             raise HostError(f"{case}: {len(losses)} losses for {steps} steps")
-        return {"seconds": exec_seconds(entry), "cpu": cpu, "peak": rss.peak - rss.before, "losses": losses,
+        return {"seconds": exec_seconds(entry), "cpu": cpu, "peak": rss.peak - rss.before,
+                "kept": rss.after - rss.before, "losses": losses,
                 "eval": eval_loss, "load": os.getloadavg()[0]}
 
 
@@ -204,7 +207,8 @@ def summarise(runs: dict[str, list[dict]], n1: int, n2: int) -> dict:
             "cps": med([(b["cpu"] - a["cpu"]) / (n2 - n1) for a, b in pairs]),
             "prompt": med([r["seconds"] for r in runs["short"]]),
             "prompt_cpu": med([r["cpu"] for r in runs["short"]]),
-            "peak": max(r["peak"] for r in every), "load": med([r["load"] for r in every]),
+            "peak": max(r["peak"] for r in every), "kept": max(r["kept"] for r in every),
+            "load": med([r["load"] for r in every]),
             "loss": statistics.fmean(runs["N2"][-1]["losses"][-5:]), "eval": runs["N2"][-1]["eval"]}
 
 
@@ -269,7 +273,8 @@ def main() -> int:
                     t0 = time.monotonic()
                     r = runner.run(case, size, steps)
                     print(f"  {size}px {case} {kind} {steps} steps: host time {r['seconds']:.2f} s, CPU "
-                          f"{r['cpu']:.1f} s, peak RSS over idle {mib(r['peak'])}, last-5 loss "
+                          f"{r['cpu']:.1f} s, peak RSS over idle {mib(r['peak'])}, kept after {mib(r['kept'])}, "
+                          f"last-5 loss "
                           f"{statistics.fmean(r['losses'][-5:]):.4f}, fixed-noise {r['eval']}, load {r['load']:.2f} "
                           f"({time.monotonic() - t0:.0f} s wall)", flush=True)
                     if kind != "warm-up":
@@ -288,21 +293,25 @@ def main() -> int:
                              f"{o['prompt_cpu'] / nat['prompt_cpu']:.2f}x",
                              f"{mib(o['peak'])} / {mib(nat['peak'])} "
                              f"({'met' if o['peak'] <= nat['peak'] else 'MISSED'})",
+                             f"{mib(o['kept'])} / {mib(nat['kept'])}",
                              f"{o['loss']:.4f} eps (fixed noise {o['eval'][0]:.4f} -> {o['eval'][1]:.4f}) / "
                              f"{nat['loss']:.4f} x0"))
 
         print(f"\n| case | ours s/step | native s/step | s/step ratio (target <= {TARGET_TIME}x) | "
               f"{args.short_steps}-step prompt s, ours / native | prompt ratio (target <= {TARGET_PROMPT}x) | "
-              f"peak RSS over idle, ours / native | loss (last 5 of {n2}), ours / native |")
-        print("|---|---|---|---|---|---|---|---|")
+              f"peak RSS over idle, ours / native | RSS kept after the prompt, ours / native | "
+              f"loss (last 5 of {n2}), ours / native |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for row in rows:
             print("| " + " | ".join(row) + " |")
         print(f"\ns/step = median over {args.repeat} repetitions of (t({n2}) - t({n1})) / {n2 - n1}, t = the host's "
               "execution time of the prompt (CPU = the same difference of the host process's user+system CPU "
               "seconds); prompt = the host's time for the whole prompt, fixed costs included; peak RSS = host VmRSS "
-              "peak over its value before the prompt (20 ms sampling), max over the runs; load = median load average "
-              "over the runs. Native trains every UNet weight (convs, norms, biases too, alpha 1); ours only the "
-              "named targets (alpha = rank). Losses: ours = MSE on epsilon, native = MSE on x0 (not the same scale).")
+              "peak over its value before the prompt (20 ms sampling), max over the runs; kept = VmRSS once the "
+              "prompt ended over its value before it (memory the run did not give back), max over the runs; load = "
+              "median load average over the runs. Native trains every UNet weight (convs, norms, biases too, "
+              "alpha 1); ours only the named targets (alpha = rank). Losses: ours = MSE on epsilon, native = MSE "
+              "on x0 (not the same scale).")
         print_end(started, str(os.cpu_count()))
         return 0
 
