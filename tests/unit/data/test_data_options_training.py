@@ -17,6 +17,7 @@ from trainer.data.latents import ClassImages, EncodedImage, LatentBatches
 from trainer.errors import ResumeStateError
 from trainer.training.config import DataOptions, LoraShape, TrainConfig
 from trainer.training.denoising import Batch, noisy_inputs
+from trainer.training.distributed import DataParallel
 from trainer.training.loop import StepRecord, TrainResult, _batch_loss, train
 from trainer.training.losses import LossSettings
 from trainer.training.objective import NoiseSchedule
@@ -79,6 +80,24 @@ def test_masked_and_weighted_loss_equals_the_direct_formula() -> None:
         prediction = model(x_t, timesteps, cond)
     expected = (((prediction - target) ** 2 * mask).mean(dim=(1, 2, 3)) * weight).mean()
     assert torch.allclose(loss.detach(), expected, rtol=1e-6, atol=0)
+
+
+def test_shards_of_a_masked_weighted_batch_add_up_to_its_loss() -> None:
+    """Under torchrun each process takes its items of the mask and weights with its items of the batch."""
+    model = make_model()
+    generator = torch.Generator().manual_seed(1)
+    latents = torch.randn(3, *LATENT, generator=generator)
+    cond = torch.randn(3, COND_TOKENS, COND_DIM, generator=generator)
+    batch = Batch(latents, cond, torch.rand(3, 1, *LATENT[1:], generator=generator), torch.tensor([1.0, 0.5, 0.25]))
+    state = generator.get_state()
+
+    def loss(shard: DataParallel | None) -> torch.Tensor:
+        generator.set_state(state)  # every process draws the global batch's noise
+        with torch.no_grad():
+            return _batch_loss(model, batch, SCHEDULE, generator, torch.device("cpu"), "no", None, LossSettings(),
+                               shard=shard)[0]
+    shards = [loss(DataParallel(rank, 2, torch.device("cpu"))) for rank in range(2)]
+    assert torch.allclose(shards[0] + shards[1], loss(None), rtol=1e-6, atol=0)
 
 
 def test_batches_carry_the_step_captions_masks_and_weights() -> None:
