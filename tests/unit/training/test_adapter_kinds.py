@@ -285,6 +285,35 @@ def test_dora_magnitude_starts_at_the_base_weights_column_norms() -> None:
     torch.testing.assert_close(adapters["0"].dora_scale.detach(), norms)
 
 
+@pytest.mark.parametrize(("kind", "layer", "tucker"), [c for c in CASES if c[0] != "lora"])
+def test_rebuilt_kinds_keep_no_full_size_weight_for_backward(kind: str, layer: str, tucker: bool) -> None:
+    """One layer's rebuilt weight at a time: what autograd keeps from forward to backward is smaller than a weight,
+    and the gradients equal those of the same delta kept (no recompute)."""
+    model, adapters = _attached(kind, layer, tucker, rank=1)
+    _randomise(adapters)
+    adapters.train(True)
+    x = _input(layer)
+    weight_size = model[0].weight.numel()
+    kept: list[int] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        kept.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = model(x)
+    assert kept and max(kept) < weight_size
+    out.square().sum().backward()
+    grads = {name: p.grad.clone() for name, p in adapters.named_parameters()}
+    for p in adapters.parameters():
+        p.grad = None
+    weight = model[0].weight.detach()
+    expected = _apply(model[0], x, weight + adapters["0"].training_delta(lambda: weight))
+    expected.square().sum().backward()
+    for name, p in adapters.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-5, atol=1e-6 * float(p.grad.abs().max()))
+
+
 def test_dora_refuses_a_layer_whose_weight_is_no_float_tensor() -> None:
     layer = nn.Linear(12, 16)
     layer.weight = nn.Parameter(torch.zeros(16, 12, dtype=torch.int8), requires_grad=False)

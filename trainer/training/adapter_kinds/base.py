@@ -3,7 +3,8 @@
 An adapter's parameters are named by their role in the file (`hada_w1_a`, `lokr_w2`, `dora_scale`; LoRA's
 `lora_down.weight`), so the set's state, the resume state and the exported file all use the same names. The
 forward returns only what the adapter adds to the base layer's output, in fp32; kinds other than LoRA build
-their weight delta and apply it with the layer's own op (LyCORIS' "rebuild" mode).
+their weight delta and apply it with the layer's own op (LyCORIS' "rebuild" mode), recomputing it in backward
+rather than keeping it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import ClassVar, cast
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ...errors import LoraTargetError
 from ..config import LoraShape
@@ -153,6 +155,13 @@ class TrainableAdapter(nn.Module):
         x = x.to(torch.float32)
         if self.training and self.dropout > 0:
             x = F.dropout(x, p=self.dropout, training=True)
+        if torch.is_grad_enabled():
+            # Rebuilt again in backward (same RNG, so the same rank dropout): between forward and backward autograd
+            # keeps no full-size weight of this layer, so only one layer's rebuilt weight exists at a time.
+            return checkpoint(self._rebuilt_output, x, base_weight, use_reentrant=False)
+        return self._rebuilt_output(x, base_weight)
+
+    def _rebuilt_output(self, x: torch.Tensor, base_weight: BaseWeight) -> torch.Tensor:
         return self.layer.apply(x, self.training_delta(base_weight))
 
     def delta_weight(self, base_weight: BaseWeight) -> torch.Tensor:
