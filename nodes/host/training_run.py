@@ -351,7 +351,7 @@ class TrainingRun:
                                             gradient_checkpointing=opt.gradient_checkpointing,
                                             mixed_precision=opt.mixed_precision if on_gpu else "no",
                                             optimizer=opt.optimizer, rank=self.config.lora.rank,
-                                            parameter_shapes=shapes)
+                                            parameter_shapes=shapes, optimizer_args=opt.optimizer_kwargs())
         available = host_model.free_memory_bytes() + self.host.model.loaded_size()  # what the model holds counts
         ok, options = fits(estimate, available, eight_bit=on_gpu)
         if not ok:

@@ -6,7 +6,8 @@ total = weights + LoRA params (fp32) + their grads (fp32) + optimizer state + ac
     (optimizer_state_bytes): AdamW two fp32 moments and a step (8 B/param); adamw8bit two 8-bit moments and a
     block maximum per 256 (~2 B/param; fp32 for tensors under 4096 elements); Lion one moment (4 B/param);
     Adafactor a factored second moment (a row and a column per matrix, ~4/rank B/param on a LoRA matrix);
-    Prodigy four fp32 tensors (16 B/param); schedule-free AdamW two (8 B/param); SGD with momentum one;
+    Prodigy four fp32 tensors (16 B/param; less with slice_p); schedule-free AdamW two (8 B/param); SGD with
+    momentum one;
   - activations: batch x latent pixels x ACTIVATION_BYTES_PER_LATENT_PIXEL, scaled by the element size
     (fp32 doubles it) and by sqrt(model size / SD1.5 UNet size); gradient checkpointing keeps about
     CHECKPOINTING_FACTOR of them. Calibrated on public reports (SD1.5 at 512 px, batch 1, fp16, no
@@ -20,8 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -37,27 +39,33 @@ OVERHEAD_FRACTION = 0.10
 OVERHEAD_FIXED_BYTES = 256 * 1024**2
 _ELEMENT_BYTES = {"no": 4, "fp16": 2, "bf16": 2}
 # Per optimizer kind: state bytes per element of a parameter, and per parameter tensor (torch's 0-d fp32 `step`).
-# Counted from each library's state after one step (tests/unit/training/test_optimizer_memory.py); with the
-# defaults optimizers.py passes. custom: unknown, counted as AdamW.
-_STATE_BYTES = {"adamw": (8, 4), "lion": (4, 0), "prodigy": (16, 0), "adamw_schedulefree": (8, 0),
-                "sgd_nesterov": (4, 0), "custom": (8, 4)}
+# Counted from each library's state after one step (tests/unit/training/test_optimizer_memory.py), with the
+# defaults optimizers.py passes; _tensor_state_bytes adds what optimizer_args change. custom: counted as AdamW.
+_STATE_BYTES = {"adamw": (8, 4), "lion": (4, 0), "adamw_schedulefree": (8, 0), "sgd_nesterov": (4, 0),
+                "custom": (8, 4)}
 STEP_BYTES = 4
 # bitsandbytes' 8-bit states: tensors under min_8bit_size keep fp32 states; block-wise absmax per 256 elements.
 BNB_MIN_8BIT_SIZE = 4096
 BNB_BLOCK_SIZE = 256
 
 
-def _tensor_state_bytes(optimizer: str, shape: tuple[int, ...]) -> int:
+def _tensor_state_bytes(optimizer: str, shape: tuple[int, ...], arguments: Mapping[str, Any]) -> int:
     n = math.prod(shape)
     if optimizer == "adamw8bit":
-        if n < BNB_MIN_8BIT_SIZE:
+        if n < arguments.get("min_8bit_size", BNB_MIN_8BIT_SIZE):
             return 8 * n
         return 2 * n + 2 * 4 * math.ceil(n / BNB_BLOCK_SIZE)  # (the two 256-entry quantile maps are shared)
     if optimizer == "adafactor":  # torch's: the second moment factored over the last two dims, no momentum
         if len(shape) < 2:
             return 4 * n + STEP_BYTES
         return 4 * (math.prod(shape[:-1]) + math.prod(shape[:-2]) * shape[-1]) + STEP_BYTES
+    if optimizer == "prodigy":  # s and p0 over every slice_p-th element, exp_avg (unless beta1 = 0), exp_avg_sq
+        sliced = math.ceil(n / arguments.get("slice_p", 1))
+        first_moment = n if arguments.get("betas", (0.9, 0.999))[0] > 0 else 0
+        return 4 * (2 * sliced + first_moment + n)
     per_element, per_tensor = _STATE_BYTES.get(optimizer, _STATE_BYTES["custom"])
+    if optimizer in ("adamw", "custom") and arguments.get("amsgrad", False):
+        per_element += 4  # max_exp_avg_sq
     return per_element * n + per_tensor
 
 
@@ -69,10 +77,12 @@ def adapter_parameter_shapes(model: nn.Module, module_names: Sequence[str], shap
             for factor in kind.factor_shapes(LayerGeometry.of(modules[name], name), shape).values()]
 
 
-def optimizer_state_bytes(optimizer: str, shapes: Iterable[tuple[int, ...]]) -> int:
+def optimizer_state_bytes(optimizer: str, shapes: Iterable[tuple[int, ...]],
+                          arguments: Mapping[str, Any] | None = None) -> int:
     """Bytes of optimizer state for fp32 trainable tensors of these shapes, as the optimizer kind's library keeps
-    them (with the defaults; optimizer_args such as Prodigy's slice_p can lower it)."""
-    return sum(_tensor_state_bytes(optimizer, tuple(shape)) for shape in shapes)
+    them; `arguments`: the run's optimizer_args (Prodigy's slice_p and betas, AdamW's amsgrad, bitsandbytes'
+    min_8bit_size change it)."""
+    return sum(_tensor_state_bytes(optimizer, tuple(shape), arguments or {}) for shape in shapes)
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,7 @@ class MemoryInputs:
     rank: int | None = None  # when given, suggestions may lower it (trainable params scale with rank)
     # The trainable tensors' shapes, for the optimizer state (Adafactor's depends on them); None: one flat tensor.
     parameter_shapes: tuple[tuple[int, ...], ...] | None = None
+    optimizer_args: tuple[tuple[str, Any], ...] = ()  # the run's optimizer_args, as (key, value) pairs
 
 
 @dataclass(frozen=True)
@@ -126,7 +137,8 @@ def _estimate(inputs: MemoryInputs) -> MemoryEstimate:
     shapes = inputs.parameter_shapes or ((inputs.trainable_params,),)
     # Scaled when a suggestion changes the rank (and so the parameter count) of the same layers.
     counted = sum(math.prod(shape) for shape in shapes)
-    optimizer = optimizer_state_bytes(inputs.optimizer, shapes) * inputs.trainable_params // max(counted, 1)
+    optimizer = (optimizer_state_bytes(inputs.optimizer, shapes, dict(inputs.optimizer_args))
+                 * inputs.trainable_params // max(counted, 1))
     subtotal = inputs.model_params_bytes + 2 * lora + optimizer + int(activations)
     return MemoryEstimate(inputs=inputs, weights_bytes=inputs.model_params_bytes, lora_bytes=lora,
                           gradient_bytes=lora, optimizer_bytes=optimizer, activation_bytes=int(activations),
@@ -138,11 +150,13 @@ def estimate_training_memory(model_params_bytes: int, trainable_params: int, bat
                              gradient_checkpointing: bool = False, mixed_precision: str = "fp16",
                              optimizer: str = "adamw", rank: int | None = None,
                              latent_downscale: int = 8,
-                             parameter_shapes: Sequence[tuple[int, ...]] | None = None) -> MemoryEstimate:
+                             parameter_shapes: Sequence[tuple[int, ...]] | None = None,
+                             optimizer_args: Mapping[str, Any] | None = None) -> MemoryEstimate:
     """Estimate the accelerator memory one training step needs (see the module docstring for the formula).
 
     `parameter_shapes`: the trainable tensors' shapes (their element count is trainable_params), for an exact
-    optimizer state; without them the parameters count as one flat tensor.
+    optimizer state; without them the parameters count as one flat tensor. `optimizer_args`: the run's
+    (Optimisation.optimizer_kwargs()), where they change the state.
     """
     if isinstance(resolution, int):
         resolution = (resolution, resolution)
@@ -157,7 +171,7 @@ def estimate_training_memory(model_params_bytes: int, trainable_params: int, bat
                          f"trainable_params = {trainable_params}.")
     return _estimate(MemoryInputs(model_params_bytes, trainable_params, batch_size, (resolution[0], resolution[1]),
                                   latent_channels, latent_downscale, gradient_checkpointing, mixed_precision,
-                                  optimizer, rank, shapes))
+                                  optimizer, rank, shapes, tuple(sorted((optimizer_args or {}).items()))))
 
 
 def _gib(n: int) -> str:

@@ -18,6 +18,11 @@ from trainer.training.memory import adapter_parameter_shapes, estimate_training_
 SHAPES = [(4, 40), (24, 4), (4, 8, 3, 3), (16, 4, 1, 1), (1, 40), (7,), (3000, 2)]
 KINDS = [("adamw", {}), ("lion", {}), ("adafactor", {}), ("prodigy", {"learning_rate": 1.0}),
          ("adamw_schedulefree", {}), ("sgd_nesterov", {}), ("custom", {"optimizer_class": "torch.optim.Adam"})]
+# optimizer_args that change the state: Prodigy's slice_p (s and p0 over every 11th element) and beta1 = 0 (no
+# exp_avg), AdamW's amsgrad (max_exp_avg_sq).
+WITH_ARGS = [("prodigy", {"learning_rate": 1.0, "optimizer_args": "slice_p=11"}),
+             ("prodigy", {"learning_rate": 1.0, "optimizer_args": "betas=(0.0, 0.999)"}),
+             ("adamw", {"optimizer_args": "amsgrad=True"})]
 
 
 def _state_bytes_after_one_step(kind: str, settings: dict[str, object]) -> int:
@@ -35,9 +40,11 @@ def _state_bytes_after_one_step(kind: str, settings: dict[str, object]) -> int:
                for value in state.values() if isinstance(value, torch.Tensor))
 
 
-@pytest.mark.parametrize(("kind", "settings"), KINDS, ids=[kind for kind, _ in KINDS])
+@pytest.mark.parametrize(("kind", "settings"), KINDS + WITH_ARGS,
+                         ids=[f"{kind}-{settings.get('optimizer_args', '')}" for kind, settings in KINDS + WITH_ARGS])
 def test_state_bytes_equal_the_real_optimizers_state_after_one_step(kind: str, settings: dict[str, object]) -> None:
-    assert optimizer_state_bytes(kind, SHAPES) == _state_bytes_after_one_step(kind, settings)
+    arguments = Optimisation(optimizer=kind, **settings).optimizer_kwargs()  # type: ignore[arg-type]
+    assert optimizer_state_bytes(kind, SHAPES, arguments) == _state_bytes_after_one_step(kind, settings)
 
 
 def test_the_kinds_rank_as_their_libraries_do() -> None:
@@ -59,6 +66,7 @@ def test_adamw8bit_follows_bitsandbytes_thresholds() -> None:
     assert optimizer_state_bytes("adamw8bit", [(4095,)]) == 8 * 4095
     assert optimizer_state_bytes("adamw8bit", [(64, 64)]) == 2 * 4096 + 2 * 4 * 16
     assert optimizer_state_bytes("adamw8bit", [(4097,)]) == 2 * 4097 + 2 * 4 * 17
+    assert optimizer_state_bytes("adamw8bit", [(4097,)], {"min_8bit_size": 8192}) == 8 * 4097
 
 
 @pytest.mark.parametrize("adapter", ["lora", "loha", "lokr", "dora"])
@@ -76,6 +84,9 @@ def test_the_estimate_counts_the_optimizer_state_of_the_shapes() -> None:
     for kind, _ in KINDS:
         estimate = estimate_training_memory(10**9, numel, 1, 512, optimizer=kind, parameter_shapes=SHAPES)
         assert estimate.optimizer_bytes == optimizer_state_bytes(kind, SHAPES), kind
+    sliced = estimate_training_memory(10**9, numel, 1, 512, optimizer="prodigy", parameter_shapes=SHAPES,
+                                      optimizer_args={"slice_p": 11})
+    assert sliced.optimizer_bytes == optimizer_state_bytes("prodigy", SHAPES, {"slice_p": 11}) < 16 * numel
     flat = estimate_training_memory(10**9, numel, 1, 512, optimizer="adafactor")
     assert flat.optimizer_bytes == 4 * numel + 4  # without shapes: one flat tensor, the unfactored upper bound
     with pytest.raises(ValueError, match="parameter_shapes hold 160 elements; expected trainable_params = 161"):
