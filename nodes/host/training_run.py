@@ -211,7 +211,10 @@ class TrainingRun:
 
     def attach(self) -> None:
         model, clip = self.host.model, self.host.clip
-        host_model.load_for_training(model, clip if self.train_clip else None)
+        # A CLIP that encodes at every step (it trains, or the captions vary) stays loaded beside the model: loading
+        # it on demand could offload the model being trained.
+        encodes_each_step = self.train_clip or self.spec.options.varies_captions
+        host_model.load_for_training(model, clip if encodes_each_step else None)
         release_inference_tensors(self.unet)
         self.adapters.attach(self.unet, self.unet_layers)
         self.name_map.update(host_model.unet_kohya_names(model, self.unet_layers))
