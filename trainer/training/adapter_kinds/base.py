@@ -88,7 +88,6 @@ class TrainableAdapter(nn.Module):
     """One kind's trainable factors on one base layer; `forward(x, base_weight)` returns what it adds (fp32)."""
 
     kind: ClassVar[str]
-    reads_base_weight: ClassVar[bool] = False  # True: the forward and the init read the base layer's weight
     alpha: torch.Tensor
 
     def __init__(self, layer: LayerGeometry, shape: LoraShape, name: str) -> None:

@@ -36,11 +36,7 @@ class DoraKind(LoraKind):
     """A LoRA pair plus the magnitude `dora_scale` of one base layer."""
 
     kind = "dora"
-    reads_base_weight = True
-
-    def __init__(self, layer: LayerGeometry, shape: LoraShape, name: str) -> None:
-        super().__init__(layer, shape, name)
-        self.dora_scale = nn.Parameter(torch.empty(self.factor_shapes(layer, shape)["dora_scale"]))
+    dora_scale: nn.Parameter  # registered from factor_shapes by TrainableAdapter
 
     @classmethod
     def factor_shapes(cls, layer: LayerGeometry, shape: LoraShape) -> dict[str, tuple[int, ...]]:

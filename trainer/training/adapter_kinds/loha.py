@@ -29,12 +29,11 @@ class LohaKind(TrainableAdapter):
     def factor_shapes(cls, layer: LayerGeometry, shape: LoraShape) -> dict[str, tuple[int, ...]]:
         r = shape.rank
         if uses_tucker(layer, shape):
-            pair = {"w{i}_a": (r, layer.out_features), "w{i}_b": (r, layer.in_features)}
-            core = (r, r, *layer.kernel_size)
-            return {**{f"hada_t{i}": core for i in (1, 2)},
-                    **{f"hada_{k.format(i=i)}": v for i in (1, 2) for k, v in pair.items()}}
-        return {f"hada_w{i}_{side}": ((layer.out_features, r) if side == "a" else (r, layer.flat_in))
-                for i in (1, 2) for side in ("a", "b")}
+            core, side_a, side_b = (r, r, *layer.kernel_size), (r, layer.out_features), (r, layer.in_features)
+            return {"hada_t1": core, "hada_t2": core, "hada_w1_a": side_a, "hada_w1_b": side_b,
+                    "hada_w2_a": side_a, "hada_w2_b": side_b}
+        side_a, side_b = (layer.out_features, r), (r, layer.flat_in)
+        return {"hada_w1_a": side_a, "hada_w1_b": side_b, "hada_w2_a": side_a, "hada_w2_b": side_b}
 
     def reset_parameters(self, generator: torch.Generator, base_weight: BaseWeight) -> None:
         factors = self.factors()
