@@ -266,6 +266,10 @@ def train(denoiser: Denoiser, adapters: LoraAdapterSet, batches: BatchFn, schedu
     sampling.check(schedule)
     schedule = training_schedule(schedule, opt)  # zero_terminal_snr rescales it
     LossSettings.of(opt).check(schedule)
+    if data_parallel is not None and config.lora.module_dropout > 0:
+        # Each process draws its own skips, so the gradients they sum would belong to different layers.
+        raise ConfigError(f"module_dropout = {config.lora.module_dropout!r} is not allowed with "
+                          f"{data_parallel.world_size} training processes; expected 0 (off), or train in one process.")
     if not config.ema.enabled:
         ema = None
     elif ema is None:
