@@ -26,6 +26,7 @@ from .adapter_kinds import TRAINABLE_KINDS
 from .adapter_kinds.base import LayerGeometry, TrainableAdapter
 from .config import LoraShape
 from .layer_selection import is_linear_layer
+from .memory import adapter_parameter_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +42,7 @@ def stored_weight(layer: nn.Module) -> torch.Tensor:
 
 def adapter_parameter_count(model: nn.Module, module_names: list[str], shape: LoraShape) -> int:
     """How many parameters the adapters of `shape` on these Linear/Conv2d layers train, without building them."""
-    modules = dict(model.named_modules())
-    kind = TRAINABLE_KINDS[shape.adapter]
-    return sum(math.prod(factor) for name in module_names
-               for factor in kind.factor_shapes(LayerGeometry.of(modules[name], name), shape).values())
+    return sum(math.prod(factor) for factor in adapter_parameter_shapes(model, module_names, shape))
 
 
 def _layer_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
