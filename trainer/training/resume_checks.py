@@ -92,7 +92,8 @@ def check_resumable(saved: TrainConfig, current: TrainConfig, saved_step: int,
                                "back, or turn resume off to start a new run.", path=source)
     # Every data option (captions, masks, class images) decides what the steps train on and what they draw.
     other_data = [f"{f.name}: saved {getattr(saved.data, f.name)!r}, now {getattr(current.data, f.name)!r}"
-                  for f in dataclasses.fields(DataOptions) if getattr(saved.data, f.name) != getattr(current.data, f.name)]
+                  for f in dataclasses.fields(DataOptions)
+                  if getattr(saved.data, f.name) != getattr(current.data, f.name)]
     if other_data:
         raise ResumeStateError(f"{where} was trained with other dataset options (" + "; ".join(other_data)
                                + "): continuing would not be the same run. Set them back on the LoRA Dataset node, "
