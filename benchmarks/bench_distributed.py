@@ -16,7 +16,7 @@ ignored (a few 25 MB buckets: tens of microseconds each). The engine sums after 
 so t adds to every optimizer step (once per step, not per micro-batch: accumulation divides it).
 
 LoRA parameter counts, rank r, from the layer shapes (LoRA on a Linear in -> out has r x (in + out)
-parameters); the same numbers come from the engine's select_targets + lora_parameter_count on ComfyUI's SDXL
+parameters); the same numbers come from the engine's select_targets + adapter_parameter_count on ComfyUI's SDXL
 UNet and Flux models instantiated on the meta device (checked when this file was written):
   SDXL UNet (2.57 B parameters): transformer blocks of width d = 640 (10 blocks, 5 transformers) and
     d = 1280 (60 blocks, 6 transformers), cross-attention context 2048. Per block: self-attention q, k, v, out

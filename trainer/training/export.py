@@ -142,6 +142,13 @@ def _network_args(config: TrainConfig) -> dict[str, str]:
         args["rank_dropout"] = str(lora.rank_dropout)
     if lora.module_dropout > 0:
         args["module_dropout"] = str(lora.module_dropout)
+    # sd-scripts takes these as network arguments too (LoRA+; its layer patterns are regular expressions as ours).
+    if config.optimisation.loraplus_lr_ratio > 0:
+        args["loraplus_lr_ratio"] = str(config.optimisation.loraplus_lr_ratio)
+    if lora.include_layers:
+        args["include_patterns"] = lora.include_layers
+    if lora.exclude_layers:
+        args["exclude_patterns"] = lora.exclude_layers
     return args
 
 
@@ -199,7 +206,16 @@ def kohya_metadata(config: TrainConfig, summary: TrainingSummary, base_model_ver
         "ss_seed": str(opt.seed),
         "ss_noise_offset": str(opt.noise_offset) if opt.noise_offset > 0 else "None",
         "ss_min_snr_gamma": str(opt.min_snr_gamma) if opt.min_snr_gamma else "None",  # kohya writes None when off
-        "ss_loss_type": "l2",
+        "ss_loss_type": opt.loss_type,
+        "ss_huber_schedule": opt.huber_schedule,
+        "ss_huber_c": str(opt.huber_c),
+        "ss_debiased_estimation": str(opt.debiased_estimation),
+        "ss_noise_offset_random_strength": str(opt.noise_offset_random_strength),
+        "ss_multires_noise_iterations": str(opt.multires_noise_iterations or None),  # kohya: None when off
+        "ss_multires_noise_discount": str(opt.multires_noise_discount),
+        "ss_ip_noise_gamma": str(opt.ip_noise_gamma or None),
+        "ss_ip_noise_gamma_random_strength": str(opt.ip_noise_gamma_random_strength),
+        "ss_zero_terminal_snr": str(opt.zero_terminal_snr),
         "ss_timestep_sampling": opt.timestep_sampling,
         "ss_min_timestep": str(opt.min_timestep),
         "ss_max_timestep": str(opt.max_timestep),

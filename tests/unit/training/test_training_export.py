@@ -128,3 +128,26 @@ def test_kohya_metadata_keys() -> None:
     sd1 = kohya_metadata(config(), _summary(), "sd_v1")
     assert (sd1["modelspec.architecture"] == "stable-diffusion-v1/lora"
             and sd1["modelspec.implementation"] == "diffusers")
+
+
+def test_kohya_metadata_records_the_objective_and_network_options_as_sd_scripts_names_them() -> None:
+    plain = kohya_metadata(config(), _summary(), "sd_v1")
+    assert (plain["ss_loss_type"], plain["ss_multires_noise_iterations"], plain["ss_ip_noise_gamma"]) == (
+        "l2", "None", "None")
+    assert plain["ss_zero_terminal_snr"] == "False" and "loraplus_lr_ratio" not in plain["ss_network_args"]
+    lora = LoraShape(rank=4, alpha=4.0, targets="attention", include_layers="proj_in", exclude_layers="attn1")
+    md = kohya_metadata(config(lora=lora, loss_type="huber", huber_schedule="exponential", huber_c=0.2,
+                               debiased_estimation=True, multires_noise_iterations=6, multires_noise_discount=0.4,
+                               ip_noise_gamma=0.1, ip_noise_gamma_random_strength=True, zero_terminal_snr=True,
+                               noise_offset=0.05, noise_offset_random_strength=True, loraplus_lr_ratio=16.0),
+                        _summary(), "sd_v1")
+    assert {k: md[k] for k in ("ss_loss_type", "ss_huber_schedule", "ss_huber_c", "ss_debiased_estimation",
+                               "ss_multires_noise_iterations", "ss_multires_noise_discount", "ss_ip_noise_gamma",
+                               "ss_ip_noise_gamma_random_strength", "ss_zero_terminal_snr", "ss_noise_offset",
+                               "ss_noise_offset_random_strength")} == {
+        "ss_loss_type": "huber", "ss_huber_schedule": "exponential", "ss_huber_c": "0.2",
+        "ss_debiased_estimation": "True", "ss_multires_noise_iterations": "6", "ss_multires_noise_discount": "0.4",
+        "ss_ip_noise_gamma": "0.1", "ss_ip_noise_gamma_random_strength": "True", "ss_zero_terminal_snr": "True",
+        "ss_noise_offset": "0.05", "ss_noise_offset_random_strength": "True"}
+    assert json.loads(md["ss_network_args"]) == {"loraplus_lr_ratio": "16.0", "include_patterns": "proj_in",
+                                                 "exclude_patterns": "attn1"}
