@@ -14,10 +14,8 @@ from ..trainer.training.config import (
     Sampling,
     TrainConfig,
     Workers,
-    config_field,
-    field_help,
-    field_type,
 )
+from ..trainer.training.settings import config_field, field_help, field_type
 
 _T = TypeVar("_T")
 

@@ -10,7 +10,8 @@ from scripts.graphs import Graph, checkpoint, out
 from scripts.make_demo_dataset import make_demo_dataset
 from scripts.training_graphs import TRIGGER, option_nodes
 from trainer.safetensors_io import read_safetensors
-from trainer.training.config import DataOptions, field_help
+from trainer.training.data_options import DataOptions
+from trainer.training.settings import field_help
 
 # The controls users of sd-scripts combine, on the option nodes: Prodigy (its own lr estimate: learning_rate is a
 # multiplier) with cosine restarts, and an EMA saved beside the weights.

@@ -20,7 +20,7 @@ WORKFLOWS = ("workflows/train_lora_from_folder.json", "workflows/resume_stopped_
 def pack() -> dict[str, ModuleType]:
     return {name: import_pack_module(module) for name, module in (
         ("inputs", "nodes.config_inputs"), ("options", "nodes.train_options"), ("config", "trainer.training.config"),
-        ("groups", "nodes.option_groups"))}
+        ("groups", "nodes.option_groups"), ("settings", "trainer.training.settings"))}
 
 
 def test_no_inputs_means_the_dataclass_defaults(pack: dict[str, ModuleType]) -> None:
@@ -72,7 +72,7 @@ def _groups(pack: dict[str, ModuleType]) -> list[type]:
 
 
 def test_grouped_option_nodes_chain_and_the_nearer_node_wins(pack: dict[str, ModuleType]) -> None:
-    groups, inputs, config = pack["groups"], pack["inputs"], pack["config"]
+    groups, inputs, settings = pack["groups"], pack["inputs"], pack["settings"]
     (older,) = pack["options"].LoraLabTrainOptions().options(optimizer="lion", loss_type="l1")
     (objective,) = groups.LoraLabObjectiveOptions().options(options=older, loss_type="huber", huber_c=0.2)
     (optimizer,) = groups.LoraLabOptimizerOptions().options(options=objective, optimizer="prodigy")
@@ -84,17 +84,17 @@ def test_grouped_option_nodes_chain_and_the_nearer_node_wins(pack: dict[str, Mod
         assert list(types["required"]) == list(group.SETTINGS) and list(types["optional"]) == ["options"]
         for name in group.SETTINGS:  # the same entry as wherever else the setting is an input
             section, field_name = inputs.INPUT_FIELDS[name]
-            assert types["required"][name][1]["tooltip"] == config.field_help(section, field_name)
+            assert types["required"][name][1]["tooltip"] == settings.field_help(section, field_name)
 
 
 def test_input_entries_come_from_the_fields(pack: dict[str, ModuleType]) -> None:
-    config, inputs = pack["config"], pack["inputs"]
+    config, inputs, settings = pack["config"], pack["inputs"], pack["settings"]
     assert inputs.input_spec("mixed_precision") == (
         ["no", "fp16", "bf16"],
-        {"default": "bf16", "tooltip": config.field_help(config.Optimisation, "mixed_precision")})
+        {"default": "bf16", "tooltip": settings.field_help(config.Optimisation, "mixed_precision")})
     assert inputs.input_spec("checkpoint_every") == (
         "INT", {"default": 0, "min": 0, "max": 1_000_000,
-                "tooltip": config.field_help(config.Checkpointing, "every_n_steps")})
+                "tooltip": settings.field_help(config.Checkpointing, "every_n_steps")})
     assert inputs.input_spec("sample_prompts")[1]["multiline"] is True
     assert inputs.input_spec("sample_sampler", ["euler", "ddim"])[0] == ["euler", "ddim"]
     assert inputs.input_spec("resume")[0] == "BOOLEAN"

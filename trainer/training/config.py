@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
 import json
-import math
-import typing
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
+from .data_options import DataOptions
 from .layer_selection import layer_patterns
 from .losses import HUBER_SCHEDULES, LOSS_TYPES
+from .optimizer_args import is_dotted_name, parse_optimizer_args
+from .settings import check_fields, invalid, setting
 from .workers import WorkerRequest, parse_workers
 
 TARGET_KINDS: tuple[str, ...] = ("attention", "attention_ff", "attention_ff_conv")
@@ -38,65 +36,6 @@ TIMESTEP_SAMPLINGS: tuple[str, ...] = ("uniform", "sigmoid", "logit_normal", "sh
 CONFIG_VERSION = 2
 METADATA_PREFIX = "loralab."
 _NULL_MEANT_ZERO_BEFORE_V2 = {("optimisation", "min_snr_gamma"), ("lora", "text_encoder_lr")}
-
-
-# Each field declares one setting once: type, default, help, range (metadata["ui"]: min / max / step, enforced
-# here and shown by the node widgets) and choices (metadata["choices"]); nodes/ generates its inputs from them.
-def setting(default: Any, help: str, *, choices: Sequence[str] | None = None, exclusive_min: bool = False,
-            **ui: Any) -> Any:
-    """A config field: its default, help text, range (`ui`: min, max, step, round, multiline) and choices.
-
-    min and max are inclusive unless `exclusive_min` (a learning rate must be above 0, yet 0 is where its
-    widget starts).
-    """
-    metadata: dict[str, Any] = {"help": help}
-    if choices is not None:
-        metadata["choices"] = tuple(choices)
-    if ui:
-        metadata["ui"] = dict(ui)
-    if exclusive_min:
-        metadata["exclusive_min"] = True
-    return field(default=default, metadata=metadata)
-
-
-def _invalid(field_name: str, value: object, allowed: str) -> ConfigError:
-    return ConfigError(f"{field_name} = {value!r} is not allowed; expected {allowed}.")
-
-
-def _check_field(name: str, kind: type, value: object, metadata: typing.Mapping[str, Any]) -> None:
-    """One field against its declared type, range and choices."""
-    ui = metadata.get("ui", {})
-    low, high = ui.get("min"), ui.get("max")
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise _invalid(name, value, "True or False")
-    elif kind is int:
-        # bool is an int subclass; True as a rank is a caller bug, not a rank of 1.
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise _invalid(name, value, "an integer")
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise _invalid(name, value, f"an integer between {low} and {high}" if high is not None
-                           else f"an integer of at least {low}")
-    elif kind is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise _invalid(name, value, "a finite number")
-        exclusive = metadata.get("exclusive_min", False)
-        if (low is not None and (value <= low if exclusive else value < low)) or (high is not None and value > high):
-            lower = f"greater than {low}" if exclusive else f"at least {low}"
-            raise _invalid(name, value, f"a number {lower}" + (f" and at most {high}" if high is not None else ""))
-    elif kind is str:
-        choices = metadata.get("choices")
-        if choices is not None and value not in choices:
-            raise _invalid(name, value, "one of " + ", ".join(repr(c) for c in choices))
-        if not isinstance(value, str):
-            raise _invalid(name, value, "a text")
-    else:  # a new field type needs its own check (and its own node input kind)
-        raise TypeError(f"{name}: no check for fields of type {kind!r}")
-
-
-def _check_fields(instance: object) -> None:
-    for f in dataclasses.fields(instance):  # type: ignore[arg-type]
-        _check_field(f.name, field_type(type(instance), f.name), getattr(instance, f.name), f.metadata)
 
 
 @dataclass(frozen=True)
@@ -145,11 +84,11 @@ class LoraShape:
                                     min=0.0, max=0.9, step=0.01)
 
     def __post_init__(self) -> None:
-        _check_fields(self)
+        check_fields(self)
         layer_patterns("include_layers", self.include_layers)  # raises ConfigError naming an invalid pattern
         layer_patterns("exclude_layers", self.exclude_layers)
         if self.lokr_factor == 0:
-            raise _invalid("lokr_factor", self.lokr_factor, "-1 (automatic) or a factor of at least 1")
+            raise invalid("lokr_factor", self.lokr_factor, "-1 (automatic) or a factor of at least 1")
 
     @property
     def scale(self) -> float:
@@ -270,60 +209,26 @@ class Optimisation:
                                             "only. 0 = off.", min=0.0, max=1000.0, step=0.5)
 
     def __post_init__(self) -> None:
-        _check_fields(self)
+        check_fields(self)
         if self.warmup_steps >= self.steps:
-            raise _invalid("warmup_steps", self.warmup_steps, f"fewer warmup steps than steps ({self.steps})")
+            raise invalid("warmup_steps", self.warmup_steps, f"fewer warmup steps than steps ({self.steps})")
         after_warmup = self.steps - self.warmup_steps
         if self.schedule == "warmup_stable_decay" and self.decay_steps > after_warmup:
-            raise _invalid("decay_steps", self.decay_steps, f"at most the {after_warmup} steps after warmup "
+            raise invalid("decay_steps", self.decay_steps, f"at most the {after_warmup} steps after warmup "
                                                             f"(steps {self.steps} - warmup_steps {self.warmup_steps})")
         if self.optimizer in SCHEDULE_FREE_OPTIMIZERS and self.schedule != "constant":
-            raise _invalid("schedule", self.schedule, f"'constant' with optimizer {self.optimizer!r}: a schedule-free "
+            raise invalid("schedule", self.schedule, f"'constant' with optimizer {self.optimizer!r}: a schedule-free "
                                                       "optimizer replaces the schedule (warmup_steps still applies)")
-        if self.optimizer == "custom" and not _is_dotted_name(self.optimizer_class):
-            raise _invalid("optimizer_class", self.optimizer_class, "with optimizer 'custom', the optimizer class "
+        if self.optimizer == "custom" and not is_dotted_name(self.optimizer_class):
+            raise invalid("optimizer_class", self.optimizer_class, "with optimizer 'custom', the optimizer class "
                                                                     "by dotted name, e.g. 'torch.optim.RAdam'")
         parse_optimizer_args(self.optimizer_args)  # raises ConfigError naming the bad argument
         if self.min_timestep >= self.max_timestep:
-            raise _invalid("min_timestep", self.min_timestep, f"less than max_timestep ({self.max_timestep})")
+            raise invalid("min_timestep", self.min_timestep, f"less than max_timestep ({self.max_timestep})")
 
     def optimizer_kwargs(self) -> dict[str, Any]:
         """optimizer_args as keyword arguments (validated when the config was made)."""
         return parse_optimizer_args(self.optimizer_args)
-
-
-def _is_dotted_name(text: str) -> bool:
-    parts = text.split(".")
-    return len(parts) >= 2 and all(part.isidentifier() for part in parts)
-
-
-def parse_optimizer_args(text: str) -> dict[str, Any]:
-    """`key=value, ...` -> {key: value}, each value a Python literal read by ast.literal_eval (nothing is run).
-
-    Parsed as the keyword arguments of a call, so commas inside tuples and strings need no escaping.
-    """
-    if not text.strip():
-        return {}
-    try:
-        call = ast.parse(f"f({text})", mode="eval").body
-    except SyntaxError as e:
-        raise _invalid("optimizer_args", text, "comma-separated key=value pairs with Python literal values, "
-                                               "e.g. betas=(0.9, 0.99), eps=1e-8") from e
-    if not isinstance(call, ast.Call) or call.args or any(k.arg is None for k in call.keywords):
-        raise _invalid("optimizer_args", text, "only key=value pairs (no bare values, no **), "
-                                               "e.g. betas=(0.9, 0.99), eps=1e-8")
-    parsed: dict[str, Any] = {}
-    for keyword in call.keywords:
-        assert keyword.arg is not None
-        if keyword.arg in parsed:
-            raise _invalid("optimizer_args", text, f"each key once ({keyword.arg} is given twice)")
-        try:
-            parsed[keyword.arg] = ast.literal_eval(keyword.value)
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
-            raise _invalid("optimizer_args", ast.get_source_segment(f"f({text})", keyword) or keyword.arg,
-                           f"a Python literal value for {keyword.arg} (number, True/False/None, tuple, list, "
-                           "'quoted text')") from e
-    return parsed
 
 
 @dataclass(frozen=True)
@@ -338,7 +243,7 @@ class Checkpointing:
                                             "run can be resumed exactly.")
 
     def __post_init__(self) -> None:
-        _check_fields(self)
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -357,7 +262,7 @@ class Ema:
                                      "instead of <name>.safetensors; both files are written either way.")
 
     def __post_init__(self) -> None:
-        _check_fields(self)
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -376,7 +281,7 @@ class Sampling:
     scheduler: str = setting("normal", "Scheduler of each sample, as on a KSampler.")
 
     def __post_init__(self) -> None:
-        _check_fields(self)
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -386,7 +291,7 @@ class RunStart:
     resume: bool = setting(False, "Continue the run saved under the same name from its last checkpoint.")
 
     def __post_init__(self) -> None:
-        _check_fields(self)
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -398,7 +303,7 @@ class Evaluation:
                                "(a short run saves their time).", choices=("off", "1", "2", "4", "8"))
 
     def __post_init__(self) -> None:
-        _check_fields(self)
+        check_fields(self)
 
     @property
     def image_count(self) -> int:
@@ -416,7 +321,7 @@ class Workers:
                                "The batch is per process; the dashboard follows the run.")
 
     def __post_init__(self) -> None:
-        _check_fields(self)
+        check_fields(self)
         parse_workers(self.workers)  # refuses a malformed text by name
 
     @property
@@ -425,77 +330,10 @@ class Workers:
         return parse_workers(self.workers)
 
 
-@dataclass(frozen=True)
-class DataOptions:
-    """What the dataset feeds each step: caption transforms (sd-scripts' semantics), masked loss, regularisation
-    images. Set on the LoRA Dataset node; the run records them (metadata, resume state). All off: the plain
-    captions, every pixel, no class images."""
-
-    caption_prefix: str = setting("", "Text put before every training caption (with a space; the trigger word "
-                                      "stays in the caption), as sd-scripts' caption_prefix.")
-    caption_suffix: str = setting("", "Text put after every training caption (with a space), as sd-scripts' "
-                                      "caption_suffix.")
-    shuffle_caption: bool = setting(False, "Shuffle the comma-separated tags of each caption at every step; the "
-                                           "kept tokens and the trigger word stay first.")
-    keep_tokens: int = setting(0, "The first N comma-separated tags of each caption are never shuffled or dropped "
-                                  "(e.g. 1 keeps the first tag in place).", min=0, max=255)
-    keep_tokens_separator: str = setting("", "Instead of keep_tokens: the tags before this separator (e.g. |||) are "
-                                             "kept, and those after a second one are kept at the end.")
-    caption_dropout_rate: float = setting(0.0, "Share of steps an image is trained with an empty caption (the "
-                                               "trigger word alone, when one is set); 0 = off.",
-                                          min=0.0, max=1.0, step=0.01)
-    caption_tag_dropout_rate: float = setting(0.0, "Chance of dropping each tag that is not kept (nor the trigger "
-                                                   "word) at every step; 0 = off.", min=0.0, max=1.0, step=0.01)
-    masked_loss: bool = setting(False, "Weight the loss of each pixel by the image's mask: a same-name image in a "
-                                       "masks/ folder beside the images (white = train, black = ignore, grey = "
-                                       "partly; its red channel, as sd-scripts), else the image's alpha channel. "
-                                       "Images with neither train everywhere.")
-    reg_folder: str = setting("", "Regularisation (class) images for prior preservation: a folder laid out like "
-                                  "the dataset (an absolute path, or a folder inside ComfyUI's input folder); "
-                                  "an image without a caption file takes its N_class folder's class name. As "
-                                  "many class images are trained per epoch as training images. Empty = none.")
-    prior_loss_weight: float = setting(1.0, "Loss weight of the regularisation images (sd-scripts' "
-                                            "prior_loss_weight).", min=0.0, max=100.0, step=0.05)
-
-    def __post_init__(self) -> None:
-        _check_fields(self)
-        if "," in self.keep_tokens_separator:
-            raise _invalid("keep_tokens_separator", self.keep_tokens_separator,
-                           "a separator without a comma (commas separate the tags), e.g. '|||'")
-
-    @property
-    def varies_captions(self) -> bool:
-        """Whether a caption can differ from step to step (then its text is encoded at every step)."""
-        return self.shuffle_caption or self.caption_dropout_rate > 0 or self.caption_tag_dropout_rate > 0
-
-
 _SECTIONS: dict[str, type] = {"lora": LoraShape, "optimisation": Optimisation, "checkpointing": Checkpointing,
                               "ema": Ema, "data": DataOptions}
 
 _T = TypeVar("_T")
-
-
-@functools.cache
-def _field_types(cls: type) -> dict[str, type]:
-    return typing.get_type_hints(cls)  # the annotations are strings (postponed evaluation)
-
-
-def field_type(cls: type, name: str) -> type:
-    """The declared type of one config field (int, float, bool or str)."""
-    return _field_types(cls)[name]
-
-
-def config_field(cls: type, name: str) -> dataclasses.Field[Any]:
-    """One config field, with its default and metadata."""
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return f
-    raise KeyError(f"{cls.__name__} has no field {name!r}")
-
-
-def field_help(cls: type, name: str) -> str:
-    """The help text of one config field, e.g. for a node tooltip."""
-    return str(config_field(cls, name).metadata.get("help", ""))
 
 
 def _section_from_json(cls: type[_T], values: dict[str, Any]) -> _T:
@@ -517,7 +355,7 @@ class TrainConfig:
         for name, cls in _SECTIONS.items():
             value = getattr(self, name)
             if not isinstance(value, cls):
-                raise _invalid(name, value, f"an instance of {cls.__name__}")
+                raise invalid(name, value, f"an instance of {cls.__name__}")
 
     def to_metadata(self) -> dict[str, str]:
         """Flat `loralab.<section>.<field>` -> JSON value strings, for a safetensors header."""

@@ -16,11 +16,9 @@ from trainer.training.config import (
     RunStart,
     Sampling,
     TrainConfig,
-    config_field,
-    field_help,
-    field_type,
 )
 from trainer.training.schedules import lr_multiplier_at
+from trainer.training.settings import config_field, field_help, field_type
 
 SECTIONS = (LoraShape, Optimisation, Checkpointing, Sampling, RunStart)
 
