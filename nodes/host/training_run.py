@@ -30,11 +30,10 @@ from ...trainer.training.conv_layout import channels_last_kernels
 from ...trainer.training.distributed import DataParallel
 from ...trainer.training.ema import AdapterEma
 from ...trainer.training.evaluation import evaluate
-from ...trainer.training.export import TrainingSummary, export_lora, kohya_metadata, save_lora
+from ...trainer.training.export import TrainingSummary, export_lora, kohya_metadata
 from ...trainer.training.inplace_guard import normalisation_inputs_copied
 from ...trainer.training.layer_selection import select_layers
 from ...trainer.training.loop import NonFiniteLossError, StepRecord, TrainResult, train
-from ...trainer.training.memory import adapter_parameter_shapes, estimate_training_memory, fits
 from ...trainer.training.objective import TimestepSampling
 from ...trainer.training.optimizers import check_optimizer
 from ...trainer.training.resume_state import TrainState, load_state, save_state
@@ -43,22 +42,17 @@ from . import model as host_model
 from .distributed_run import plan_for, process_group, shared_encoding, world_size
 from .encoded_dataset import encode_dataset, training_batches
 from .jobs import JOBS
+from .memory_check import check_memory
 from .patching import patch_model_and_clip
 from .run_control import CANCELLED, RunControl
 from .run_files import RunFiles
+from .run_outputs import delete_lora_files, ema_file_name, save_lora_files
 from .training_samples import SamplePlan, TrainingSamples, preview_of
 
 log = logging.getLogger(__name__)
 EVAL_SEED = 1234  # fixed noise and timesteps: losses at different steps are comparable
 EVAL_BATCH = 4  # images per evaluation pass (one pass reads the model's weights once for all of them)
 TEXT_ENCODER_KEY_PREFIX = "text_encoder:"  # keeps CLIP layer keys apart from the UNet's in one adapter set
-EMA_SUFFIX = "-ema"  # <name>-ema.safetensors beside <name>.safetensors (and beside each step checkpoint)
-
-
-def ema_file_name(lora_file: str) -> str:
-    """The EMA weights' file beside a LoRA file: run.safetensors -> run-ema.safetensors."""
-    stem, ext = os.path.splitext(lora_file)
-    return stem + EMA_SUFFIX + ext
 
 
 @dataclass(frozen=True)
@@ -185,7 +179,9 @@ class TrainingRun:
             self.text_layers = layers["text encoder"]
             self.name_map.update(host_model.clip_kohya_names(model, self.text_layers, TEXT_ENCODER_KEY_PREFIX))
             trainable += adapter_parameter_count(self.text_encoder, self.text_layers, self.config.lora)
-        self.check_memory(trainable)
+        check_memory(self.host.model, self.config, self.spec.resolution, trainable,
+                     [(self.unet, self.unet_layers)] + ([(self.text_encoder, self.text_layers)] if self.train_clip
+                                                        else []))
         TimestepSampling.of(self.config.optimisation).check(self.schedule)  # e.g. sigmoid on an epsilon model
         self.optimizer_name = check_optimizer(self.config.optimisation, comfy.model_management.get_torch_device())
         self.base_version, self.architecture = host_model.base_model_version(model)
@@ -342,26 +338,6 @@ class TrainingRun:
         opt = self.config.optimisation
         return opt.batch_size if opt.gradient_checkpointing else max(opt.batch_size, EVAL_BATCH)
 
-    def check_memory(self, trainable_params: int) -> None:
-        """Refuses a run that will not fit, before anything is encoded, with the figure and the options that fit."""
-        params_bytes = sum(p.numel() * p.element_size() for p in self.unet.parameters())
-        opt = self.config.optimisation
-        on_gpu = comfy.model_management.get_torch_device().type == "cuda"
-        shapes = adapter_parameter_shapes(self.unet, self.unet_layers, self.config.lora)  # for the optimizer state
-        if self.train_clip:
-            shapes += adapter_parameter_shapes(self.text_encoder, self.text_layers, self.config.lora)
-        estimate = estimate_training_memory(params_bytes, trainable_params, opt.batch_size, self.spec.resolution,
-                                            gradient_checkpointing=opt.gradient_checkpointing,
-                                            mixed_precision=opt.mixed_precision if on_gpu else "no",
-                                            optimizer=opt.optimizer, rank=self.config.lora.rank,
-                                            parameter_shapes=shapes, optimizer_args=opt.optimizer_kwargs())
-        available = host_model.free_memory_bytes() + self.host.model.loaded_size()  # what the model holds counts
-        ok, options = fits(estimate, available, eight_bit=on_gpu)
-        if not ok:
-            raise TrainingStopped(f"This run needs about {estimate.total_bytes / 2**30:.1f} GiB but "
-                                  f"{available / 2**30:.1f} GiB are available. Options that fit: "
-                                  + ("; ".join(options) if options else "a smaller resolution or rank"))
-
     def metadata(self, steps_done: int) -> dict[str, str]:
         summary = TrainingSummary(output_name=self.files.name, num_train_images=len(self.spec.items),
                                   resolution=(self.spec.resolution, self.spec.resolution), steps_completed=steps_done,
@@ -380,12 +356,7 @@ class TrainingRun:
         if self.group is not None and not self.group.is_main:  # the main process writes the same files
             self.saved, self.saved_step = name, step
             return
-        metadata = self.metadata(step)
-        save_lora(path, export_lora(self.adapters, self.name_map), {**metadata, "loralab.weights": "trained"})
-        if self.ema is not None:  # same keys and metadata, the averaged weights
-            with self.ema.applied(self.adapters):
-                save_lora(ema_file_name(path), export_lora(self.adapters, self.name_map),
-                          {**metadata, "loralab.weights": "ema"})
+        save_lora_files(path, self.adapters, self.name_map, self.metadata(step), self.ema)
         if state is not None and self.keeps_resume_state:
             save_state(self.files.resume_path, state, base_model=self.base_version)
         if not final:
@@ -399,9 +370,7 @@ class TrainingRun:
         """Deletes this run's step checkpoints beyond the newest keep_last (never the final file, never the
         checkpoint that holds the resume state's step: it is the newest)."""
         for old in checkpoints_to_delete(self.checkpoints, self.config.checkpointing.keep_last):
-            os.remove(os.path.join(self.files.folder, old))
-            if os.path.exists(os.path.join(self.files.folder, ema_file_name(old))):
-                os.remove(os.path.join(self.files.folder, ema_file_name(old)))
+            delete_lora_files(self.files.folder, old)
             self.checkpoints = [c for c in self.checkpoints if c != old]
             self.job.remove_checkpoint(old)
 
