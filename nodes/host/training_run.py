@@ -145,7 +145,7 @@ class TrainingRun:
             try:
                 self.attach()
                 with normalisation_inputs_copied(*self.in_place_adders), \
-                        channels_last_kernels(self.unet, self.adapters.device):
+                        channels_last_kernels(self.unet, self.adapters.device, self.steps_to_run):
                     self.baseline()
                     self.train()
                     self.save()  # before any evaluation: a Cancel there loses nothing
@@ -322,6 +322,10 @@ class TrainingRun:
     @property
     def steps_before_run(self) -> int:
         return self.start_state.step if self.start_state is not None else 0
+
+    @property
+    def steps_to_run(self) -> int:
+        return self.config.optimisation.steps - self.steps_before_run
 
     @property
     def keeps_resume_state(self) -> bool:
