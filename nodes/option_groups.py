@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import comfy.samplers
-
-from .config_inputs import input_types
-from .train_options import OPTIONS_TYPE
+from .train_options import OPTIONS_TYPE, option_inputs
 
 ADAPTER = ("targets", "dropout", "train_text_encoder", "text_encoder_lr", "adapter", "lokr_factor", "use_tucker",
            "rank_dropout", "module_dropout", "include_layers", "exclude_layers")
@@ -38,10 +35,7 @@ class _OptionGroup:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
-        # The sampler and scheduler names are the host's: the engine cannot import it to list them.
-        host_choices = {"sample_sampler": comfy.samplers.KSampler.SAMPLERS,
-                        "sample_scheduler": comfy.samplers.KSampler.SCHEDULERS}
-        return {"required": input_types(cls.SETTINGS, host_choices),
+        return {"required": option_inputs(cls.SETTINGS),
                 "optional": {"options": (OPTIONS_TYPE, {"tooltip": "More options, from another LoRA Lab options "
                                                                    "node; this node's settings win where both "
                                                                    "set one."})}}

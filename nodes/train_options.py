@@ -22,6 +22,14 @@ OPTIONAL = ("train_text_encoder", "text_encoder_lr", "keep_last", "optimizer_cla
             "workers")
 
 
+def option_inputs(names: tuple[str, ...]) -> dict[str, tuple]:
+    """INPUT_TYPES entries of these settings, in this order. The sampler and scheduler names are the host's: the
+    engine cannot import it to list them."""
+    host_choices = {"sample_sampler": comfy.samplers.KSampler.SAMPLERS,
+                    "sample_scheduler": comfy.samplers.KSampler.SCHEDULERS}
+    return input_types(names, host_choices)
+
+
 class LoraLabTrainOptions:
     """Passes its input values on, by input name; Train LoRA builds the configs from them."""
 
@@ -33,10 +41,7 @@ class LoraLabTrainOptions:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
-        # The sampler and scheduler names are the host's: the engine cannot import it to list them.
-        host_choices = {"sample_sampler": comfy.samplers.KSampler.SAMPLERS,
-                        "sample_scheduler": comfy.samplers.KSampler.SCHEDULERS}
-        return {"required": input_types(REQUIRED, host_choices), "optional": input_types(OPTIONAL)}
+        return {"required": option_inputs(REQUIRED), "optional": option_inputs(OPTIONAL)}
 
     def options(self, **options: Any) -> tuple[dict[str, Any]]:
         return (options,)
