@@ -39,6 +39,20 @@ def diffusion_module(model) -> torch.nn.Module:
     return model.model.diffusion_model
 
 
+def checkpoint_blocks(model) -> list[torch.nn.Module]:
+    """The blocks gradient checkpointing recomputes in backward: the items of the diffusion model's top-level
+    block lists (SD3's joint blocks, Flux's double and single blocks) and, for a UNet, the layers of its input,
+    middle and output blocks (the host calls those layers one by one, not the blocks' own forward). Only the
+    activations between them are kept for backward."""
+    diffusion = diffusion_module(model)
+    lists = [child for child in diffusion.children() if isinstance(child, torch.nn.ModuleList)]
+    middle = getattr(diffusion, "middle_block", None)
+    blocks = [block for blocks in lists for block in blocks] + ([middle] if isinstance(middle, torch.nn.Module)
+                                                                 else [])
+    return [layer for block in blocks
+            for layer in (block.children() if isinstance(block, torch.nn.Sequential) else (block,))]
+
+
 def text_encoder_module(clip) -> torch.nn.Module:
     """The host CLIP's torch module (every text encoder of the model, e.g. clip_l and clip_g for SDXL)."""
     return clip.cond_stage_model

@@ -247,6 +247,8 @@ class TrainingRun:
             self.result = train(self.denoiser, self.adapters, self.batches.batch, self.schedule, self.config,
                                 self.on_step, should_stop=self.control.should_stop, start_state=self.start_state,
                                 on_checkpoint=self.on_checkpoint, data_parallel=self.group,
+                                checkpoint_modules=host_model.checkpoint_blocks(self.host.model)
+                                if self.config.optimisation.gradient_checkpointing else None,
                                 interruptions=(comfy.model_management.InterruptProcessingException,), ema=self.ema)
         except NonFiniteLossError as e:
             kept = (f" The last good checkpoint is {self.checkpoints[-1]}." if self.checkpoints

@@ -14,9 +14,10 @@ from trainer.training.data_options import DataOptions
 from trainer.training.settings import field_help
 
 # The controls users of sd-scripts combine, on the option nodes: Prodigy (its own lr estimate: learning_rate is a
-# multiplier) with cosine restarts, and an EMA saved beside the weights.
+# multiplier) with cosine restarts, an EMA saved beside the weights, gradient checkpointing on the host's blocks.
 CONTROLS = {"optimizer": "prodigy", "schedule": "cosine_with_restarts", "lr_cycles": 2, "ema": True,
-            "ema_decay": 0.5, "ema_every": 1, "checkpoint_every": 2, "weight_decay": 0.0}
+            "ema_decay": 0.5, "ema_every": 1, "checkpoint_every": 2, "weight_decay": 0.0,
+            "gradient_checkpointing": True}
 
 
 def _graph(steps: int, resume: bool) -> tuple[Graph, str, str]:

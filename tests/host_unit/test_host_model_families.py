@@ -353,3 +353,34 @@ def test_training_runs_the_hosts_pytorch_attention_and_predicts_what_the_hosts_o
     torch.testing.assert_close(trained, reference, rtol=1e-4, atol=1e-5)
     for got, expected in zip(trained_grads, reference_grads, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["SDXL", "SD3", "Flux"])
+def test_gradient_checkpointing_recomputes_the_hosts_blocks_with_the_same_gradients(host: SimpleNamespace,
+                                                                                     family: str) -> None:
+    gradient_checkpointing = import_pack_module("trainer.training.loop").gradient_checkpointing
+    generator = torch.Generator().manual_seed(0)
+    patcher, unet, adapters = _unet_with_lora(host, family, "attention_ff", generator)
+    blocks = host.host_model.checkpoint_blocks(patcher)
+    lists = [child for child in unet.children() if isinstance(child, torch.nn.ModuleList)]
+    assert lists and len(blocks) >= sum(len(c) for c in lists)  # every block of its block lists, or their layers
+    x, condition = _denoiser_inputs(family, generator)
+    timesteps = torch.tensor([10, 500])
+    denoise = host.host_model.denoiser_for(patcher)
+
+    def gradients(modules) -> list[torch.Tensor]:
+        with normalisation_inputs_copied(unet), gradient_checkpointing(modules):
+            saved: list[int] = []
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+                loss = denoise(x, timesteps, condition).square().mean()
+            loss.backward()
+        grads = [p.grad.clone() for p in adapters.parameters()]
+        for p in adapters.parameters():
+            p.grad = None
+        return grads, sum(saved)
+
+    plain, plain_saved = gradients(None)
+    checkpointed, checkpointed_saved = gradients(blocks)
+    assert checkpointed_saved < plain_saved / 2  # only the blocks' inputs are kept for backward
+    for got, expected in zip(checkpointed, plain, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)

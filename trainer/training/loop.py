@@ -107,6 +107,12 @@ def build_optimizer(adapters: LoraAdapterSet,
     return optimizer, kind.name, group_names
 
 
+def _on_copies(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """forward(*args, **kwargs) on copies of the tensors: a block that adds to its input in place (the host's Flux
+    blocks do) would otherwise change the inputs checkpoint keeps for the recompute."""
+    return forward(*map_tensors(torch.Tensor.clone, args), **map_tensors(torch.Tensor.clone, kwargs))
+
+
 @contextlib.contextmanager
 def gradient_checkpointing(modules: Sequence[nn.Module] | None) -> Iterator[None]:
     """Run each module's forward under torch.utils.checkpoint while inside; restore the forwards on exit.
@@ -121,7 +127,7 @@ def gradient_checkpointing(modules: Sequence[nn.Module] | None) -> Iterator[None
             original = module.forward
 
             def checkpointed(*args: Any, _forward: Callable[..., Any] = original, **kwargs: Any) -> Any:
-                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+                return checkpoint(_on_copies, _forward, *args, use_reentrant=False, **kwargs)
 
             module.forward = checkpointed  # type: ignore[method-assign]
             patched.append((module, own_forward))
