@@ -91,6 +91,7 @@ INPUT_FIELDS: dict[str, tuple[type, str]] = {
     "include_layers": (LoraShape, "include_layers"),
     "exclude_layers": (LoraShape, "exclude_layers"),
     "loraplus_lr_ratio": (Optimisation, "loraplus_lr_ratio"),
+    "memory_mode": (Optimisation, "memory_mode"),
 }
 
 _KINDS: dict[type, str] = {int: "INT", float: "FLOAT", bool: "BOOLEAN", str: "STRING"}

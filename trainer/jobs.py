@@ -101,6 +101,7 @@ class Job:
         self._num_timesteps: int | None = None
         self._timestep_sampling: str | None = None  # the run's timestep_sampling setting, named with the histogram
         self._batch: dict[str, int] | None = None  # images per update and how they are made up
+        self._memory_plan: str | None = None  # how the run fits in memory, in words (memory_mode auto may choose)
 
     # --- written by the trainer -------------------------------------------------------------------
     def start(self) -> None:
@@ -116,6 +117,11 @@ class Job:
             self._batch = {"batch_size": int(batch_size), "grad_accumulation": int(grad_accumulation),
                            "world_size": int(world_size),
                            "effective": int(batch_size) * int(grad_accumulation) * int(world_size)}
+
+    def set_memory_plan(self, description: str) -> None:
+        """How the run fits in memory, e.g. "gradient checkpointing (auto): about 5.2 GiB with it, ..."."""
+        with self._lock:
+            self._memory_plan = description
 
     def set_phase(self, phase: str, detail: str | None = None) -> None:
         """What the run is doing now ("encoding", "sampling", "training", ...) and how far ("3/40"); published
@@ -340,6 +346,7 @@ class Job:
             "updated_at": self._updated_at, "pending_requests": sorted(self._requests),
             "world_size": self._batch["world_size"] if self._batch else 1,  # training processes (torchrun)
             "batch": dict(self._batch) if self._batch else None,
+            "memory_plan": self._memory_plan,
             "phase_seconds": self._phase_seconds_locked(),  # where the run's time went, phase by phase
             # counts[i]: draws in [i * range / bins, (i + 1) * range / bins); None before any step;
             # sampling: the distribution's setting name, None when the trainer did not say

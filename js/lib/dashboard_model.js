@@ -91,7 +91,7 @@ export function viewModel(snapshot, { name = "", resolveUrl = (url) => url } = {
       hasJob: false, jobId: "", state: "none", stateLabel: name ? `no run named “${name}” yet` : "no name set",
       running: false, canControl: false, progress: 0, stepText: MISSING, rate: MISSING, eta: MISSING,
       loss: MISSING, smoothed: MISSING, validation: MISSING, lr: MISSING, memory: MISSING,
-      samples: [], checkpoints: [], pending: "", error: "", result: "", batch: "",
+      samples: [], checkpoints: [], pending: "", error: "", result: "", batch: "", memoryPlan: "", memoryChoice: "",
     };
   }
   const { state, step, total } = snapshot;
@@ -127,5 +127,8 @@ export function viewModel(snapshot, { name = "", resolveUrl = (url) => url } = {
     error: snapshot.error || "",
     result: END_STATES.has(state) && snapshot.lora_name ? `saved ${snapshot.lora_name}` : "",
     batch: formatBatch(snapshot.batch), // shown only when the run spans several processes
+    memoryPlan: snapshot.memory_plan || "", // how the run fits in memory, in the trainer's words
+    // Shown beside the job when memory_mode auto changed a setting ("gradient checkpointing (auto): ...").
+    memoryChoice: (snapshot.memory_plan || "").includes("(auto)") ? snapshot.memory_plan.split(":")[0] : "",
   };
 }

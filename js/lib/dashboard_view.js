@@ -187,7 +187,9 @@ export function createDashboard(doc, intents) {
       root.dataset.state = vm.state;
       root.dataset.jobId = vm.jobId;
       state.textContent = vm.stateLabel;
-      jobLabel.textContent = vm.hasJob ? [`job ${vm.jobId.slice(0, 8)}`, vm.batch].filter(Boolean).join(" · ") : "";
+      jobLabel.textContent = vm.hasJob
+        ? [`job ${vm.jobId.slice(0, 8)}`, vm.batch, vm.memoryChoice].filter(Boolean).join(" · ") : "";
+      stats.memory.value.title = vm.memoryPlan;
       fill.style.width = `${(vm.progress * 100).toFixed(1)}%`;
       bar.setAttribute("aria-valuenow", String(Math.round(vm.progress * 100)));
       for (const key of ["step", "rate", "eta", "loss", "smoothed", "validation", "lr", "memory"]) {

@@ -6,14 +6,21 @@ from torch import nn
 
 from ...trainer.errors import TrainingStopped
 from ...trainer.training.config import TrainConfig
-from ...trainer.training.memory import adapter_parameter_shapes, estimate_training_memory, fits
+from ...trainer.training.memory import (
+    MemoryPlan,
+    adapter_parameter_shapes,
+    estimate_training_memory,
+    fits,
+    plan_memory,
+)
 from . import model as host_model
 
 
 def check_memory(model, config: TrainConfig, resolution: int, trainable_params: int,
-                 trained: list[tuple[nn.Module, list[str]]]) -> None:
-    """Refuses a run that will not fit, with the figure and the options that fit. `model` is the graph's MODEL,
-    `trained` each module (the UNet first) with its selected layers."""
+                 trained: list[tuple[nn.Module, list[str]]]) -> MemoryPlan:
+    """How the run fits (memory_mode auto may turn gradient checkpointing on); refuses a run that will not fit,
+    with the figure and the options that fit. `model` is the graph's MODEL, `trained` each module (the UNet first)
+    with its selected layers."""
     unet = trained[0][0]
     params_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
     opt = config.optimisation
@@ -25,8 +32,10 @@ def check_memory(model, config: TrainConfig, resolution: int, trainable_params: 
                                         optimizer=opt.optimizer, rank=config.lora.rank,
                                         parameter_shapes=shapes, optimizer_args=opt.optimizer_kwargs())
     available = host_model.free_memory_bytes() + model.loaded_size()  # what the model holds counts
-    ok, options = fits(estimate, available, eight_bit=on_gpu)
-    if not ok:
-        raise TrainingStopped(f"This run needs about {estimate.total_bytes / 2**30:.1f} GiB but "
-                              f"{available / 2**30:.1f} GiB are available. Options that fit: "
-                              + ("; ".join(options) if options else "a smaller resolution or rank"))
+    plan = plan_memory(estimate, available, automatic=opt.memory_mode == "auto")
+    if plan is not None:
+        return plan
+    _, options = fits(estimate, available, eight_bit=on_gpu)
+    raise TrainingStopped(f"This run needs about {estimate.total_bytes / 2**30:.1f} GiB but "
+                          f"{available / 2**30:.1f} GiB are available. Options that fit: "
+                          + ("; ".join(options) if options else "a smaller resolution or rank"))

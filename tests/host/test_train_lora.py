@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import numpy as np
 import pytest
@@ -96,7 +97,7 @@ def test_text_encoder_lora_trains_and_every_loader_reads_it(host, rings):
 
 
 def test_a_run_that_cannot_fit_in_memory_is_refused_before_any_work_with_options_that_fit(host, rings):
-    g, _ = train_graph("too_big", steps=2, resolution=1024, batch_size=64)
+    g, _ = train_graph("too_big", steps=2, resolution=1024, batch_size=64, options={"memory_mode": "as_set"})
     mark = len(host.log_text())
     message = error_message(host.wait(host.queue(g.nodes), 300))
     assert "LoraLabTrainLora" in message and "needs about" in message and "GiB are available" in message
@@ -108,6 +109,36 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_before_any_work_with_options
     assert "adamw8bit" not in message
     assert not list(host.loras_dir.glob("too_big*"))
     assert "attached LoRA" not in host.log_text()[mark:]  # refused before the model was touched
+
+
+def test_memory_mode_auto_turns_on_gradient_checkpointing_when_only_that_makes_the_run_fit(host, rings):
+    """The batch is halved from one that cannot fit until the as_set refusal offers gradient checkpointing alone
+    (refusals do no work); the same run with memory_mode auto then starts with checkpointing and says so."""
+    def refusal(batch: int) -> str:
+        g, _ = train_graph(f"auto_memory_{batch}", steps=2, resolution=1024, batch_size=batch,
+                           options={"memory_mode": "as_set"})
+        message = error_message(host.wait(host.queue(g.nodes), 300))
+        assert "needs about" in message, message  # as_set never starts a run that does not fit
+        return message
+
+    batch = 256
+    while "turn on gradient checkpointing:" not in refusal(batch):
+        batch //= 2
+        assert batch >= 1, "no batch for which gradient checkpointing alone fits"
+    mark = len(host.log_text())
+    g, _ = train_graph("auto_memory", steps=2, resolution=1024, batch_size=batch, options={})  # auto: the default
+    prompt_id = host.queue(g.nodes)
+    deadline = time.monotonic() + 120
+    while not (job := next((j for j in host.get_json("/loralab/jobs") if j["name"] == "auto_memory"), None)) \
+            or not host.get_json(f"/loralab/jobs/{job['id']}").get("memory_plan"):
+        assert time.monotonic() < deadline, "the job never said how it fits in memory"
+        time.sleep(0.1)
+    host.post_json("/interrupt", {})  # a 1024 px run of that batch is not for a CPU test: its plan is what counts
+    plan = host.get_json(f"/loralab/jobs/{job['id']}")["memory_plan"]
+    assert plan.startswith("gradient checkpointing (auto): about ") and "without" in plan, plan
+    host.wait(prompt_id, 300)
+    assert f"LoRA Lab memory: {plan}" in host.log_text()[mark:]
+    assert not list(host.loras_dir.glob("auto_memory*"))
 
 
 def test_bad_settings_are_clear_errors(host, rings):

@@ -157,3 +157,14 @@ test("the view-model carries the effective batch of a data-parallel run only", (
   assert.equal(viewModel(snapshot()).batch, "");
   assert.equal(viewModel(null).batch, "");
 });
+
+test("the view-model names how the run fits in memory, and what memory_mode auto chose", () => {
+  const auto = "gradient checkpointing (auto): about 5.2 GiB with it, 9.1 GiB without, 6.0 GiB free";
+  assert.equal(viewModel(snapshot({ memory_plan: auto })).memoryChoice, "gradient checkpointing (auto)");
+  assert.equal(viewModel(snapshot({ memory_plan: auto })).memoryPlan, auto);
+  const asSet = "full activations: about 1.1 GiB of 20.0 GiB free";
+  assert.equal(viewModel(snapshot({ memory_plan: asSet })).memoryChoice, "");
+  assert.equal(viewModel(snapshot({ memory_plan: asSet })).memoryPlan, asSet);
+  assert.equal(viewModel(snapshot()).memoryPlan, "");
+  assert.equal(viewModel(null).memoryChoice, "");
+});

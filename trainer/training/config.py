@@ -28,6 +28,8 @@ SCHEDULE_FREE_OPTIMIZERS = frozenset({"adamw_schedulefree"})
 # warmup_stable_decay with decay_steps = 0 decays over this share of the steps after warmup.
 DEFAULT_DECAY_SHARE = 0.2
 MIXED_PRECISION: tuple[str, ...] = ("no", "fp16", "bf16")
+# memory_check.py applies them before a run: auto may turn gradient checkpointing on, as_set never changes a setting.
+MEMORY_MODES: tuple[str, ...] = ("auto", "as_set")
 # objective.sample_timesteps draws each; all but uniform are for flow-matching models (SD3, Flux).
 TIMESTEP_SAMPLINGS: tuple[str, ...] = ("uniform", "sigmoid", "logit_normal", "shift", "flux_shift")
 
@@ -207,6 +209,12 @@ class Optimisation:
                                             "and the text encoder alike (sd-scripts' loraplus_lr_ratio); the paper "
                                             "suggests 16, sd-scripts' docs start near 4. lora and dora adapters "
                                             "only. 0 = off.", min=0.0, max=1000.0, step=0.5)
+    memory_mode: str = setting("auto", "auto: when the run does not fit in the free memory as set, gradient "
+                                       "checkpointing is turned on if that makes it fit (slower steps, the same "
+                                       "result), and the log and the dashboard say so; as_set: the settings as "
+                                       "they are, and a run that does not fit is refused. Either way a run that "
+                                       "cannot fit is refused before any work, with the options that would.",
+                               choices=MEMORY_MODES)
 
     def __post_init__(self) -> None:
         check_fields(self)

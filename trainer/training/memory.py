@@ -231,3 +231,27 @@ def fits(estimate: MemoryEstimate, available_bytes: int, eight_bit: bool = True)
     return False, [f"even with {together} about {_gib(total)} is needed "
                    f"({_gib(estimate.weights_bytes)} for the model weights) but {_gib(available_bytes)} is free; "
                    "close other programs, lower the resolution, or load the model in a smaller dtype"]
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a run fits: whether it trains with gradient checkpointing, and what was chosen and why, in words."""
+
+    gradient_checkpointing: bool
+    description: str
+
+
+def plan_memory(estimate: MemoryEstimate, available_bytes: int, automatic: bool) -> MemoryPlan | None:
+    """The fastest way the run fits in `available_bytes`: as set when it fits; else, when `automatic` and gradient
+    checkpointing is off, with gradient checkpointing if that fits (slower steps, the same gradients). None: it
+    does not fit either way (fits() says what would)."""
+    inputs, free = estimate.inputs, _gib(available_bytes)
+    if estimate.total_bytes <= available_bytes:
+        how = "gradient checkpointing (as set)" if inputs.gradient_checkpointing else "full activations"
+        return MemoryPlan(inputs.gradient_checkpointing, f"{how}: about {_gib(estimate.total_bytes)} of {free} free")
+    if automatic and not inputs.gradient_checkpointing:
+        checkpointed = _estimate(dataclasses.replace(inputs, gradient_checkpointing=True)).total_bytes
+        if checkpointed <= available_bytes:
+            return MemoryPlan(True, f"gradient checkpointing (auto): about {_gib(checkpointed)} with it, "
+                                    f"{_gib(estimate.total_bytes)} without, {free} free")
+    return None

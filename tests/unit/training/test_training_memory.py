@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.training.memory import GIB, estimate_training_memory, fits
+from trainer.training.memory import GIB, MemoryPlan, estimate_training_memory, fits, plan_memory
 
 SD15 = 860_000_000 * 2
 
@@ -80,3 +80,23 @@ def test_invalid_inputs() -> None:
         estimate_training_memory(SD15, -1, 1, 512)
     with pytest.raises(ValueError, match="batch_size = 0"):
         estimate_training_memory(SD15, 1, 0, 512)
+
+
+def test_memory_plan_keeps_what_fits_and_auto_turns_on_checkpointing_only_when_that_alone_fits() -> None:
+    def estimate(checkpointing: bool):
+        return estimate_training_memory(1_720_000_000, 3_000_000, 8, 512, gradient_checkpointing=checkpointing)
+
+    full, checkpointed = estimate(False).total_bytes, estimate(True).total_bytes
+    assert checkpointed < full
+    plenty = plan_memory(estimate(False), full, automatic=True)
+    gib = f"{full / 2**30:.1f} GiB"
+    assert plenty == MemoryPlan(False, f"full activations: about {gib} of {gib} free")
+    between = (full + checkpointed) // 2
+    chosen = plan_memory(estimate(False), between, automatic=True)
+    assert chosen is not None and chosen.gradient_checkpointing
+    assert chosen.description == (f"gradient checkpointing (auto): about {checkpointed / 2**30:.1f} GiB with it, "
+                                  f"{full / 2**30:.1f} GiB without, {between / 2**30:.1f} GiB free")
+    assert plan_memory(estimate(False), between, automatic=False) is None  # as_set: refused, nothing changed
+    assert plan_memory(estimate(False), checkpointed - 1, automatic=True) is None  # not even with it
+    already = plan_memory(estimate(True), checkpointed, automatic=False)
+    assert already is not None and already.gradient_checkpointing and "(as set)" in already.description
