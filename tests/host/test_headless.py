@@ -3,6 +3,7 @@ editor queues, and run without server or editor it writes the LoRA (and resume s
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 from cli.workflow import ui_to_api
 from scripts.comfy_host import DEFAULT_COMFY_DIR, REPO, TINY_CHECKPOINT_NAME, free_port
 from scripts.training_graphs import option_defaults
+from trainer.training.data_options import DataOptions
 
 pytestmark = pytest.mark.host
 
@@ -59,7 +61,8 @@ def expected_graph(name: str) -> dict:
               "_meta": {"title": "Load Checkpoint"}},
         "2": {"class_type": "LoraLabDataset", "_meta": {"title": "LoRA Dataset (LoRA Lab)"},
               "inputs": {"folder": "rings", "trigger_word": "lrlring", "resolution": 64, "flip": False,
-                         "validation_share": 0, "seed": 0}},
+                         "validation_share": 0, "seed": 0,
+                         **{f.name: f.default for f in dataclasses.fields(DataOptions)}}},  # not in the file
         "3": {"class_type": "LoraLabTrainOptions", "inputs": options,
               "_meta": {"title": "Train LoRA Options (LoRA Lab)"}},
         "4": {"class_type": "LoraLabTrainLora", "_meta": {"title": "Train LoRA (LoRA Lab)"},
