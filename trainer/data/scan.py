@@ -210,6 +210,12 @@ def scan_dataset(folder: str | os.PathLike[str], trigger_word: str = "", resolut
     warnings = [f"'{item.relative_path}' has no caption; it is trained with the trigger word '{trigger_word}' "
                 "alone." for item in found if item.caption_missing]
     items = [replace(item, caption=with_trigger(item.caption, trigger_word)) for item in found]
+    masks_folder = os.path.join(root, MASK_FOLDER)
+    if not options.masked_loss and os.path.isdir(masks_folder):
+        unused = [name for name in os.listdir(masks_folder) if _is_image(name)]
+        if unused:  # a concept folder called masks would otherwise vanish without a word
+            warnings.append(f"the '{MASK_FOLDER}' folder's {len(unused)} images are not trained: that folder holds "
+                            "the images' masks for masked_loss; rename it to train its images.")
     if options.masked_loss and not any(item.mask_path or item.alpha_mask for item in items):
         warnings.append(f"masked_loss is on, but no image has a mask (a same-name image in a '{MASK_FOLDER}' "
                         "folder beside it, or an alpha channel): every image trains everywhere.")

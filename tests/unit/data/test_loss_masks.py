@@ -76,8 +76,12 @@ def test_without_masked_loss_masks_are_not_read(tmp_path: Path) -> None:
     _image(tmp_path / "a.png")
     (tmp_path / "masks").mkdir()
     (tmp_path / "masks" / "a.png").write_bytes(b"not an image")
-    (item,) = scan_dataset(tmp_path, resolution=64).items
+    spec = scan_dataset(tmp_path, resolution=64)
+    (item,) = spec.items
     assert item.mask_path is None and not item.alpha_mask and load_mask(item) is None
+    # masks/ is never trained as images; without masked_loss the summary says so, rather than losing them quietly
+    assert spec.warnings == ("the 'masks' folder's 1 images are not trained: that folder holds the images' masks "
+                             "for masked_loss; rename it to train its images.",)
 
 
 def test_no_mask_at_all_is_a_warning(tmp_path: Path) -> None:
