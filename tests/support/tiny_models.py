@@ -14,6 +14,9 @@ from torch import nn
 
 from trainer.training.config import LoraShape, Optimisation, TrainConfig
 from trainer.training.layer_selection import select_layers
+from trainer.training.loop import StepRecord, TrainResult, train
+from trainer.training.objective import NoiseSchedule
+from trainer.training.resume_state import TrainState
 from trainer.training.trainable_lora import LoraAdapterSet
 
 LATENT = (4, 8, 8)
@@ -119,6 +122,21 @@ def batch_fn(latents: torch.Tensor, cond: torch.Tensor, batch_size: int, shuffle
         return latents[idx], cond[idx]
 
     return batches
+
+
+def train_tiny(cfg: TrainConfig, schedule: NoiseSchedule, stop_at: int | None = None,
+               start: TrainState | None = None, init_seed: int = 0,
+               on_checkpoint: Any = None) -> tuple[dict[str, torch.Tensor], TrainResult, list[StepRecord]]:
+    """The tiny denoiser with a LoRA of cfg.lora (initialised from `init_seed`) trained on the tiny dataset in
+    batches of 2, stopped after step `stop_at` or continued from `start`: (LoRA state, result, step records)."""
+    model = make_model()
+    adapters = attach(model, cfg.lora, seed=init_seed)
+    latents, cond = dataset()
+    records: list[StepRecord] = []
+    stop = (lambda: "stop" if records and records[-1].step >= stop_at else None) if stop_at else None
+    result = train(model, adapters, batch_fn(latents, cond, 2), schedule, cfg, records.append, should_stop=stop,
+                   start_state=start, on_checkpoint=on_checkpoint)
+    return adapters.state_dict(), result, records
 
 
 def config(**optimisation: Any) -> TrainConfig:

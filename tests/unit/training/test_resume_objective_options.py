@@ -9,13 +9,12 @@ from typing import Any
 import pytest
 import torch
 
-from tests.support.tiny_models import attach, batch_fn, config, dataset, make_model
+from tests.support.tiny_models import config, train_tiny
 from trainer.errors import ResumeStateError
 from trainer.training.config import LoraShape, TrainConfig
-from trainer.training.loop import StepRecord, TrainResult, train
 from trainer.training.objective import NoiseSchedule
 from trainer.training.resume_checks import check_resumable
-from trainer.training.resume_state import TrainState, load_state, save_state
+from trainer.training.resume_state import load_state, save_state
 
 EPS = NoiseSchedule.scaled_linear()
 V = NoiseSchedule.scaled_linear(prediction_type="v")
@@ -42,31 +41,19 @@ def _config(**options: Any) -> TrainConfig:
                   grad_accumulation=2, **options)
 
 
-def _train(cfg: TrainConfig, schedule: NoiseSchedule, stop_at: int | None = None, start: TrainState | None = None,
-           init_seed: int = 0) -> tuple[dict[str, torch.Tensor], TrainResult, list[StepRecord]]:
-    model = make_model()
-    adapters = attach(model, cfg.lora, seed=init_seed)
-    latents, cond = dataset()
-    records: list[StepRecord] = []
-    stop = (lambda: "stop" if records and records[-1].step >= stop_at else None) if stop_at else None
-    result = train(model, adapters, batch_fn(latents, cond, 2), schedule, cfg, records.append, should_stop=stop,
-                   start_state=start)
-    return adapters.state_dict(), result, records
-
-
 @pytest.mark.parametrize("name", sorted(OPTIONS))
 def test_resume_with_objective_options_equals_uninterrupted(name: str, tmp_path: Path) -> None:
     schedule, options = OPTIONS[name]
     cfg = _config(**options)
-    full, full_result, records = _train(cfg, schedule, init_seed=cfg.optimisation.seed)
+    full, full_result, records = train_tiny(cfg, schedule, init_seed=cfg.optimisation.seed)
     if name == "zero_terminal_snr":
         assert 999 in {t for record in records for t in record.timesteps}
-    _, first, _ = _train(cfg, schedule, stop_at=3, init_seed=cfg.optimisation.seed)
+    _, first, _ = train_tiny(cfg, schedule, stop_at=3, init_seed=cfg.optimisation.seed)
     assert first.steps_completed == 3
     path = tmp_path / "state.safetensors"
     save_state(path, first.state)
     state = load_state(path, expected_config=cfg)
-    resumed, resumed_result, _ = _train(cfg, schedule, start=state, init_seed=1234)  # everything from the state
+    resumed, resumed_result, _ = train_tiny(cfg, schedule, start=state, init_seed=1234)  # everything from the state
     assert all(torch.isfinite(torch.tensor(full_result.loss_history)))
     assert resumed_result.loss_history == full_result.loss_history
     for key, value in full.items():
@@ -75,11 +62,11 @@ def test_resume_with_objective_options_equals_uninterrupted(name: str, tmp_path:
 
 def test_the_options_change_what_is_trained() -> None:
     """Each option set trains another LoRA than the plain run (so the resume tests above are not of no-ops)."""
-    plain = _train(_config(), EPS)[0]
+    plain = train_tiny(_config(), EPS)[0]
     for name, (schedule, options) in OPTIONS.items():
         if schedule is not EPS:
             continue
-        changed = _train(_config(**options), EPS)[0]
+        changed = train_tiny(_config(**options), EPS)[0]
         assert any(not torch.equal(changed[k], plain[k]) for k in plain), name
 
 

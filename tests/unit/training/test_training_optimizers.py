@@ -13,12 +13,12 @@ import pytest
 import schedulefree
 import torch
 
-from tests.support.tiny_models import attach, batch_fn, config, dataset, make_model
+from tests.support.tiny_models import attach, batch_fn, config, dataset, make_model, train_tiny
 from trainer.errors import ConfigError, OptimizerError, ResumeStateError
 from trainer.training import optimizers
 from trainer.training.config import LoraShape, Optimisation, TrainConfig
 from trainer.training.export import TrainingSummary, kohya_metadata
-from trainer.training.loop import StepRecord, TrainResult, train
+from trainer.training.loop import TrainResult, train
 from trainer.training.objective import NoiseSchedule
 from trainer.training.optimizers import averaged_weights, build_optimizer
 from trainer.training.resume_state import TrainState, load_state, save_state
@@ -214,14 +214,8 @@ def _config(name: str, **fields: Any) -> TrainConfig:
 
 def _train(cfg: TrainConfig, stop_at: int | None = None, start: TrainState | None = None, init_seed: int = 0,
            on_checkpoint: Any = None) -> tuple[dict[str, torch.Tensor], TrainResult]:
-    model = make_model()
-    adapters = attach(model, cfg.lora, seed=init_seed)
-    latents, cond = dataset()
-    records: list[StepRecord] = []
-    stop = (lambda: "stop" if records and records[-1].step >= stop_at else None) if stop_at else None
-    result = train(model, adapters, batch_fn(latents, cond, 2), SCHEDULE, cfg, records.append, should_stop=stop,
-                   start_state=start, on_checkpoint=on_checkpoint)
-    return adapters.state_dict(), result
+    state, result, _ = train_tiny(cfg, SCHEDULE, stop_at, start, init_seed, on_checkpoint)
+    return state, result
 
 
 @pytest.mark.parametrize("name", CHOICES)

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.tiny_models import attach, batch_fn, config, dataset, make_model
+from tests.support.tiny_models import config, train_tiny
 from trainer.errors import ConfigError, ResumeStateError
 from trainer.jobs import TIMESTEP_BINS, JobRegistry
 from trainer.training.config import LoraShape, TrainConfig
 from trainer.training.export import TrainingSummary, kohya_metadata
-from trainer.training.loop import StepRecord, TrainResult, train
+from trainer.training.loop import StepRecord, TrainResult
 from trainer.training.objective import (
     NoiseSchedule,
     TimestepSampling,
@@ -130,14 +130,7 @@ LORA = LoraShape(rank=2, alpha=1.0, targets="attention_ff")
 
 def _train(cfg: TrainConfig, schedule: NoiseSchedule, stop_at: int | None = None,
            start: TrainState | None = None) -> tuple[dict, TrainResult, list[StepRecord]]:
-    model = make_model()
-    adapters = attach(model, cfg.lora, seed=cfg.optimisation.seed)
-    latents, cond = dataset()
-    records: list[StepRecord] = []
-    stop = (lambda: "stop" if records and records[-1].step >= stop_at else None) if stop_at else None
-    result = train(model, adapters, batch_fn(latents, cond, 2), schedule, cfg, records.append, should_stop=stop,
-                   start_state=start)
-    return adapters.state_dict(), result, records
+    return train_tiny(cfg, schedule, stop_at, start, init_seed=cfg.optimisation.seed)
 
 
 @pytest.mark.parametrize(("kind", "schedule"), [
