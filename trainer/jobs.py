@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import JobError
+from .timestep_histogram import TimestepHistogram
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ MAX_JOBS = 50
 MAX_HISTORY_POINTS = 20_000  # beyond this the older half of the loss history is thinned to every other point
 PROGRESS_INTERVAL = 0.25  # seconds: at most ~4 progress events a second
 SPEED_SMOOTHING = 0.9  # EMA factor of seconds per step, so the ETA does not jump with each step's time
-TIMESTEP_BINS = 20  # bars of the histogram of the training timesteps drawn
 
 EVENT_STARTED = "loralab.started"
 EVENT_PROGRESS = "loralab.progress"
@@ -97,9 +97,7 @@ class Job:
         self._started_at: float | None = None
         self._updated_at = self._created_at
         self._last_progress_publish: float | None = None
-        self._timestep_counts = [0] * TIMESTEP_BINS
-        self._num_timesteps: int | None = None
-        self._timestep_sampling: str | None = None  # the run's timestep_sampling setting, named with the histogram
+        self._timesteps = TimestepHistogram()
         self._batch: dict[str, int] | None = None  # images per update and how they are made up
         self._memory_plan: str | None = None  # how the run fits in memory, in words (memory_mode auto may choose)
 
@@ -180,21 +178,14 @@ class Job:
     def record_timesteps(self, timesteps: Sequence[int], num_timesteps: int) -> None:
         """Counts training timesteps drawn (each in [0, num_timesteps)) into TIMESTEP_BINS equal bins; published
         with the next progress event. A new num_timesteps starts the counts again."""
-        if int(num_timesteps) < 1:
-            raise JobError(f"record_timesteps got num_timesteps={num_timesteps}; expected at least 1.")
         with self._lock:
-            if self._num_timesteps != int(num_timesteps):
-                self._num_timesteps, self._timestep_counts = int(num_timesteps), [0] * TIMESTEP_BINS
-            for t in timesteps:
-                if not 0 <= int(t) < self._num_timesteps:
-                    raise JobError(f"timestep {t} is outside [0, {self._num_timesteps}).")
-                self._timestep_counts[int(t) * TIMESTEP_BINS // self._num_timesteps] += 1
+            self._timesteps.record(timesteps, num_timesteps)
 
     def set_timestep_sampling(self, sampling: str) -> None:
         """Names the distribution the timesteps are drawn from (the run's timestep_sampling setting, e.g.
         "logit_normal"), shown with the histogram."""
         with self._lock:
-            self._timestep_sampling = str(sampling)
+            self._timesteps.sampling = str(sampling)
 
     def record_validation(self, step: int, loss: float) -> None:
         """Records the validation loss measured after `step` updates, and publishes it at once."""
@@ -348,11 +339,7 @@ class Job:
             "batch": dict(self._batch) if self._batch else None,
             "memory_plan": self._memory_plan,
             "phase_seconds": self._phase_seconds_locked(),  # where the run's time went, phase by phase
-            # counts[i]: draws in [i * range / bins, (i + 1) * range / bins); None before any step;
-            # sampling: the distribution's setting name, None when the trainer did not say
-            "timestep_histogram": None if self._num_timesteps is None else {
-                "range": [0, self._num_timesteps], "counts": list(self._timestep_counts),
-                "sampling": self._timestep_sampling},
+            "timestep_histogram": self._timesteps.snapshot(),  # None before any step
         }
 
     def _publish(self, event: str) -> None:

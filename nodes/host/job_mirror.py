@@ -14,7 +14,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from ...trainer.jobs import TIMESTEP_BINS, Job
+from ...trainer.jobs import Job
+from ...trainer.timestep_histogram import TIMESTEP_BINS
 
 log = logging.getLogger(__name__)
 HTTP_TIMEOUT = 10.0

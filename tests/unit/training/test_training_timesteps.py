@@ -10,7 +10,8 @@ import torch
 
 from tests.support.tiny_models import config, train_tiny
 from trainer.errors import ConfigError, ResumeStateError
-from trainer.jobs import TIMESTEP_BINS, JobRegistry
+from trainer.jobs import JobRegistry
+from trainer.timestep_histogram import TIMESTEP_BINS
 from trainer.training.config import LoraShape, TrainConfig
 from trainer.training.export import TrainingSummary, kohya_metadata
 from trainer.training.loop import StepRecord, TrainResult
