@@ -1,6 +1,8 @@
 """The memory a run needs, against what the host has free, before anything is encoded."""
 from __future__ import annotations
 
+import dataclasses
+
 import comfy.model_management
 from torch import nn
 
@@ -17,10 +19,10 @@ from . import model as host_model
 
 
 def check_memory(model, config: TrainConfig, resolution: int, trainable_params: int,
-                 trained: list[tuple[nn.Module, list[str]]]) -> MemoryPlan:
-    """How the run fits (memory_mode auto may turn gradient checkpointing on); refuses a run that will not fit,
-    with the figure and the options that fit. `model` is the graph's MODEL, `trained` each module (the UNet first)
-    with its selected layers."""
+                 trained: list[tuple[nn.Module, list[str]]]) -> tuple[TrainConfig, MemoryPlan]:
+    """The config to train with and how it fits (memory_mode auto may have turned gradient checkpointing on);
+    refuses a run that will not fit, with the figure and the options that fit. `model` is the graph's MODEL,
+    `trained` each module (the UNet first) with its selected layers."""
     unet = trained[0][0]
     params_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
     opt = config.optimisation
@@ -34,7 +36,8 @@ def check_memory(model, config: TrainConfig, resolution: int, trainable_params: 
     available = host_model.free_memory_bytes() + model.loaded_size()  # what the model holds counts
     plan = plan_memory(estimate, available, automatic=opt.memory_mode == "auto")
     if plan is not None:
-        return plan
+        optimisation = dataclasses.replace(opt, gradient_checkpointing=plan.gradient_checkpointing)
+        return dataclasses.replace(config, optimisation=optimisation), plan
     _, options = fits(estimate, available, eight_bit=on_gpu)
     raise TrainingStopped(f"This run needs about {estimate.total_bytes / 2**30:.1f} GiB but "
                           f"{available / 2**30:.1f} GiB are available. Options that fit: "

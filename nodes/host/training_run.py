@@ -179,14 +179,11 @@ class TrainingRun:
             self.text_layers = layers["text encoder"]
             self.name_map.update(host_model.clip_kohya_names(model, self.text_layers, TEXT_ENCODER_KEY_PREFIX))
             trainable += adapter_parameter_count(self.text_encoder, self.text_layers, self.config.lora)
-        plan = check_memory(self.host.model, self.config, self.spec.resolution, trainable,
-                            [(self.unet, self.unet_layers)] + ([(self.text_encoder, self.text_layers)]
-                                                               if self.train_clip else []))
+        self.config, plan = check_memory(self.host.model, self.config, self.spec.resolution, trainable,
+                                         [(self.unet, self.unet_layers)] + ([(self.text_encoder, self.text_layers)]
+                                                                            if self.train_clip else []))
         log.info("LoRA Lab memory: %s", plan.description)
         self.job.set_memory_plan(plan.description)
-        if plan.gradient_checkpointing != self.config.optimisation.gradient_checkpointing:  # memory_mode auto
-            optimisation = dataclasses.replace(self.config.optimisation, gradient_checkpointing=True)
-            self.config = dataclasses.replace(self.config, optimisation=optimisation)
         TimestepSampling.of(self.config.optimisation).check(self.schedule)  # e.g. sigmoid on an epsilon model
         self.optimizer_name = check_optimizer(self.config.optimisation, comfy.model_management.get_torch_device())
         self.base_version, self.architecture = host_model.base_model_version(model)
