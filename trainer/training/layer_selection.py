@@ -55,12 +55,9 @@ RES_BLOCK_LINEAR_PATTERNS: tuple[str, ...] = (r"(^|\.)(emb_layers\.1|time_emb_pr
 EMBEDDER_PATTERNS: tuple[str, ...] = (r"(^|\.)(t_embedder|y_embedder)\.",)
 
 
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+def _matches(name: str, patterns: Sequence[str | re.Pattern[str]]) -> bool:
+    """Whether any pattern (text or compiled) is found in the layer name."""
     return any(re.search(p, name) for p in patterns)
-
-
-def _searched(name: str, patterns: Sequence[re.Pattern[str]]) -> bool:
-    return any(p.search(name) for p in patterns)
 
 
 # A comma separates two patterns, except inside a {m,n} repeat.
@@ -136,7 +133,7 @@ def _candidates(model: nn.Module, targets_kind: str,
     trainable layers, and layers of an unsupported type in those positions."""
     for name, module in model.named_modules():
         if name and (_is_trainable_layer(module) or _unsupported_layer(module)) and (
-                _searched(name, include) or _in_preset(name, module, targets_kind)):
+                _matches(name, include) or _in_preset(name, module, targets_kind)):
             yield name, module
 
 
@@ -153,7 +150,7 @@ def select_targets(model: nn.Module, targets_kind: str, include: Sequence[re.Pat
         raise ConfigError(f"targets = {targets_kind!r} is not allowed; expected one of {', '.join(kinds)}.")
     selected = []
     for name, module in _candidates(model, targets_kind, include):
-        if _searched(name, exclude):
+        if _matches(name, exclude):
             continue
         if not _is_trainable_layer(module):
             kind = type(module)
