@@ -92,6 +92,8 @@ INPUT_FIELDS: dict[str, tuple[type, str]] = {
     "exclude_layers": (LoraShape, "exclude_layers"),
     "loraplus_lr_ratio": (Optimisation, "loraplus_lr_ratio"),
     "memory_mode": (Optimisation, "memory_mode"),
+    "offload_fraction": (Optimisation, "offload_fraction"),
+    "device_memory_limit_gb": (Optimisation, "device_memory_limit_gb"),
 }
 
 _KINDS: dict[type, str] = {int: "INT", float: "FLOAT", bool: "BOOLEAN", str: "STRING"}

@@ -15,7 +15,8 @@ ADAPTER = ("targets", "dropout", "train_text_encoder", "text_encoder_lr", "adapt
 OPTIMIZER = ("optimizer", "optimizer_class", "optimizer_args", "optimizer_fallback", "weight_decay", "schedule",
              "warmup_steps", "lr_cycles", "lr_power", "decay_steps", "min_lr_ratio", "grad_accumulation",
              "max_grad_norm", "loraplus_lr_ratio", "ema", "ema_decay", "ema_every", "ema_for_samples", "ema_for_final",
-             "mixed_precision", "gradient_checkpointing", "memory_mode")
+             "mixed_precision", "gradient_checkpointing", "memory_mode", "offload_fraction",
+             "device_memory_limit_gb")
 OBJECTIVE = ("timestep_sampling", "min_timestep", "max_timestep", "sigmoid_scale", "logit_mean", "logit_std",
              "discrete_flow_shift", "min_snr_gamma", "loss_type", "huber_schedule", "huber_c", "debiased_estimation",
              "noise_offset", "noise_offset_random_strength", "multires_noise_iterations", "multires_noise_discount",

@@ -100,6 +100,7 @@ class Job:
         self._timesteps = TimestepHistogram()
         self._batch: dict[str, int] | None = None  # images per update and how they are made up
         self._memory_plan: str | None = None  # how the run fits in memory, in words (memory_mode auto may choose)
+        self._weights_on_device: dict[str, int] | None = None  # the model's weights the last load left on the device
 
     # --- written by the trainer -------------------------------------------------------------------
     def start(self) -> None:
@@ -120,6 +121,11 @@ class Job:
         """How the run fits in memory, e.g. "gradient checkpointing (auto): about 5.2 GiB with it, ..."."""
         with self._lock:
             self._memory_plan = description
+
+    def set_weights_on_device(self, on_device_bytes: int, total_bytes: int) -> None:
+        """How much of the model's weights the training load left on the device (the rest is offloaded)."""
+        with self._lock:
+            self._weights_on_device = {"bytes": on_device_bytes, "total_bytes": total_bytes}
 
     def set_phase(self, phase: str, detail: str | None = None) -> None:
         """What the run is doing now ("encoding", "sampling", "training", ...) and how far ("3/40"); published
@@ -338,6 +344,7 @@ class Job:
             "world_size": self._batch["world_size"] if self._batch else 1,  # training processes (torchrun)
             "batch": dict(self._batch) if self._batch else None,
             "memory_plan": self._memory_plan,
+            "weights_on_device": self._weights_on_device,  # None until the model is loaded for training
             "phase_seconds": self._phase_seconds_locked(),  # where the run's time went, phase by phase
             "timestep_histogram": self._timesteps.snapshot(),  # None before any step
         }

@@ -48,6 +48,7 @@ from .run_control import CANCELLED, RunControl
 from .run_files import RunFiles
 from .run_outputs import delete_lora_files, ema_file_name, save_lora_files
 from .training_samples import SamplePlan, TrainingSamples, preview_of
+from .weight_loading import load_for_training
 
 log = logging.getLogger(__name__)
 EVAL_SEED = 1234  # fixed noise and timesteps: losses at different steps are comparable
@@ -207,12 +208,18 @@ class TrainingRun:
                                         None if self.train_clip else self.host.clip)
         self.validation_encoded = encoded[train_count:train_count + held_out]
 
+    def load_model(self) -> None:
+        """Loads the model as the memory plan says (fully, or partly offloaded); again after each sample, which the
+        host's sampler loads its own way. A CLIP that encodes at every step (it trains, or the captions vary) stays
+        loaded beside the model: loading it on demand could offload the model being trained."""
+        encodes_each_step = self.train_clip or self.spec.options.varies_captions
+        loaded = load_for_training(self.host.model, self.host.clip if encodes_each_step else None,
+                                   self.config.optimisation.offload_fraction)
+        self.job.set_weights_on_device(loaded.on_device_bytes, loaded.total_bytes)
+
     def attach(self) -> None:
         model, clip = self.host.model, self.host.clip
-        # A CLIP that encodes at every step (it trains, or the captions vary) stays loaded beside the model: loading
-        # it on demand could offload the model being trained.
-        encodes_each_step = self.train_clip or self.spec.options.varies_captions
-        host_model.load_for_training(model, clip if encodes_each_step else None)
+        self.load_model()
         release_inference_tensors(self.unet)
         self.adapters.attach(self.unet, self.unet_layers)
         self.name_map.update(host_model.unet_kohya_names(model, self.unet_layers))
@@ -235,6 +242,7 @@ class TrainingRun:
             self.job.set_phase("sampling", "step 0")
             with self.control.host_work():
                 self.samples.render(0, before_each=self.control.check)
+            self.load_model()
         self.eval_start = None
         if self.eval_count:
             self.job.set_phase("evaluating", "before training")
@@ -405,6 +413,7 @@ class TrainingRun:
                 pass  # the loop sees control.halted before its next update
             except comfy.model_management.InterruptProcessingException as e:
                 self.control.interrupted_by_host(e)
+            self.load_model()
             self.job.set_phase("training")
         try:  # the host's progress hook raises on Cancel; the loop stops before its next update
             self.progress_bar.update_absolute(record.step, record.total,

@@ -209,12 +209,22 @@ class Optimisation:
                                             "and the text encoder alike (sd-scripts' loraplus_lr_ratio); the paper "
                                             "suggests 16, sd-scripts' docs start near 4. lora and dora adapters "
                                             "only. 0 = off.", min=0.0, max=1000.0, step=0.5)
-    memory_mode: str = setting("auto", "auto: when the run does not fit in the free memory as set, gradient "
-                                       "checkpointing is turned on if that makes it fit (slower steps, the same "
-                                       "result), and the log and the dashboard say so; as_set: the settings as "
-                                       "they are, and a run that does not fit is refused. Either way a run that "
-                                       "cannot fit is refused before any work, with the options that would.",
-                               choices=MEMORY_MODES)
+    memory_mode: str = setting("auto", "auto: when the run does not fit in the memory available as set, gradient "
+                                       "checkpointing is turned on if that makes it fit, else (on a GPU) the "
+                                       "smallest share of the frozen weights that makes it fit is offloaded to CPU "
+                                       "memory (slower steps, the same result), and the log and the dashboard say "
+                                       "so; as_set: the settings as they are, and a run that does not fit is "
+                                       "refused. Either way a run that cannot fit is refused before any work, with "
+                                       "the options that would.", choices=MEMORY_MODES)
+    offload_fraction: float = setting(0.0, "Share of the frozen model weights kept in CPU memory and streamed to the "
+                                           "device layer by layer as they are used, through the host's own partial "
+                                           "loading (its lowvram mode); implies gradient checkpointing. 0 = the "
+                                           "whole model on the device. memory_mode auto may raise it, never lower "
+                                           "it.", min=0.0, max=1.0, step=0.05)
+    device_memory_limit_gb: float = setting(0.0, "The most device memory this run plans to use, in GiB (less than "
+                                                 "the host reports free leaves room for other programs, e.g. on a "
+                                                 "shared GPU); memory_mode auto fits the run into it. 0 = what the "
+                                                 "host reports free.", min=0.0, max=4096.0, step=0.5)
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -1,7 +1,11 @@
 """A rough, documented estimate of training memory, and what to change when it does not fit.
 
 total = weights + LoRA params (fp32) + their grads (fp32) + optimizer state + activations + overhead
-  - weights: the frozen model as loaded (caller passes bytes, so fp16/bf16/fp8 loading is accounted for);
+  - weights: the frozen model as loaded (caller passes bytes, so fp16/bf16/fp8 loading is accounted for); with
+    `offload_fraction` f, only (1 - f) of them stay on the device and the rest is streamed from CPU memory
+    layer by layer, through a buffer of OFFLOAD_BUFFER_LAYERS times the largest layer (the host keeps that
+    many casts in flight); offloading implies gradient checkpointing (else every streamed weight is kept
+    for backward);
   - optimizer: the state each optimizer's library allocates by its first step, per parameter tensor
     (optimizer_state_bytes): AdamW two fp32 moments and a step (8 B/param); adamw8bit two 8-bit moments and a
     block maximum per 256 (~2 B/param; fp32 for tensors under 4096 elements); Lion one moment (4 B/param);
@@ -38,6 +42,8 @@ CHECKPOINTING_FACTOR = 0.2
 OVERHEAD_FRACTION = 0.10
 OVERHEAD_FIXED_BYTES = 256 * 1024**2
 _ELEMENT_BYTES = {"no": 4, "fp16": 2, "bf16": 2}
+OFFLOAD_BUFFER_LAYERS = 2  # the host's cast of an offloaded layer, and the one its offload stream loads ahead
+OFFLOAD_STEP = 0.05  # memory_mode auto offloads the smallest multiple of this share of the weights that fits
 # Per optimizer kind: state bytes per element of a parameter, and per parameter tensor (torch's 0-d fp32 `step`).
 # Counted from each library's state after one step (tests/unit/training/test_optimizer_memory.py), with the
 # defaults optimizers.py passes; _tensor_state_bytes adds what optimizer_args change. custom: counted as AdamW.
@@ -102,6 +108,13 @@ class MemoryInputs:
     # The trainable tensors' shapes, for the optimizer state (Adafactor's depends on them); None: one flat tensor.
     parameter_shapes: tuple[tuple[int, ...], ...] | None = None
     optimizer_args: tuple[tuple[str, Any], ...] = ()  # the run's optimizer_args, as (key, value) pairs
+    offload_fraction: float = 0.0  # share of the weights kept off the device and streamed per layer
+    largest_layer_bytes: int = 0  # the largest single layer's weights (the streaming buffer's unit)
+
+    @property
+    def checkpointed(self) -> bool:
+        """Whether activations are recomputed: as set, or because weights are offloaded."""
+        return self.gradient_checkpointing or self.offload_fraction > 0
 
 
 @dataclass(frozen=True)
@@ -129,7 +142,7 @@ def _estimate(inputs: MemoryInputs) -> MemoryEstimate:
     # Activations grow with width more than with depth; sqrt(params) stands in for width.
     model_scale = math.sqrt(max(inputs.model_params_bytes, 1) / SD15_UNET_PARAMS_BYTES)
     activations = inputs.batch_size * latent_pixels * ACTIVATION_BYTES_PER_LATENT_PIXEL * element_scale * model_scale
-    if inputs.gradient_checkpointing:
+    if inputs.checkpointed:
         activations *= CHECKPOINTING_FACTOR
     # The latents themselves (input, noise, target, prediction), fp32.
     activations += 4 * inputs.batch_size * latent_pixels * inputs.latent_channels * 4
@@ -139,8 +152,12 @@ def _estimate(inputs: MemoryInputs) -> MemoryEstimate:
     counted = sum(math.prod(shape) for shape in shapes)
     optimizer = (optimizer_state_bytes(inputs.optimizer, shapes, dict(inputs.optimizer_args))
                  * inputs.trainable_params // max(counted, 1))
-    subtotal = inputs.model_params_bytes + 2 * lora + optimizer + int(activations)
-    return MemoryEstimate(inputs=inputs, weights_bytes=inputs.model_params_bytes, lora_bytes=lora,
+    weights = inputs.model_params_bytes
+    if inputs.offload_fraction > 0:
+        weights = (round(weights * (1 - inputs.offload_fraction))
+                   + min(weights, OFFLOAD_BUFFER_LAYERS * inputs.largest_layer_bytes))
+    subtotal = weights + 2 * lora + optimizer + int(activations)
+    return MemoryEstimate(inputs=inputs, weights_bytes=weights, lora_bytes=lora,
                           gradient_bytes=lora, optimizer_bytes=optimizer, activation_bytes=int(activations),
                           overhead_bytes=int(OVERHEAD_FRACTION * subtotal) + OVERHEAD_FIXED_BYTES)
 
@@ -151,18 +168,22 @@ def estimate_training_memory(model_params_bytes: int, trainable_params: int, bat
                              optimizer: str = "adamw", rank: int | None = None,
                              latent_downscale: int = 8,
                              parameter_shapes: Sequence[tuple[int, ...]] | None = None,
-                             optimizer_args: Mapping[str, Any] | None = None) -> MemoryEstimate:
+                             optimizer_args: Mapping[str, Any] | None = None, offload_fraction: float = 0.0,
+                             largest_layer_bytes: int = 0) -> MemoryEstimate:
     """Estimate the accelerator memory one training step needs (see the module docstring for the formula).
 
     `parameter_shapes`: the trainable tensors' shapes (their element count is trainable_params), for an exact
     optimizer state; without them the parameters count as one flat tensor. `optimizer_args`: the run's
-    (Optimisation.optimizer_kwargs()), where they change the state.
+    (Optimisation.optimizer_kwargs()), where they change the state. `offload_fraction`: the share of the weights
+    streamed from CPU memory (0..1); `largest_layer_bytes`: the largest layer's weights, its streaming buffer.
     """
     if isinstance(resolution, int):
         resolution = (resolution, resolution)
     for name, value in (("model_params_bytes", model_params_bytes), ("trainable_params", trainable_params)):
         if value < 0:
             raise ValueError(f"{name} = {value} is not allowed; expected 0 or more.")
+    if not 0.0 <= offload_fraction <= 1.0:
+        raise ValueError(f"offload_fraction = {offload_fraction} is not allowed; expected 0 to 1.")
     if batch_size < 1 or min(resolution) < 1:
         raise ValueError(f"batch_size = {batch_size}, resolution = {resolution}: expected positive values.")
     shapes = None if parameter_shapes is None else tuple(tuple(shape) for shape in parameter_shapes)
@@ -171,7 +192,8 @@ def estimate_training_memory(model_params_bytes: int, trainable_params: int, bat
                          f"trainable_params = {trainable_params}.")
     return _estimate(MemoryInputs(model_params_bytes, trainable_params, batch_size, (resolution[0], resolution[1]),
                                   latent_channels, latent_downscale, gradient_checkpointing, mixed_precision,
-                                  optimizer, rank, shapes, tuple(sorted((optimizer_args or {}).items()))))
+                                  optimizer, rank, shapes, tuple(sorted((optimizer_args or {}).items())),
+                                  offload_fraction, largest_layer_bytes))
 
 
 def _gib(n: int) -> str:
@@ -181,7 +203,7 @@ def _gib(n: int) -> str:
 def _alternatives(inputs: MemoryInputs, eight_bit: bool) -> list[tuple[str, MemoryInputs]]:
     """Single changes that lower memory, cheapest in quality first (adamw8bit only where it runs: `eight_bit`)."""
     options: list[tuple[str, MemoryInputs]] = []
-    if not inputs.gradient_checkpointing:
+    if not inputs.checkpointed:
         options.append(("turn on gradient checkpointing", dataclasses.replace(inputs, gradient_checkpointing=True)))
     batch = inputs.batch_size // 2
     while batch >= 1:
@@ -207,9 +229,11 @@ def _alternatives(inputs: MemoryInputs, eight_bit: bool) -> list[tuple[str, Memo
     return options
 
 
-def fits(estimate: MemoryEstimate, available_bytes: int, eight_bit: bool = True) -> tuple[bool, list[str]]:
+def fits(estimate: MemoryEstimate, available_bytes: int, eight_bit: bool = True,
+         can_offload: bool = False) -> tuple[bool, list[str]]:
     """Whether the estimate fits in `available_bytes`; if not, changes that would make it fit. `eight_bit`: whether
-    adamw8bit can run here (bitsandbytes needs a CUDA GPU), so that it may be suggested."""
+    adamw8bit can run here (bitsandbytes needs a CUDA GPU), so that it may be suggested; `can_offload`: whether
+    offloading weights frees device memory (a GPU), so that offload_fraction may be suggested."""
     if estimate.total_bytes <= available_bytes:
         return True, []
     suggestions = []
@@ -217,6 +241,10 @@ def fits(estimate: MemoryEstimate, available_bytes: int, eight_bit: bool = True)
         total = _estimate(changed).total_bytes
         if total <= available_bytes:
             suggestions.append(f"{label}: about {_gib(total)}")
+    offloaded = smallest_offload(estimate.inputs, available_bytes) if can_offload else None
+    if offloaded is not None and offloaded.offload_fraction > estimate.inputs.offload_fraction:
+        suggestions.append(f"offload_fraction {offloaded.offload_fraction:.2f} (with gradient checkpointing): about "
+                           f"{_gib(_estimate(offloaded).total_bytes)}")
     if suggestions:
         return False, suggestions
     inputs = estimate.inputs
@@ -233,25 +261,59 @@ def fits(estimate: MemoryEstimate, available_bytes: int, eight_bit: bool = True)
                    "close other programs, lower the resolution, or load the model in a smaller dtype"]
 
 
+def smallest_offload(inputs: MemoryInputs, available_bytes: int) -> MemoryInputs | None:
+    """`inputs` with gradient checkpointing and the smallest share of the weights offloaded (a multiple of
+    OFFLOAD_STEP, at least the share set) that fits in `available_bytes`; None if even offloading them all does not."""
+    steps = round(1 / OFFLOAD_STEP)
+    for step in range(math.ceil(inputs.offload_fraction * steps - 1e-9), steps + 1):
+        offloaded = dataclasses.replace(inputs, gradient_checkpointing=True, offload_fraction=step / steps)
+        if _estimate(offloaded).total_bytes <= available_bytes:
+            return offloaded
+    return None
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.0f}%"
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
-    """How a run fits: whether it trains with gradient checkpointing, and what was chosen and why, in words."""
+    """How a run fits: whether it trains with gradient checkpointing, the share of the frozen weights streamed from
+    CPU memory (offload), and what was chosen and why, in words."""
 
     gradient_checkpointing: bool
     description: str
+    offload_fraction: float = 0.0
 
 
-def plan_memory(estimate: MemoryEstimate, available_bytes: int, automatic: bool) -> MemoryPlan | None:
-    """The fastest way the run fits in `available_bytes`: as set when it fits; else, when `automatic` and gradient
-    checkpointing is off, with gradient checkpointing if that fits (slower steps, the same gradients). None: it
-    does not fit either way (fits() says what would)."""
+def _plan(inputs: MemoryInputs, how: str) -> MemoryPlan:
+    return MemoryPlan(inputs.checkpointed, how, inputs.offload_fraction)
+
+
+def plan_memory(estimate: MemoryEstimate, available_bytes: int, automatic: bool,
+                can_offload: bool = False) -> MemoryPlan | None:
+    """The fastest way the run fits in `available_bytes`: as set when it fits; else, when `automatic`, with gradient
+    checkpointing if that fits (slower steps, the same gradients), else (`can_offload`: the device is not the CPU
+    memory the weights would be streamed from) with checkpointing and the smallest share of the weights offloaded
+    that fits (slower still, the same result). None: it does not fit either way (fits() says what would)."""
     inputs, free = estimate.inputs, _gib(available_bytes)
     if estimate.total_bytes <= available_bytes:
-        how = "gradient checkpointing (as set)" if inputs.gradient_checkpointing else "full activations"
-        return MemoryPlan(inputs.gradient_checkpointing, f"{how}: about {_gib(estimate.total_bytes)} of {free} free")
-    if automatic and not inputs.gradient_checkpointing:
+        how = "full activations"
+        if inputs.checkpointed:
+            how = "gradient checkpointing" + (f" and {_percent(inputs.offload_fraction)} of the weights offloaded"
+                                              if inputs.offload_fraction > 0 else "") + " (as set)"
+        return _plan(inputs, f"{how}: about {_gib(estimate.total_bytes)} of {free} available")
+    if not automatic:
+        return None
+    if not inputs.checkpointed:
         checkpointed = _estimate(dataclasses.replace(inputs, gradient_checkpointing=True)).total_bytes
         if checkpointed <= available_bytes:
             return MemoryPlan(True, f"gradient checkpointing (auto): about {_gib(checkpointed)} with it, "
-                                    f"{_gib(estimate.total_bytes)} without, {free} free")
-    return None
+                                    f"{_gib(estimate.total_bytes)} without, {free} available")
+    offloaded = smallest_offload(inputs, available_bytes) if can_offload else None
+    if offloaded is None:
+        return None
+    share = _percent(offloaded.offload_fraction)
+    return _plan(offloaded, f"gradient checkpointing and {share} of the weights offloaded to CPU memory, streamed "
+                            f"per layer (auto): about {_gib(_estimate(offloaded).total_bytes)} with them, "
+                            f"{_gib(estimate.total_bytes)} as set, {free} available")

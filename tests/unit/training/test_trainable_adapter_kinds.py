@@ -310,8 +310,8 @@ def test_rebuilt_kinds_keep_no_full_size_weight_for_backward(kind: str, layer: s
     weight = model[0].weight.detach()
     expected = _apply(model[0], x, weight + adapters["0"].training_delta(lambda: weight))
     expected.square().sum().backward()
-    for name, p in adapters.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, rtol=1e-5, atol=1e-6 * float(p.grad.abs().max()))
+    for name, p in adapters.named_parameters():  # fp32 in two summation orders (DoRA's norm: ~1e-4 apart on AMD)
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-5 * float(p.grad.abs().max()))
 
 
 def test_dora_refuses_a_layer_whose_weight_is_no_float_tensor() -> None:

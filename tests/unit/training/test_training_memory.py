@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.training.memory import GIB, MemoryPlan, estimate_training_memory, fits, plan_memory
+from trainer.training.memory import (
+    GIB,
+    OFFLOAD_BUFFER_LAYERS,
+    OFFLOAD_STEP,
+    MemoryPlan,
+    estimate_training_memory,
+    fits,
+    plan_memory,
+)
 
 SD15 = 860_000_000 * 2
 
@@ -90,13 +98,54 @@ def test_memory_plan_keeps_what_fits_and_auto_turns_on_checkpointing_only_when_t
     assert checkpointed < full
     plenty = plan_memory(estimate(False), full, automatic=True)
     gib = f"{full / 2**30:.1f} GiB"
-    assert plenty == MemoryPlan(False, f"full activations: about {gib} of {gib} free")
+    assert plenty == MemoryPlan(False, f"full activations: about {gib} of {gib} available")
     between = (full + checkpointed) // 2
     chosen = plan_memory(estimate(False), between, automatic=True)
     assert chosen is not None and chosen.gradient_checkpointing
     assert chosen.description == (f"gradient checkpointing (auto): about {checkpointed / 2**30:.1f} GiB with it, "
-                                  f"{full / 2**30:.1f} GiB without, {between / 2**30:.1f} GiB free")
+                                  f"{full / 2**30:.1f} GiB without, {between / 2**30:.1f} GiB available")
     assert plan_memory(estimate(False), between, automatic=False) is None  # as_set: refused, nothing changed
     assert plan_memory(estimate(False), checkpointed - 1, automatic=True) is None  # not even with it
     already = plan_memory(estimate(True), checkpointed, automatic=False)
     assert already is not None and already.gradient_checkpointing and "(as set)" in already.description
+
+
+def test_offloading_weights_counts_only_the_share_on_the_device_plus_its_streaming_buffer() -> None:
+    layer = 50_000_000
+    full = estimate_training_memory(SD15, 3_000_000, 1, 512, gradient_checkpointing=True)
+    half = estimate_training_memory(SD15, 3_000_000, 1, 512, offload_fraction=0.5, largest_layer_bytes=layer)
+    assert half.weights_bytes == round(SD15 * 0.5) + OFFLOAD_BUFFER_LAYERS * layer
+    assert half.activation_bytes == full.activation_bytes  # offloading implies checkpointing
+    assert half.total_bytes < full.total_bytes
+    with pytest.raises(ValueError, match="offload_fraction = 1.5"):
+        estimate_training_memory(SD15, 1, 1, 512, offload_fraction=1.5)
+
+
+def test_auto_offloads_the_smallest_share_that_fits_only_where_offloading_frees_device_memory() -> None:
+    layer = 20_000_000
+    as_set = estimate_training_memory(SD15, 3_000_000, 1, 512, largest_layer_bytes=layer)
+    checkpointed = estimate_training_memory(SD15, 3_000_000, 1, 512, gradient_checkpointing=True,
+                                            largest_layer_bytes=layer).total_bytes
+    available = checkpointed - SD15 // 3  # a third of the weights must leave the device
+    assert plan_memory(as_set, available, automatic=True) is None  # the CPU: offloading to itself frees nothing
+    plan = plan_memory(as_set, available, automatic=True, can_offload=True)
+    assert plan is not None and plan.gradient_checkpointing
+    # The smallest multiple of OFFLOAD_STEP that fits: the one below it does not.
+    share = plan.offload_fraction
+    assert abs(share / OFFLOAD_STEP - round(share / OFFLOAD_STEP)) < 1e-9 and 1 / 3 < share < 1
+    def total(fraction: float) -> int:
+        return estimate_training_memory(SD15, 3_000_000, 1, 512, offload_fraction=fraction,
+                                        largest_layer_bytes=layer).total_bytes
+    assert total(share) <= available < total(share - OFFLOAD_STEP)
+    assert f"{share * 100:.0f}% of the weights offloaded" in plan.description and "(auto)" in plan.description
+    assert plan_memory(as_set, available, automatic=False, can_offload=True) is None  # as_set refuses
+    fits_now, options = fits(as_set, available, eight_bit=False, can_offload=True)
+    assert not fits_now and any(o.startswith(f"offload_fraction {share:.2f}") for o in options)
+    assert plan_memory(as_set, total(1.0) - 1, automatic=True, can_offload=True) is None  # not even all of them
+
+
+def test_an_offload_set_by_hand_is_kept_and_named_when_it_fits() -> None:
+    e = estimate_training_memory(SD15, 3_000_000, 1, 512, offload_fraction=0.25, largest_layer_bytes=10_000_000)
+    plan = plan_memory(e, e.total_bytes, automatic=False)
+    assert plan == MemoryPlan(True, plan.description, 0.25)
+    assert "25% of the weights offloaded (as set)" in plan.description
