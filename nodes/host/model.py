@@ -212,13 +212,6 @@ def encode_caption(clip, caption: str) -> tuple[torch.Tensor, torch.Tensor | Non
         return context.float().cpu().clone(), None if pooled is None else pooled.float().cpu().clone()
 
 
-def load_for_training(model, clip=None) -> None:
-    """Loads the model (and the CLIP, when it trains too) with their patches onto the compute device, fully,
-    so that neither is offloaded while training."""
-    comfy.model_management.load_models_gpu([model] + ([clip.patcher] if clip is not None else []),
-                                           force_full_load=True)
-
-
 def memory_in_use() -> int:
     """Accelerator memory allocated by torch, or this process's resident memory on the CPU."""
     device = comfy.model_management.get_torch_device()
