@@ -88,7 +88,8 @@ def centre_crop_box(width: int, height: int, bucket: Bucket) -> tuple[int, int, 
 
 def batches_by_bucket(items: Sequence[Bucketed], batch_size: int,
                       generator: torch.Generator) -> list[list[int]]:
-    """One epoch as batches of indices into `items`; each batch holds one bucket only.
+    """One epoch as batches of indices into `items`; each batch holds one bucket and one frame count only (an
+    item without a `frame_count`, e.g. any image, has one frame: video latents of other lengths do not stack).
 
     Each item appears `item.repeats` times. Order is shuffled within each bucket and then across
     batches with `generator`, so the result depends only on its state. The last batch of a bucket may
@@ -96,9 +97,10 @@ def batches_by_bucket(items: Sequence[Bucketed], batch_size: int,
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise DatasetError(f"batch_size = {batch_size!r} is not allowed; expected an integer of at least 1.")
-    by_bucket: dict[Bucket, list[int]] = {}
+    by_bucket: dict[tuple[Bucket, int], list[int]] = {}
     for index, item in enumerate(items):
-        by_bucket.setdefault(tuple(item.bucket), []).extend([index] * item.repeats)  # type: ignore[arg-type]
+        key = (tuple(item.bucket), getattr(item, "frame_count", 1))
+        by_bucket.setdefault(key, []).extend([index] * item.repeats)  # type: ignore[arg-type]
     batches: list[list[int]] = []
     for bucket in sorted(by_bucket):  # sorted: dict order must not leak into the random stream
         indices = by_bucket[bucket]

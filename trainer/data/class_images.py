@@ -38,7 +38,7 @@ def with_class_images(spec: DatasetSpec, folder: str | os.PathLike[str]) -> Data
     balanced against spec's training samples; DatasetError for a folder without images or an image that has
     neither a caption nor an `N_class` folder."""
     root = existing_folder(folder, "regularisation folder")
-    found = find_items(root, spec.buckets, spec.options.masked_loss)
+    found = find_items(root, spec.buckets, spec.options.masked_loss, spec.video)
     if not found:
         raise DatasetError(f"no images found in regularisation folder '{root}' or its sub-folders; put the class "
                            "images in a sub-folder named like '1_dog' (their caption is then 'dog' unless they "

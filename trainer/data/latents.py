@@ -25,10 +25,10 @@ TextEncoder = Callable[[str], tuple[torch.Tensor, torch.Tensor | None]]
 
 @dataclass(frozen=True)
 class EncodedImage:
-    """One image as the denoiser sees it: latent [C, h, w], optional mirrored latent, its caption, the
-    caption's context [tokens, width] (None when the text encoder trains and contexts change every step),
-    its pooled embedding [width] where the model uses one (SDXL), and its loss mask [1, h, w] (None: every
-    element weighs 1; mirrored with the latent)."""
+    """One image as the denoiser sees it: latent [C, h, w] (a video model's [C, frames, h, w]), optional mirrored
+    latent, its caption, the caption's context [tokens, width] (None when the text encoder trains and contexts
+    change every step), its pooled embedding [width] where the model uses one (SDXL), and its loss mask
+    [1, h, w] ([1, 1, h, w] for a video model; None: every element weighs 1; mirrored with the latent)."""
     latent: torch.Tensor
     flipped: torch.Tensor | None
     caption: str

@@ -56,7 +56,9 @@ def load_mask(item: DatasetItem, bucket: Bucket | None = None) -> torch.Tensor |
     return torch.from_numpy(np.array(fit_to_bucket(channel, bucket), dtype=np.float32) / 255.0)
 
 
-def latent_mask(mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
-    """A pixel mask [H, W] reduced to the latent's [1, h, w] by area averaging (sd-scripts' interpolate 'area')."""
-    return F.interpolate(mask[None, None].float(), size=latent_hw, mode="area")[0]
-
+def latent_mask(mask: torch.Tensor, latent_hw: tuple[int, int], latent_ndim: int = 3) -> torch.Tensor:
+    """A pixel mask [H, W] reduced to the latent's (h, w) by area averaging (sd-scripts' interpolate 'area'),
+    shaped to broadcast over a latent of `latent_ndim` dimensions: [1, h, w] for an image model's [C, h, w],
+    [1, 1, h, w] for a video model's [C, frames, h, w]."""
+    reduced = F.interpolate(mask[None, None].float(), size=latent_hw, mode="area")[0, 0]
+    return reduced.reshape((1,) * (latent_ndim - 2) + tuple(reduced.shape))

@@ -1,7 +1,8 @@
 """Dataset folder to DatasetSpec: find images and captions (kohya repeat folders), bucket them, split off validation.
 
 Layout: images directly in the folder are seen once per epoch; a sub-folder named `N_name` (kohya)
-repeats its images N times; other sub-folders are seen once. Deeper folders and hidden entries are
+repeats its images N times; other sub-folders are seen once. Videos (videos.py) are found, captioned and
+repeated as images are, each trained as the frames its VideoSampling takes. Deeper folders and hidden entries are
 ignored, and so are `masks` folders (masks.py: with masked_loss they hold the images' masks). Each image
 `x.png` takes its caption from `x.txt` next to it (UTF-8, a BOM allowed; lines joined with a space). An
 image without a caption (no file, or an empty one) is trained with the trigger word alone and listed in
@@ -25,6 +26,8 @@ from .buckets import Bucket, make_buckets, nearest_bucket, validate_resolution
 from .images import IMAGE_EXTENSIONS, has_alpha, probe_image
 from .masks import MASK_FOLDER, check_mask_file, find_mask_file
 from .spec import DatasetItem, DatasetSpec
+from .video_sampling import VideoSampling
+from .videos import VIDEO_EXTENSIONS, probe_video
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +35,8 @@ CAPTION_EXTENSION = ".txt"
 MAX_VALIDATION_SHARE = 0.5
 _REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 _HOW_TO = ("put .png/.jpg/.webp images with same-name .txt captions in it "
-           "(a sub-folder named like '10_name' repeats its images 10 times)")
+           "(a sub-folder named like '10_name' repeats its images 10 times); for video models, "
+           f"{'/'.join(VIDEO_EXTENSIONS)} videos with captions train too")
 
 
 def _walk(root: str) -> Iterator[tuple[str, str | None, list[str]]]:
@@ -78,6 +82,14 @@ def _repeats_of(folder_name: str | None) -> int:
 
 def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _is_video(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+
+
+def _is_media(name: str) -> bool:
+    return _is_image(name) or _is_video(name)
 
 
 def _caption_name(image_name: str, file_names: list[str]) -> str | None:
@@ -158,37 +170,42 @@ def _mask_of(directory: str, sub_name: str | None, image_name: str, relative: st
     return mask_path, False
 
 
-def find_items(root: str, buckets: tuple[Bucket, ...], masked_loss: bool) -> list[DatasetItem]:
-    """Every image under `root` with its caption file's text ("" and caption_missing without one) and, with
-    masked_loss, its mask; every image (and mask) opened and checked."""
+def find_items(root: str, buckets: tuple[Bucket, ...], masked_loss: bool,
+               video: VideoSampling | None = None) -> list[DatasetItem]:
+    """Every image and video under `root` with its caption file's text ("" and caption_missing without one) and,
+    with masked_loss, an image's mask; every image (and mask) opened and checked, every video decoded and
+    checked to have the frames `video` (default: VideoSampling()) takes. Videos have no masks."""
+    video = video or VideoSampling()
     root_name = os.path.basename(root)
     items: list[DatasetItem] = []
     for directory, sub_name, file_names in _walk(root):
         if sub_name == MASK_FOLDER:
             continue  # the root images' masks, not images to train on
         repeats = _repeats_of(sub_name)
-        for image_name in filter(_is_image, file_names):
+        for image_name in filter(_is_media, file_names):
             path = os.path.join(directory, image_name)
             relative = image_name if sub_name is None else f"{sub_name}/{image_name}"
-            size = probe_image(path, relative)
+            is_video = _is_video(image_name)
+            size = probe_video(path, relative, video) if is_video else probe_image(path, relative)
             caption_name = _caption_name(image_name, file_names)
             caption_path = os.path.join(directory, caption_name) if caption_name else None
             caption = ""
             if caption_name is not None:
                 caption = read_caption(os.path.join(directory, caption_name),
                                        caption_name if sub_name is None else f"{sub_name}/{caption_name}")
-            mask_path, alpha_mask = (_mask_of(directory, sub_name, image_name, relative, size) if masked_loss
-                                     else (None, False))
+            mask_path, alpha_mask = (_mask_of(directory, sub_name, image_name, relative, size)
+                                     if masked_loss and not is_video else (None, False))
             items.append(DatasetItem(
                 path=path, relative_path=relative, caption=caption, caption_path=caption_path,
                 caption_missing=not caption, group=sub_name or root_name, repeats=repeats, size=size,
-                bucket=nearest_bucket(size[0], size[1], buckets), mask_path=mask_path, alpha_mask=alpha_mask))
+                bucket=nearest_bucket(size[0], size[1], buckets), mask_path=mask_path, alpha_mask=alpha_mask,
+                video=video if is_video else None))
     return items
 
 
 def scan_dataset(folder: str | os.PathLike[str], trigger_word: str = "", resolution: int = 512,
                  flip: bool = False, validation_share: float = 0.0, seed: int = 0,
-                 options: DataOptions | None = None) -> DatasetSpec:
+                 options: DataOptions | None = None, video: VideoSampling | None = None) -> DatasetSpec:
     """Scan `folder` into a DatasetSpec; raise DatasetError for anything the user must fix first.
 
     Every image (and, with options.masked_loss, every mask) is opened and checked here (unreadable, smaller
@@ -201,7 +218,7 @@ def scan_dataset(folder: str | os.PathLike[str], trigger_word: str = "", resolut
     trigger_word = trigger_word.strip()
     root = existing_folder(folder)
     buckets = make_buckets(resolution)
-    found = find_items(root, buckets, options.masked_loss)
+    found = find_items(root, buckets, options.masked_loss, video)
     uncaptioned = [item.relative_path for item in found if item.caption_missing and not trigger_word]
     if uncaptioned:
         raise _missing_caption_error(uncaptioned)
@@ -226,7 +243,7 @@ def scan_dataset(folder: str | os.PathLike[str], trigger_word: str = "", resolut
         validation_share=float(validation_share), seed=seed, buckets=buckets,
         items=tuple(item for i, item in enumerate(items) if i not in held_out),
         validation_items=tuple(item for i, item in enumerate(items) if i in held_out),
-        warnings=tuple(warnings), options=options)
+        warnings=tuple(warnings), options=options, video=video or VideoSampling())
     for warning in warnings:
         logger.warning("dataset: %s", warning)
     logger.info("dataset '%s': %s", root, spec.summary())
@@ -234,7 +251,8 @@ def scan_dataset(folder: str | os.PathLike[str], trigger_word: str = "", resolut
 
 
 def fingerprint(folder: str | os.PathLike[str]) -> str:
-    """A cheap hash of (relative path, size, mtime_ns) of every image, caption and mask file scan_dataset reads.
+    """A cheap hash of (relative path, size, mtime_ns) of every image, video, caption and mask file scan_dataset
+    reads.
 
     Changes when a file is added, removed, renamed or edited; no file is opened. A missing folder has a
     fingerprint too (scan_dataset then reports it), so a node can always compare.
@@ -252,7 +270,7 @@ def fingerprint(folder: str | os.PathLike[str]) -> str:
             listed += [(f"{sub_name}/{MASK_FOLDER}/{name}", os.path.join(masks, name))
                        for name in sorted(os.listdir(masks))]
         for relative, path in listed:
-            if not (_is_image(relative) or relative.lower().endswith(CAPTION_EXTENSION)) or not os.path.isfile(path):
+            if not (_is_media(relative) or relative.lower().endswith(CAPTION_EXTENSION)) or not os.path.isfile(path):
                 continue
             stat = os.stat(path)
             digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())

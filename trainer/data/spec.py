@@ -1,4 +1,4 @@
-"""The scanned dataset as values: DatasetItem per image, DatasetSpec for the folder."""
+"""The scanned dataset as values: DatasetItem per image or video, DatasetSpec for the folder."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..training.config import DataOptions
+from .video_sampling import VideoSampling
 
 
 @dataclass(frozen=True)
 class DatasetItem:
-    """One distinct image of the dataset, with its final caption and bucket.
+    """One distinct image (or video) of the dataset, with its final caption and bucket.
 
-    `size` is (width, height) after EXIF orientation; `bucket` is the (width, height) it is trained at.
-    `group` is the sub-folder it came from (the dataset folder's own name for images at the top).
+    `size` is (width, height) after EXIF orientation (a video's frame size); `bucket` is the (width, height) it is
+    trained at. `group` is the sub-folder it came from (the dataset folder's own name for images at the top).
+    `video` says which frames of a video are trained; None for an image.
     """
 
     path: str
@@ -29,6 +31,12 @@ class DatasetItem:
     bucket: tuple[int, int]
     mask_path: str | None = None  # with masked_loss: its file in masks/ (masks.py)
     alpha_mask: bool = False  # with masked_loss and no mask file: its alpha channel is the mask
+    video: VideoSampling | None = None
+
+    @property
+    def frame_count(self) -> int:
+        """The frames it is trained with: 1 for an image. Batches hold one bucket and one frame count."""
+        return 1 if self.video is None else self.video.frames
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class DatasetSpec:
     options: DataOptions = DataOptions()  # caption transforms, masked loss, regularisation
     class_items: tuple[DatasetItem, ...] = ()  # regularisation images, repeats balanced against the items
     class_folder: str = ""  # where they were found (absolute), "" without
+    video: VideoSampling = VideoSampling()  # the frames each video of the folder (and class folder) trains
 
     @property
     def masked_count(self) -> int:
@@ -64,7 +73,7 @@ class DatasetSpec:
 
     @property
     def samples_per_epoch(self) -> int:
-        """Training images counted with their repeats."""
+        """Training images and videos counted with their repeats."""
         return sum(item.repeats for item in self.items)
 
     def bucket_counts(self) -> dict[tuple[int, int], int]:
@@ -86,7 +95,13 @@ class DatasetSpec:
         parts = [f"{repeats} repeats x {count} in {group}" for group, (repeats, count) in sorted(groups.items())]
         if plain and parts:
             parts.append(f"{plain} plain")
-        head = f"{len(everything)} image{'s' if len(everything) != 1 else ''}"
+        videos = [item for item in everything if item.video is not None]
+        images = len(everything) - len(videos)
+        head = f"{images} image{'s' if images != 1 else ''}" if images or not videos else ""
+        if videos:
+            stride = f" every {self.video.stride} frames" if self.video.stride > 1 else ""
+            head += (", " if head else "") + (f"{len(videos)} video{'s' if len(videos) != 1 else ''} "
+                                              f"({self.video.frames} frames{stride})")
         if parts:
             head += f" ({', '.join(parts)})"
         text = f"{head} → {self.samples_per_epoch} samples/epoch"
