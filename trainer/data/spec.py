@@ -99,9 +99,9 @@ class DatasetSpec:
         images = len(everything) - len(videos)
         head = f"{images} image{'s' if images != 1 else ''}" if images or not videos else ""
         if videos:
-            stride = f" every {self.video.stride} frames" if self.video.stride > 1 else ""
-            head += (", " if head else "") + (f"{len(videos)} video{'s' if len(videos) != 1 else ''} "
-                                              f"({self.video.frames} frames{stride})")
+            stride = f" at stride {self.video.stride}" if self.video.stride > 1 else ""
+            head += (", " if head else "") + (f"{len(videos)} video{'s' if len(videos) != 1 else ''} of "
+                                              f"{self.video.frames} frames{stride}")
         if parts:
             head += f" ({', '.join(parts)})"
         text = f"{head} → {self.samples_per_epoch} samples/epoch"

@@ -5,6 +5,9 @@ Layers a LoRA trains: `nn.Linear`, `nn.Conv2d` (groups = 1), and linear layers o
 quantized linear layers) that declare `in_features` / `out_features` and hold a weight of shape
 [out_features, in_features]. Any other layer type with a weight matrix where a target sits (by preset or by an
 include pattern) is refused, naming its type, rather than silently left out; excluding it is one way round.
+Convolutions of other kinds (1-D, 3-D such as Wan's patch embedding, grouped, transposed) where a target would
+sit are left out and named in a warning (`left_out_layers`); an include pattern that matches only such layers is
+refused.
 
 include_layers / exclude_layers are comma-separated regular expressions searched anywhere in the layer names
 (`re.search`), so a plain word acts as ai-toolkit's only_if_contains / ignore_if_contains and OneTrainer's
@@ -14,6 +17,7 @@ host model's own, e.g. `input_blocks.4.1.transformer_blocks.0.attn2.to_k` in a C
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -26,21 +30,25 @@ from ..errors import ConfigError, LoraTargetError
 if TYPE_CHECKING:
     from .config import LoraShape
 
+logger = logging.getLogger(__name__)
+
 # Layer-name patterns per target kind (matched with re.search against the full module name).
 # Attention projections: SD1/SD2/SDXL UNet (LDM and diffusers names), CLIP text encoders (HF layout),
-# DiT-family transformers (MMDiT `attn.qkv/proj`, Flux `img_attn`/`txt_attn`, diffusers `attn.to_*`).
+# DiT-family transformers (MMDiT `attn.qkv/proj`, Flux `img_attn`/`txt_attn`, diffusers `attn.to_*`), Wan's
+# `self_attn` / `cross_attn` q, k, v, o (and the image-to-video k_img / v_img).
 ATTENTION_PATTERNS: tuple[str, ...] = (
     r"(^|\.)attn[12]?\.(to_q|to_k|to_v|to_out\.0)$",
     r"(^|\.)attn\.(add_q_proj|add_k_proj|add_v_proj|to_add_out)$",
     r"(^|\.)self_attn\.(q_proj|k_proj|v_proj|out_proj)$",
     r"(^|\.)(attn|attn2|img_attn|txt_attn)\.(qkv|proj)$",
     r"(^|\.)single_blocks\.\d+\.(linear1|linear2)$",  # Flux single blocks: fused qkv + MLP in, attn + MLP out
+    r"(^|\.)(self_attn|cross_attn)\.(q|k|v|o|k_img|v_img)$",
 )
 # Feed-forward and the transformer block's in/out projections (Linear in SD2/SDXL, 1x1 Conv2d in SD1).
 FEED_FORWARD_PATTERNS: tuple[str, ...] = (
     r"(^|\.)ff\.net\.(0\.proj|2)$",
     r"(^|\.)mlp\.(fc1|fc2)$",
-    r"(^|\.)(mlp|img_mlp|txt_mlp)\.(0|2)$",
+    r"(^|\.)(mlp|img_mlp|txt_mlp|ffn)\.(0|2)$",
     r"(^|\.)(proj_in|proj_out)$",
 )
 # LoCon: every Conv2d (3x3 and 1x1) plus the res blocks' time-embedding Linear, except the model's first
@@ -102,6 +110,16 @@ def _is_trainable_layer(module: nn.Module) -> bool:
     return is_linear_layer(module) or _is_conv_layer(module)
 
 
+def _is_untrainable_conv(module: nn.Module) -> bool:
+    """A torch convolution a LoRA here cannot train: 1-D, 3-D, grouped or transposed."""
+    return isinstance(module, nn.modules.conv._ConvNd) and not _is_conv_layer(module)
+
+
+def _conv_kind(module: nn.Module) -> str:
+    groups = f" with groups={module.groups}" if getattr(module, "groups", 1) != 1 else ""
+    return f"{type(module).__name__}{groups}"
+
+
 def _unsupported_layer(module: nn.Module) -> bool:
     """A layer with a weight matrix or kernel of a type a LoRA cannot train through (not Linear-like, not a torch
     convolution: grouped, 1-D, 3-D and transposed ones are simply not LoRA targets here)."""
@@ -135,6 +153,17 @@ def _candidates(model: nn.Module, targets_kind: str,
         if name and (_is_trainable_layer(module) or _unsupported_layer(module)) and (
                 _matches(name, include) or _in_preset(name, module, targets_kind)):
             yield name, module
+
+
+def left_out_layers(model: nn.Module, targets_kind: str, include: Sequence[re.Pattern[str]] = (),
+                    exclude: Sequence[re.Pattern[str]] = ()) -> dict[str, str]:
+    """Layer name -> its type, for the convolutions LoRA Lab cannot train (1-D, 3-D, grouped, transposed) that the
+    `attention_ff_conv` preset or an include pattern would otherwise select (not the model's first and last
+    convolutions, which that preset leaves out by design); an exclude pattern leaves a layer out silently."""
+    return {name: _conv_kind(module) for name, module in model.named_modules()
+            if name and _is_untrainable_conv(module) and not _matches(name, exclude) and (
+                _matches(name, include) or (targets_kind == "attention_ff_conv"
+                                            and not _matches(name, CONV_EXCLUDED_PATTERNS + EMBEDDER_PATTERNS)))}
 
 
 def select_targets(model: nn.Module, targets_kind: str, include: Sequence[re.Pattern[str]] = (),
@@ -184,6 +213,14 @@ def select_layers(models: Mapping[str, nn.Module], shape: LoraShape) -> dict[str
     for pattern in include:
         if not any(pattern.search(name) for model in models.values() for name, module in model.named_modules()
                    if name and (_is_trainable_layer(module) or _unsupported_layer(module))):
+            convs = {name: _conv_kind(module) for model in models.values() for name, module in model.named_modules()
+                     if name and _is_untrainable_conv(module) and pattern.search(name)}
+            if convs:
+                raise ConfigError(f"include_layers = '{shape.include_layers}' is not allowed: '{pattern.pattern}' "
+                                  f"matches no Linear or Conv2d layer of the {where}, only layers of a type LoRA "
+                                  "Lab cannot train a LoRA on ("
+                                  + ", ".join(f"'{n}', a {kind}" for n, kind in list(convs.items())[:3])
+                                  + "); remove that pattern.")
             raise ConfigError(f"include_layers = '{shape.include_layers}' is not allowed: '{pattern.pattern}' "
                               f"matches no Linear or Conv2d layer of the {where}; expected patterns searched in "
                               f"their layer names, which look like {_name_examples(models)}.")
@@ -195,6 +232,12 @@ def select_layers(models: Mapping[str, nn.Module], shape: LoraShape) -> dict[str
                               + (" and include_layers" if include else "") + " select; expected patterns "
                               f"searched in their names, which look like {_name_examples(models)}.")
     selected = {role: select_targets(model, shape.targets, include, exclude) for role, model in models.items()}
+    left_out = {name: kind for model in models.values()
+                for name, kind in left_out_layers(model, shape.targets, include, exclude).items()}
+    if left_out:
+        logger.warning("targets %r: %d layer(s) left out, a LoRA cannot be trained on their type (LoRA Lab trains "
+                       "Linear and Conv2d layers): %s", shape.targets, len(left_out),
+                       ", ".join(f"{name} ({kind})" for name, kind in left_out.items()))
     if exclude and not any(selected.values()):
         raise ConfigError(f"exclude_layers = '{shape.exclude_layers}' is not allowed: it leaves out all "
                           f"{len(candidates)} layers that targets {shape.targets!r} selects, so nothing would "
