@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from cli.workflow import ui_to_api
 from scripts.comfy_host import DEFAULT_COMFY_DIR, REPO, TINY_CHECKPOINT_NAME, free_port
 from scripts.training_graphs import option_defaults
+from trainer.data.video_sampling import DEFAULT_VIDEO_FRAMES
 from trainer.training.data_options import DataOptions
 
 pytestmark = pytest.mark.host
@@ -62,7 +63,8 @@ def expected_graph(name: str) -> dict:
         "2": {"class_type": "LoraLabDataset", "_meta": {"title": "LoRA Dataset (LoRA Lab)"},
               "inputs": {"folder": "rings", "trigger_word": "lrlring", "resolution": 64, "flip": False,
                          "validation_share": 0, "seed": 0,
-                         **{f.name: f.default for f in dataclasses.fields(DataOptions)}}},  # not in the file
+                         **{f.name: f.default for f in dataclasses.fields(DataOptions)},  # not in the file
+                         "video_frames": DEFAULT_VIDEO_FRAMES, "frame_stride": 1}},  # nor these
         "3": {"class_type": "LoraLabTrainOptions", "inputs": options,
               "_meta": {"title": "Train LoRA Options (LoRA Lab)"}},
         "4": {"class_type": "LoraLabTrainLora", "_meta": {"title": "Train LoRA (LoRA Lab)"},
