@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import torch
 
 from ...trainer.data.captions import CaptionTransform
-from ...trainer.data.images import load_pixels
 from ...trainer.data.latents import ClassImages, EncodedImage, LatentBatches
 from ...trainer.data.masks import latent_mask, load_mask
 from ...trainer.data.spec import DatasetItem, DatasetSpec
+from ...trainer.data.videos import item_pixels
 from . import model as host_model
 
 # CPU memory for the contexts of transformed captions: one is 0.2 MB (SD1.5) to 8 MB (Flux's T5 at 512 tokens).
@@ -27,12 +27,13 @@ def _file_identity(path: str) -> tuple[str, int, int]:
 
 
 def data_key(items: tuple[DatasetItem, ...], spec: DatasetSpec, contexts: bool) -> tuple:
-    """What the encoded latents depend on besides the models: every image file (absolute path, size, mtime),
-    its caption, its bucket, its mask (file, or alpha), the flip setting, and whether captions are encoded too.
+    """What the encoded latents depend on besides the models: every image or video file (absolute path, size,
+    mtime), its caption, its bucket, its mask (file, or alpha), a video's sampled frames, the flip setting, and
+    whether captions are encoded too.
     Caption transforms are not in it: they apply at every step, after the cache."""
     return (os.path.realpath(spec.folder), spec.flip, contexts,
             tuple((_file_identity(i.path), i.caption, i.bucket,
-                   _file_identity(i.mask_path) if i.mask_path else None, i.alpha_mask) for i in items))
+                   _file_identity(i.mask_path) if i.mask_path else None, i.alpha_mask, i.video) for i in items))
 
 
 @dataclass
@@ -67,8 +68,9 @@ encoded_datasets = EncodedDatasetCache()
 
 def encode_dataset(items: tuple[DatasetItem, ...], spec: DatasetSpec, model, clip, vae, contexts: bool,
                    before_each: Callable[[int, int], None]) -> list[EncodedImage]:
-    """Every image through the host's VAE and, with `contexts`, every caption through its CLIP, once (cached).
-    Without contexts (the text encoder trains), captions are encoded at every step instead.
+    """Every image (and video) through the host's VAE and, with `contexts`, every caption through its CLIP, once
+    (cached). Without contexts (the text encoder trains), captions are encoded at every step instead. A video
+    model's VAE encodes an image as a one-frame video: its latents are [C, 1, h, w], a video's [C, frames, h, w].
 
     before_each(index, count) runs before each image: it reports progress and raises to stop the run.
     """
@@ -76,11 +78,12 @@ def encode_dataset(items: tuple[DatasetItem, ...], spec: DatasetSpec, model, cli
     cached = encoded_datasets.get(key, models)
     if cached is not None:
         return cached
+    host_model.check_dataset_fits(vae, model, items)
     captions: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
     encoded = []
     for index, item in enumerate(items):
         before_each(index, len(items))
-        pixels = load_pixels(item)[None]
+        pixels = item_pixels(item)
         latent = host_model.encode_pixels(vae, model, pixels)[0]
         flipped = host_model.encode_pixels(vae, model, pixels.flip(2))[0] if spec.flip else None
         if contexts and item.caption not in captions:
@@ -89,7 +92,8 @@ def encode_dataset(items: tuple[DatasetItem, ...], spec: DatasetSpec, model, cli
         context, pooled = captions.get(item.caption, (None, None))
         mask = load_mask(item)
         encoded.append(EncodedImage(latent, flipped, item.caption, context, pooled,
-                                    None if mask is None else latent_mask(mask, tuple(latent.shape[-2:]))))
+                                    None if mask is None else latent_mask(mask, tuple(latent.shape[-2:]),
+                                                                          latent.ndim)))
     encoded_datasets.put(key, models, encoded)
     return encoded
 

@@ -8,22 +8,26 @@ import psutil
 import torch
 
 from ...trainer.data.latents import Condition, stack_contexts
-from ...trainer.errors import UnsupportedModelError
+from ...trainer.data.spec import DatasetItem
+from ...trainer.errors import DatasetError, UnsupportedModelError
 from ...trainer.training.objective import NoiseSchedule
 from .training_attention import training_transformer_options
 
 PREDICTION_TYPES = {comfy.model_base.ModelType.EPS: "epsilon", comfy.model_base.ModelType.V_PREDICTION: "v"}
-# Rectified-flow models (SD3 = FLOW, Flux = FLUX): x_t = (1 - s) x_0 + s noise, the model predicts noise - x_0.
+# Rectified-flow models (SD3 and Wan = FLOW, Flux = FLUX): x_t = (1 - s) x_0 + s noise, the model predicts noise - x_0.
 FLOW_MODEL_TYPES = {getattr(comfy.model_base.ModelType, name) for name in ("FLOW", "FLUX")
                     if hasattr(comfy.model_base.ModelType, name)}
-LATENT_SCALE = 8  # image pixels per latent pixel (the VAEs of SD1/SD2/SDXL/SD3/Flux)
+LATENT_SCALE = 8  # image pixels per latent pixel of the models that take the image size (SDXL's ADM vector)
 FLUX_TRAINING_GUIDANCE = 1.0  # the guidance input of guidance-distilled Flux models while training (kohya's advice)
 # kohya's ss_base_model_version and the SAI model-spec architecture for the host's model classes.
 BASE_MODEL_VERSIONS = {"SD15": ("sd_v1", "stable-diffusion-v1/lora"),
                        "SD20": ("sd_v2", "stable-diffusion-v2-512/lora"),
                        "SDXL": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
                        "SD3": ("sd3", "stable-diffusion-v3-medium/lora"),
-                       "Flux": ("flux1", "flux-1-dev/lora"), "FluxSchnell": ("flux1", "flux-1-schnell/lora")}
+                       "Flux": ("flux1", "flux-1-dev/lora"), "FluxSchnell": ("flux1", "flux-1-schnell/lora"),
+                       # The host detects Wan 2.2's 14B text-to-video models as WAN21_T2V (the same network) and
+                       # its 5B TI2V model as WAN22_T2V; musubi-tuner's architecture names.
+                       "WAN21_T2V": ("wan21", "wan2.1/lora"), "WAN22_T2V": ("wan22", "wan2.2/lora")}
 # UNets whose kohya files use diffusers module names (kohya converts SD1/SD2 to diffusers layout).
 DIFFUSERS_NAMED_UNETS = {"SD15", "SD20"}
 # Text-encoder prefixes inside the host's CLIP -> kohya prefixes.
@@ -92,6 +96,18 @@ def _takes_adm(model) -> bool:
     return type(model.model).encode_adm is not comfy.model_base.BaseModel.encode_adm
 
 
+def _check_text_to_video(model) -> None:
+    """Refuse a video model whose input has more channels than its latent (Wan's image-to-video, camera and control
+    models): the extra channels carry an image or control condition, which training does not give."""
+    unet = diffusion_module(model)
+    in_channels, out_channels = getattr(unet, "in_dim", None), getattr(unet, "out_dim", None)
+    if in_channels is not None and in_channels != out_channels:
+        raise UnsupportedModelError(f"this {model_family(model)} model takes {in_channels} input channels for its "
+                                    f"{out_channels} latent channels: an image-to-video or control model, which "
+                                    "needs an image condition that LoRA Lab does not train with yet; train a "
+                                    "text-to-video model (Wan 2.1 / 2.2 T2V) instead.")
+
+
 def compute_dtype(model) -> torch.dtype:
     """The dtype the host's denoiser computes in: its manual-cast dtype when the weights are stored in another
     one (fp8 weights, or fp16/bf16 ones on a device that does not compute in them), else the weights' dtype.
@@ -110,8 +126,9 @@ def denoiser_for(model, encode_captions=None):
     step's autograd graph). Whatever else the model takes comes from the host's own code: `y` from its
     `encode_adm` (SDXL: pooled text + the image size, original = target = the bucket, no crop, as kohya
     trains; SD3/Flux: the pooled text), the timestep input from its model_sampling (flow models take
-    their sigma, scaled), and Flux's guidance input.
+    their sigma, scaled), and Flux's guidance input. Video models (Wan) take x_t as [B, C, frames, h, w].
     """
+    _check_text_to_video(model)
     unet = diffusion_module(model)
     dtype = compute_dtype(model)
     sampling = model.get_model_object("model_sampling")
@@ -154,7 +171,7 @@ def noise_schedule_for(model) -> NoiseSchedule:
     if prediction is None:
         raise UnsupportedModelError(f"{model_family(model)} models ({model.model.model_type.name} prediction) "
                                     "cannot be trained yet; supported: epsilon, v-prediction and rectified-flow "
-                                    "models (SD1.x, SD2.x, SDXL, SD3, Flux). LoRAs for them still load with "
+                                    "models (SD1.x, SD2.x, SDXL, SD3, Flux, Wan). LoRAs for them still load with "
                                     "Load LoRA and Stack LoRAs.")
     return NoiseSchedule(alphas_cumprod=1.0 / (1.0 + sigmas ** 2), prediction_type=prediction)
 
@@ -195,8 +212,35 @@ def base_model_version(model) -> tuple[str, str]:
     return BASE_MODEL_VERSIONS[family]
 
 
+def check_dataset_fits(vae, model, items: tuple[DatasetItem, ...]) -> None:
+    """Refuse, before anything is encoded, videos on an image model, a VAE whose latents the model does not take
+    (an image VAE on a video model, or the reverse), and a frame count the video VAE cannot encode."""
+    family = model_family(model)
+    model_dims, vae_dims = model.model.latent_format.latent_dimensions, vae.latent_dim
+    videos = [item for item in items if item.video is not None]
+    if videos and model_dims != 3:
+        raise DatasetError(f"the dataset holds videos ('{videos[0].relative_path}'"
+                           + (f" and {len(videos) - 1} more" if len(videos) > 1 else "")
+                           + f"), but this {family} model makes images; train videos on a video model (Wan 2.1 / "
+                           "2.2), or remove them from the dataset folder.")
+    if vae_dims != model_dims:
+        kinds = {2: "image", 3: "video"}
+        raise UnsupportedModelError(f"the connected VAE gives {kinds.get(vae_dims, vae_dims)} latents, but this "
+                                    f"{family} model takes {kinds.get(model_dims, model_dims)} latents; connect the "
+                                    "VAE that belongs to the model.")
+    if not videos:
+        return
+    frames, step = videos[0].video.frames, vae.temporal_compression_decode()
+    if step and (frames - 1) % step:
+        lower = 1 + (frames - 1) // step * step
+        raise DatasetError(f"video_frames = {frames} does not suit this model's VAE, which packs each {step} frames "
+                           f"after the first into one latent frame, so it takes 1 + {step}k frames; set video_frames "
+                           f"on the LoRA Dataset node to {lower} or {lower + step}.")
+
+
 def encode_pixels(vae, model, pixels: torch.Tensor) -> torch.Tensor:
-    """[B, H, W, 3] in 0..1 -> latents in the model's own latent space (scaled as the UNet expects).
+    """[B, H, W, 3] in 0..1 -> latents in the model's own latent space (scaled as the UNet expects). A video VAE
+    (Wan's) takes the B pixels as the frames of one video: [1, C, latent frames, h, w].
 
     Cloned outside inference mode: the host encodes in inference mode, and autograd cannot save such tensors.
     """

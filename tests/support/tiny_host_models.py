@@ -1,4 +1,5 @@
-"""Configs of tiny real SDXL, SD3 and Flux denoisers, built from the host's own classes by the host_unit tests."""
+"""Configs of tiny real SDXL, SD3, Flux and Wan denoisers (and a Wan VAE), built from the host's own classes by the
+host_unit tests."""
 from __future__ import annotations
 
 import torch
@@ -25,3 +26,15 @@ SD3_MMDIT = {"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2,
 FLUX_DIT = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
             "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
             "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True}
+# Wan 2.1 text-to-video (comfy.model_detection's keys for a WanModel) with hidden 32 / 2 heads and two blocks:
+# the same patch embedding (Conv3d, patch 1x2x2), self/cross attention (q, k, v, o), ffn, modulation and head as
+# the 1.3B / 14B models; a 32-wide text embedding stands in for UMT5-XXL's 4096.
+WAN21_DIT = {"image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2), "text_len": 16, "in_dim": 16,
+             "dim": 32, "ffn_dim": 64, "freq_dim": 32, "text_dim": 32, "out_dim": 16, "num_heads": 2,
+             "num_layers": 2, "window_size": (-1, -1), "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6}
+# Wan 2.2's 5B TI2V model (the host's WAN22_T2V: 48 latent channels in and out, the 16x Wan 2.2 VAE's).
+WAN22_DIT = {**WAN21_DIT, "in_dim": 48, "out_dim": 48}
+# Wan 2.1's VAE (comfy.sd.VAE builds it from a state dict: its width from decoder.head.0.gamma) at width 8 where
+# the real one has 96: 0.9 M parameters, 8x spatial and 4x temporal compression as the real one.
+WAN21_VAE = {"dim": 8, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
+             "temperal_downsample": [False, True, True], "dropout": 0.0}
