@@ -74,7 +74,8 @@ def test_masks_class_images_caption_dropout_with_prodigy_restarts_and_ema_train_
 
 def test_the_dataset_node_offers_every_data_option_last_with_the_engine_help(host):
     optional = host.get_json("/object_info/LoraLabDataset")["LoraLabDataset"]["input"]["optional"]
-    assert list(optional) == [f.name for f in dataclasses.fields(DataOptions)]
+    data_options = [f.name for f in dataclasses.fields(DataOptions)]
+    assert list(optional) == [*data_options, "video_frames", "frame_stride"]  # the video sampling after them
     assert optional["caption_dropout_rate"] == ["FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                                           "tooltip": field_help(DataOptions, "caption_dropout_rate")}]
-    assert all(spec[1]["tooltip"] == field_help(DataOptions, name) for name, spec in optional.items())
+    assert all(optional[name][1]["tooltip"] == field_help(DataOptions, name) for name in data_options)
