@@ -4,7 +4,7 @@
 // No extension of its own: js/stack_loras.js and js/lora_metadata.js import it.
 
 import { api } from "../../scripts/api.js";
-import { blocksUrl } from "./lib/block_sliders.js";
+import { blocksResult, blocksUrl } from "./lib/block_sliders.js";
 import { createLoraInfoCache } from "./lib/lora_info_cache.js";
 
 let namesRequest = null;
@@ -43,8 +43,7 @@ export const loraInfo = createLoraInfoCache({ listNames: requestNames, fetchInfo
 export async function loraBlocks(name, text) {
   try {
     const { status, body } = await fetchInfo(blocksUrl(name, text));
-    if (status === 200 && body) return { answer: body, error: null };
-    return { answer: null, error: body?.error ?? `the host answered ${status}` };
+    return blocksResult(status, body);
   } catch (e) {
     return { answer: null, error: `could not ask the host: ${e.message}` };
   }

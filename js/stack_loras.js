@@ -9,6 +9,7 @@
 
 import { api } from "../../scripts/api.js";
 import { app } from "../../scripts/app.js";
+import { hideWidget } from "./lib/hidden_widget.js";
 import { runAfter } from "./lib/node_hooks.js";
 import { setWeight, sliderRows, slidersStatus, weightsText } from "./lib/block_sliders.js";
 import { loraBlocks, loraInfo, loraNames } from "./lora_library.js";
@@ -31,13 +32,6 @@ const presets = createPresetStore({
     return { status: resp.status, body: await resp.json().catch(() => null) };
   },
 });
-
-/** Takes a widget out of sight and out of the layout while it still saves and serialises. */
-function hideWidget(widget) {
-  widget.hidden = true; // canvas renderer and DOM widget visibility
-  widget.options = { ...widget.options, hidden: true }; // Vue node renderer
-  widget.computeSize = () => [0, -4]; // zero height in the node's widget layout
-}
 
 function attachEditor(node) {
   const rowsWidget = node.widgets?.find((w) => w.name === ROWS_WIDGET);

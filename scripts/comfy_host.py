@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 PACK_NAME = "ComfyUI-LoRA-Lab"
 DEFAULT_COMFY_DIR = Path(os.environ.get("LORALAB_HOST_DIR", REPO / ".host" / "ComfyUI"))
+# Arguments added to every host started here, e.g. another frontend checked by hand:
+# LORALAB_HOST_ARGS="--front-end-root /tmp/fe/comfyui_frontend_package/static"
+HOST_ARGS = tuple(shlex.split(os.environ.get("LORALAB_HOST_ARGS", "")))
 TINY_CHECKPOINT_NAME = "loralab-tiny-sd15.safetensors"
 TINY_CHECKPOINT = REPO / ".host" / "cache" / TINY_CHECKPOINT_NAME
 TINY_DIFFUSION_MODEL_NAME = "loralab-tiny-sd15-unet.safetensors"  # its UNet alone (Load Diffusion Model)
@@ -124,7 +128,7 @@ class ComfyHost:
         log_file = open(self.log_path, "w")
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base_dir), "--disable-auto-launch",
-               "--database-url", "sqlite:///:memory:", "--preview-method", "none", *self.extra_args]
+               "--database-url", "sqlite:///:memory:", "--preview-method", "none", *HOST_ARGS, *self.extra_args]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(cmd, cwd=self.comfy_dir, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout

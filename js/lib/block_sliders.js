@@ -14,6 +14,16 @@ export function blocksUrl(name, text) {
   return `/loralab/loras/blocks?name=${encodeURIComponent(name)}&weights=${encodeURIComponent(text ?? "")}`;
 }
 
+/**
+ * The route's answer as {answer, error}: `answer` the blocks of a file the host read; else `error`, why not (a file
+ * it cannot read is answered 200 with readable: false and the reason; a refused text, 400 with the loaders' message).
+ */
+export function blocksResult(status, body) {
+  if (status === 200 && body && body.readable !== false) return { answer: body, error: null };
+  const reason = status === 200 ? body?.reason : body?.error;
+  return { answer: null, error: typeof reason === "string" && reason ? reason : `the host answered ${status}` };
+}
+
 /** How a block is labelled next to its slider (the A1111 extension's names: TE for the text encoder, MID). */
 export function blockLabel(block) {
   return LABELS[block] ?? block;

@@ -48,9 +48,10 @@ export function createLoraInfoCache({ listNames, fetchInfo }) {
     } catch (e) {
       return unavailableInfo(name, e?.message ?? String(e));
     }
+    // A file the host cannot read is an answer about the file (200, readable: false), not a failed request.
+    if (answer.status === 200 && answer.body?.readable === false) return invalidInfo(name, answer.body.reason);
     if (answer.status === 200) return summaryInfo(name, answer.body);
     if (answer.status === 404) return missingInfo(name); // removed since the list was read
-    if (answer.status === 422) return invalidInfo(name, answer.body?.error);
     return unavailableInfo(name, `HTTP ${answer.status}${answer.body?.error ? `: ${answer.body.error}` : ""}`);
   }
 

@@ -22,7 +22,7 @@ export function infoUrl(name) {
   }
 }
 
-// Pickle formats: the host's reader refuses them (and an answer of 422 logs a console error), so none is asked for.
+// Pickle formats: the host's reader refuses them, so none is asked for (the line says why without a request).
 const PICKLE = /\.(pt|pth|ckpt|bin|pkl|pickle)$/i;
 
 /** Whether the host's reader would open `name` (not a pickle). */
@@ -133,7 +133,8 @@ export function summaryInfo(name, summary) {
   return info("ok", line, formatTitle(name, summary));
 }
 
-/** The host's reader refused the file (422): `message` says why, naming the file; the line says it without the name. */
+/** The host's reader refused the file (readable: false): `message` says why, naming the file; the line says it
+ * without the name. */
 export function invalidInfo(name, message) {
   const reason = text(message) || "the host could not read it";
   const short = reason.startsWith(`'${name}'`) ? reason.slice(name.length + 2).replace(/^[:\s]+/, "") : reason;

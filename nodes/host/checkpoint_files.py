@@ -1,7 +1,7 @@
 """A checkpoint file from the host's MODEL, CLIP and VAE with their patches applied, in the checkpoints folder.
 
-The steps are the host's `comfy.sd.save_checkpoint`: load the models with `force_patch_weights`, take the key
-layout from `BaseModel.state_dict_for_saving` with `CLIP.get_sd()` and `VAE.get_sd()`, write with
+The steps are the host's `comfy.sd.save_checkpoint`: the patched state dict as the host builds it for saving
+(`host_compat.checkpoint_state_dict`: the call differs between 0.3.75 and 0.33), write with
 `comfy.utils.save_torch_file`; between the state dict and the write the weights are cast to the precision
 asked (the host's function has no such step). The file goes to a temp name first and is linked into place
 only if no file has that name, so an existing checkpoint is never overwritten and a failure leaves nothing.
@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 
 from ...trainer.errors import LoraToolError, LoraWriteError
+from .host_compat import checkpoint_state_dict
 from .run_files import RunFiles
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -104,10 +105,7 @@ def save_checkpoint(path: str, model, clip, vae, precision: str, metadata: dict[
     if precision not in SAVE_DTYPES:
         raise LoraToolError(f"precision {precision!r} is unknown; use one of {', '.join(SAVE_DTYPES)}.")
     type_metadata, extra = model_type_fields(model)
-    loading = [model, clip.load_model()]
-    clip_sd, vae_sd = clip.get_sd(), vae.get_sd()
-    comfy.model_management.load_models_gpu(loading, force_patch_weights=True)
-    sd = model.model.state_dict_for_saving(clip_sd, vae_sd, None)
+    sd = checkpoint_state_dict(model, clip, vae)
     sd.update(extra)
     sd = _cast(sd, SAVE_DTYPES[precision])
     if before_write is not None:

@@ -4,7 +4,10 @@
     GET /loralab/loras/blocks?name=<name>[&weights=<text>]  its blocks, each with its layer count and its weight
                                                             under a block-weight text (the editor's sliders)
 
-400 for a malformed name or text, 404 for a name the host does not list, 422 for a file that cannot be read.
+Both answer {"name", "readable": true, ...} for a file they read, and {"name", "readable": false, "reason"} with
+200 for a listed file that is not a readable LoRA (truncated, a pickle, not a LoRA, an I/O error): an expected
+answer about the file, not a failed request (a browser logs every 4xx as a console error, one per such file).
+400 for a malformed name or text, 404 for a name the host does not list.
 """
 from __future__ import annotations
 
@@ -45,6 +48,10 @@ def _lora_name(request: web.Request) -> str | web.Response:
     return error_answer(400, f"{problem[:1].upper()}{problem[1:]}.") if problem else name
 
 
+def _unreadable(name: str, reason: str) -> web.Response:
+    return json_answer({"name": name, "readable": False, "reason": reason})
+
+
 async def _with_listed_file(name: str, answer: Callable[[LoraFile], dict[str, Any]]) -> web.Response:
     """`answer(file)` for a file the host lists, read through Load LoRA's cache off the event loop."""
     not_listed = error_answer(404, f"No LoRA file {name!r} in the loras folders.")
@@ -58,12 +65,12 @@ async def _with_listed_file(name: str, answer: Callable[[LoraFile], dict[str, An
         return not_listed
     except LoraFileError as e:
         # The reader names the file by its full path; the answer names it as the user chose it.
-        return error_answer(422, str(e).replace(e.path, name) if e.path else str(e))
+        return _unreadable(name, str(e).replace(e.path, name) if e.path else str(e))
     except BlockWeightsError as e:
         return error_answer(400, str(e))
     except OSError as e:
-        return error_answer(422, f"Cannot read LoRA file {name!r}: {e.strerror or type(e).__name__}.")
-    return not_listed if data is None else json_answer(data)
+        return _unreadable(name, f"Cannot read LoRA file {name!r}: {e.strerror or type(e).__name__}.")
+    return not_listed if data is None else json_answer({"name": name, "readable": True, **data})
 
 
 def _summary(lora: LoraFile) -> dict[str, Any]:
@@ -79,8 +86,8 @@ async def lora_file_info(request: web.Request) -> web.Response:
 
 
 async def lora_file_blocks(request: web.Request) -> web.Response:
-    """GET /loralab/loras/blocks?name=<name>&weights=<text>: {"name", "weights", "blocks": [{"block", "layers",
-    "weight"}], "outside"}: the file's blocks in layout order and how many layers lie outside every block."""
+    """GET /loralab/loras/blocks?name=<name>&weights=<text>: {"name", "readable", "weights", "blocks": [{"block",
+    "layers", "weight"}], "outside"}: the file's blocks in layout order and how many layers lie outside every block."""
     name = _lora_name(request)
     if isinstance(name, web.Response):
         return name
@@ -92,7 +99,7 @@ async def lora_file_blocks(request: web.Request) -> web.Response:
 
     def answer(lora: LoraFile) -> dict[str, Any]:
         blocks, outside = file_blocks(lora, text)
-        return {"name": name, "weights": text, "outside": outside,
+        return {"weights": text, "outside": outside,
                 "blocks": [{"block": b.block, "layers": b.layers, "weight": b.weight} for b in blocks]}
 
     return await _with_listed_file(name, answer)

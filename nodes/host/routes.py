@@ -13,8 +13,9 @@
 
 No route takes a path: jobs are found by an opaque id, samples by a name the job itself registered, LoRA
 files by a name the host lists in its loras folders (400 for a malformed name, 404 for one not listed,
-422 with the reason for a file that is not a readable LoRA). Stack presets live in one JSON file in the
-requesting user's folder (`<user directory>/<user>/loralab/`); a preset name is a key in it, never a path.
+200 with "readable": false and the reason for a file that is not a readable LoRA). Stack presets live in
+one JSON file in the requesting user's folder (`<user directory>/<user>/loralab/`); a preset name is a key
+in it, never a path.
 Events: the registry's `loralab.*` snapshots are broadcast with the host's thread-safe `send_sync`.
 """
 

@@ -41,6 +41,7 @@ from ...trainer.training.trainable_lora import LoraAdapterSet, adapter_parameter
 from . import model as host_model
 from .distributed_run import plan_for, process_group, shared_encoding, world_size
 from .encoded_dataset import encode_dataset, training_batches
+from .host_compat import training_mode
 from .jobs import JOBS
 from .memory_check import check_memory
 from .patching import patch_model_and_clip
@@ -254,12 +255,13 @@ class TrainingRun:
         self.job.set_phase("training")
         self.progress_bar = comfy.utils.ProgressBar(self.config.optimisation.steps, node_id=self.node_id)
         try:
-            self.result = train(self.denoiser, self.adapters, self.batches.batch, self.schedule, self.config,
-                                self.on_step, should_stop=self.control.should_stop, start_state=self.start_state,
-                                on_checkpoint=self.on_checkpoint, data_parallel=self.group,
-                                checkpoint_modules=host_model.checkpoint_blocks(self.host.model)
-                                if self.config.optimisation.gradient_checkpointing else None,
-                                interruptions=(comfy.model_management.InterruptProcessingException,), ema=self.ema)
+            with training_mode():  # (0.33: the host's differentiable paths; samples run outside it)
+                self.result = train(self.denoiser, self.adapters, self.batches.batch, self.schedule, self.config,
+                                    self.on_step, should_stop=self.control.should_stop, start_state=self.start_state,
+                                    on_checkpoint=self.on_checkpoint, data_parallel=self.group,
+                                    checkpoint_modules=host_model.checkpoint_blocks(self.host.model)
+                                    if self.config.optimisation.gradient_checkpointing else None,
+                                    interruptions=(comfy.model_management.InterruptProcessingException,), ema=self.ema)
         except NonFiniteLossError as e:
             kept = (f" The last good checkpoint is {self.checkpoints[-1]}." if self.checkpoints
                     else " No checkpoint was saved yet.")
@@ -344,8 +346,9 @@ class TrainingRun:
         return self.config.checkpointing.save_resume_state
 
     def evaluate_loss(self, batches, count: int) -> float:
-        return evaluate(self.denoiser, self.adapters, batches, self.schedule, EVAL_SEED, count,
-                        max_batch=self.evaluation_batch)
+        with training_mode():  # the training step's paths (0.33's fused INT8 inference path would skip a LoRA)
+            return evaluate(self.denoiser, self.adapters, batches, self.schedule, EVAL_SEED, count,
+                            max_batch=self.evaluation_batch)
 
     @property
     def evaluation_batch(self) -> int:
@@ -407,7 +410,8 @@ class TrainingRun:
             self.job.set_phase("sampling", f"step {record.step}")
             use_ema = self.ema is not None and self.config.ema.for_samples
             try:
-                with self.ema.applied(self.adapters) if use_ema else contextlib.nullcontext():
+                with training_mode(enabled=False), \
+                        self.ema.applied(self.adapters) if use_ema else contextlib.nullcontext():
                     strip = self.samples.render(record.step, before_each=self.control.check)
             except RunHalted:
                 pass  # the loop sees control.halted before its next update

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import comfy.model_management
 
+from .host_compat import is_dynamic
+
 log = logging.getLogger(__name__)
 
 
@@ -22,6 +24,7 @@ class LoadedWeights:
 
     on_device_bytes: int
     total_bytes: int
+    host_streams: bool = False  # 0.33's dynamic VRAM: the host streams the weights itself and takes no budget
 
     @property
     def offloaded_bytes(self) -> int:
@@ -29,6 +32,9 @@ class LoadedWeights:
 
     def describe(self) -> str:
         mib = 2**20
+        if self.host_streams:
+            return (f"{self.on_device_bytes / mib:.0f} of {self.total_bytes / mib:.0f} MiB of weights on the device "
+                    "now; the host streams them itself (dynamic VRAM), so offload_fraction has no effect")
         if self.offloaded_bytes <= 0:
             return f"all {self.total_bytes / mib:.0f} MiB of weights on the device"
         return (f"{self.on_device_bytes / mib:.0f} of {self.total_bytes / mib:.0f} MiB of weights on the device, "
@@ -41,7 +47,9 @@ def load_for_training(model, clip=None, offload_fraction: float = 0.0) -> Loaded
     loading it on demand could offload the model being trained). Called again after each sample the host renders
     mid-run, since its sampler loads the model its own way."""
     patchers = [model] + ([clip.patcher] if clip is not None else [])
-    if offload_fraction <= 0:
+    if is_dynamic(model):  # ComfyUI 0.33 on a GPU: its loads ignore budgets and stream each weight as it runs
+        comfy.model_management.load_models_gpu(patchers)
+    elif offload_fraction <= 0:
         comfy.model_management.load_models_gpu(patchers, force_full_load=True)
     else:
         comfy.model_management.load_models_gpu(patchers)
@@ -49,6 +57,6 @@ def load_for_training(model, clip=None, offload_fraction: float = 0.0) -> Loaded
         excess = model.loaded_size() - budget
         if excess > 0:  # (the host may have kept even more off the device for its own margin: that stands)
             model.partially_unload(model.offload_device, excess)
-    loaded = LoadedWeights(model.loaded_size(), model.model_size())
+    loaded = LoadedWeights(model.loaded_size(), model.model_size(), host_streams=is_dynamic(model))
     log.info("LoRA Lab: %s", loaded.describe())
     return loaded

@@ -1,10 +1,12 @@
 """Load LoRA and Stack LoRAs show the chosen file's rank, alpha, base model and trigger words, before any run.
 
-The host reads each file once (GET /loralab/loras/info); a file without metadata still shows its rank and alpha.
+The host reads each file once (GET /loralab/loras/info); a file without metadata still shows its rank and alpha,
+and a file it cannot read says why, without a failed request (the browser logs each 4xx as a console error).
 """
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -12,18 +14,21 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from playwright.sync_api import expect
 
-from scripts.lora_fixtures import SD1_TARGETS, write_format
+from scripts.lora_fixtures import SD1_TARGETS, write_format, write_truncated
 
 # A subfolder, spaces, '#', '+', '%' and non-ASCII letters: each must reach the host's route intact.
 KOHYA = "styles/Ring LoRA #1 + 50% ünï 漢字.safetensors"
 LOHA = "loha_sdxl.safetensors"
 BARE = "bare.safetensors"  # no __metadata__ at all: rank and alpha from its tensors, base model guessed
 MISSING = "gone away.safetensors"
+# Sorted first in the folder: each new Load LoRA node of this module asks for its info before a file is chosen.
+TRUNCATED = "0 broken/an interrupted download.safetensors"
 
 KOHYA_LINE = "rank 16 · alpha 8 · SD1.5 · trigger: lrlring"
 LOHA_LINE = "LyCORIS LoHa · rank 8 · alpha 4 · SDXL"
 BARE_LINE = "rank 4 · alpha 2 · SD 1.x?"
 MISSING_LINE = "file not found"
+TRUNCATED_LINE = re.compile(r"^not a LoRA: is truncated: ")
 LINEAR_TARGETS = [t for t in SD1_TARGETS if t.kind != "conv3x3"]  # a 3x3 conv would make it a LoCon
 
 
@@ -34,6 +39,8 @@ def metadata_loras(host) -> Iterator[dict[str, Path]]:
     Written after the host starts and before any page opens: the editor reads the loras list on load.
     """
     (host.loras_dir / "styles").mkdir(exist_ok=True)
+    (host.loras_dir / "0 broken").mkdir(exist_ok=True)
+    write_truncated(host.loras_dir / TRUNCATED)
     kohya_meta = {
         "ss_network_module": "networks.lora", "ss_network_dim": "16", "ss_network_alpha": "8.0",
         "ss_network_args": "{}", "ss_base_model_version": "sd_v1", "ss_v2": "False",
@@ -55,9 +62,12 @@ def metadata_loras(host) -> Iterator[dict[str, Path]]:
 
 @pytest.fixture
 def watched(metadata_loras, editor):
-    """The editor, with every info request and every console error of the page recorded."""
+    """The editor, with every info request, every failed LoRA Lab request and every console error recorded."""
     editor.info_requests = []
     editor.console_errors = []
+    editor.failed_requests = []
+    editor.page.on("response", lambda r: editor.failed_requests.append(f"{r.status} {r.url}")
+                   if "/loralab/" in r.url and r.status >= 400 else None)
     editor.page.on("request", lambda r: editor.info_requests.append(r.url) if "/loralab/loras/info" in r.url else None)
     editor.page.on("console", lambda m: editor.console_errors.append(f"{m.text} @ {m.location.get('url', '')}")
                    if m.type == "error" else None)
@@ -100,6 +110,7 @@ def assert_no_pack_errors(editor) -> None:
     """No error from the pack's scripts, and no console error for its requests (the browser logs each 4xx)."""
     assert editor.pack_errors == []
     assert [e for e in editor.console_errors if "loralab" in e or "gone" in e] == []
+    assert editor.failed_requests == []
 
 
 def test_load_lora_shows_the_chosen_files_metadata(watched, artifacts):
@@ -188,4 +199,35 @@ def test_missing_files_say_so_without_a_request_or_console_error(watched, artifa
 
     assert MISSING not in requested_names(editor), "a file the host does not list is not asked for"
     # The browser logs every 404 as a console error; a missing file must not cause one.
+    assert_no_pack_errors(editor)
+
+
+def test_an_unreadable_file_says_why_without_a_console_error(watched, artifacts):
+    """Bug (issue 10): the host answered 422 for a file it could not read, and the browser logged a console
+    error for every such file in the folder. The route now answers 200 saying the file is unreadable and why."""
+    editor = watched
+    node = editor.add_node("LoraLabLoadLora", (60, 150))
+    editor.page.wait_for_timeout(300)  # the first draw places the widgets
+    assert editor.widget_value(node, "lora_name") == TRUNCATED  # the first file of the folder: read at once
+    info = load_lora_info(editor, node)
+    expect(info).to_have_text(TRUNCATED_LINE, timeout=10_000)
+    assert f"{TRUNCATED}\n'{TRUNCATED}' is truncated" in info.get_attribute("title")
+    assert str(editor.host.loras_dir) not in info.get_attribute("title"), "the host's folders stay private"
+    assert_line_shown(info)
+
+    # Its block sliders say the same (GET /loralab/loras/blocks).
+    sliders = editor.page.locator(f'.loralab-blocks[data-node-id="{node}"]')
+    sliders.get_by_test_id("loralab-blocks-toggle").click()
+    expect(sliders.get_by_test_id("loralab-blocks-status")).to_contain_text("is truncated", timeout=10_000)
+    assert sliders.get_by_test_id("loralab-block-slider").count() == 0
+
+    stack = editor.add_node("LoraLabStackLoras", (480, 150))
+    editor.add_rows(stack, 1)
+    editor.row(stack, 0).get_by_test_id("loralab-stack-lora").select_option(TRUNCATED)
+    expect(row_info(editor, stack, 0)).to_have_text(TRUNCATED_LINE, timeout=10_000)
+    assert editor.row(stack, 0).get_attribute("data-missing") is None, "a listed file is not missing"
+    screenshot(editor, artifacts / "lora_metadata_unreadable.png")
+
+    # Choosing a file again asks again (it may have been replaced since); nothing else was asked for.
+    assert set(requested_names(editor)) == {TRUNCATED}, requested_names(editor)
     assert_no_pack_errors(editor)

@@ -38,7 +38,8 @@ def blocks_url(prefix: str, name: str, weights: str | None = None) -> str:
 def test_the_blocks_of_a_file_in_layout_order(host, block_files, prefix):
     status, answer, _ = get_json(host, "GET", blocks_url(prefix, TINY))
     assert status == 200, answer
-    assert answer["name"] == TINY and answer["weights"] == "" and answer["outside"] == 0
+    assert answer["name"] == TINY and answer["readable"] is True
+    assert answer["weights"] == "" and answer["outside"] == 0
     assert answer["blocks"] == [_block("BASE", 2), _block("IN01", 6), _block("M00", 1), _block("OUT04", 1)]
 
 
@@ -76,9 +77,13 @@ def test_files_the_host_does_not_list_are_not_served(host, block_files, name):
     assert status in (400, 404) and answer["error"], answer
 
 
-def test_an_unreadable_file_gets_422_naming_only_the_file(host, block_files):
-    status, answer, _ = get_json(host, "GET", blocks_url("/loralab", CORRUPT))
-    assert status == 422 and CORRUPT in answer["error"] and str(host.loras_dir) not in answer["error"], answer
+@pytest.mark.parametrize("weights", ["", "OUTALL"])
+def test_an_unreadable_file_is_answered_200_with_the_reason_naming_only_the_file(host, block_files, weights):
+    """Bug (issue 10): it was answered 422, which the editor's browser logged as a console error."""
+    status, answer, _ = get_json(host, "GET", blocks_url("/loralab", CORRUPT, weights))
+    assert status == 200 and answer["readable"] is False and answer["name"] == CORRUPT, answer
+    assert "is truncated" in answer["reason"] and CORRUPT in answer["reason"], answer
+    assert str(host.loras_dir) not in answer["reason"] and "blocks" not in answer, answer
 
 
 def test_other_methods_get_405(host):

@@ -29,19 +29,13 @@ import torch
 from torch import nn
 
 from scripts.host_import import import_comfy, import_pack_module
+from tests.support.tiny_host_models import TINY_SD15_UNET
 from trainer.errors import LoraTargetError
 from trainer.training.export import export_lora
 from trainer.training.layer_selection import select_targets
 from trainer.training.trainable_lora import LoraAdapterSet, release_inference_tensors
 
 CPU = torch.device("cpu")
-# SD1.5's UNet layout (1x1-conv proj_in, cross-attention) at 32 channels, one level.
-TINY_SD15_UNET = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
-                  "model_channels": 32, "num_res_blocks": [1], "channel_mult": [1], "transformer_depth": [1],
-                  "transformer_depth_output": [1, 1], "transformer_depth_middle": 1, "num_heads": 2,
-                  "num_head_channels": -1, "use_spatial_transformer": True, "legacy": False, "context_dim": 32,
-                  "use_linear_in_transformer": False, "adm_in_channels": None, "use_temporal_attention": False,
-                  "use_temporal_resblock": False}
 STORED_DTYPES = [torch.float8_e4m3fn, torch.float8_e5m2, torch.float16, torch.bfloat16]
 TARGETS = "attention_ff_conv"
 

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  blockLabel, blocksUrl, setWeight, sliderRows, slidersStatus, snapWeight, SLIDER, weightsText,
+  blockLabel, blocksResult, blocksUrl, setWeight, sliderRows, slidersStatus, snapWeight, SLIDER, weightsText,
 } from "../../js/lib/block_sliders.js";
 
 const answer = {
@@ -51,4 +51,15 @@ test("the status line says what the sliders cover or why there are none", () => 
   assert.equal(slidersStatus({ name: "a", answer }), "4 block(s) in this file");
   assert.equal(slidersStatus({ name: "a", answer: { blocks: [], outside: 3 } }),
     "no layer of this file lies in a block; 3 layer(s) outside every block keep 1");
+});
+
+test("a file the host cannot read is its answer's reason, not a failed request; a refused text its message", () => {
+  const read = { name: "a", readable: true, weights: "", blocks: answer.blocks, outside: 0 };
+  assert.deepEqual(blocksResult(200, read), { answer: read, error: null });
+  const unreadable = { name: "a", readable: false, reason: "'a' is truncated: only 20 bytes" };
+  assert.deepEqual(blocksResult(200, unreadable), { answer: null, error: unreadable.reason });
+  assert.deepEqual(blocksResult(400, { error: "Block weights 'X': not a known preset" }),
+    { answer: null, error: "Block weights 'X': not a known preset" });
+  assert.deepEqual(blocksResult(500, null), { answer: null, error: "the host answered 500" });
+  assert.deepEqual(blocksResult(200, null), { answer: null, error: "the host answered 200" });
 });

@@ -9,7 +9,8 @@ const KOHYA = { format_names: ["kohya LoRA (LDM/SGM module names)"], ranks: [16]
 const NOT_A_LORA = "is truncated: only 20 bytes";
 
 /**
- * A fake host: `files` maps listed names to their summary (a string: the reader's refusal, answered 422);
+ * A fake host: `files` maps listed names to their summary (a string: the reader's refusal, answered 200 with
+ * readable: false and the reason);
  * names it does not hold get 404, as GET /loralab/loras/info answers. Records every request.
  */
 function fakeHost(files, { status = null, listed = Object.keys(files), addedLater = [] } = {}) {
@@ -25,8 +26,9 @@ function fakeHost(files, { status = null, listed = Object.keys(files), addedLate
     const name = new URL(url, "http://host").searchParams.get("name");
     if (status) return { status, body: { error: `status ${status}` } };
     const summary = files[name];
-    if (typeof summary === "string") return { status: 422, body: { error: `'${name}' ${summary}` } };
-    return summary ? { status: 200, body: summary } : { status: 404, body: { error: `No LoRA file '${name}'` } };
+    if (typeof summary === "string") return { status: 200, body: { name, readable: false, reason: `'${name}' ${summary}` } };
+    if (!summary) return { status: 404, body: { error: `No LoRA file '${name}'` } };
+    return { status: 200, body: { name, readable: true, ...summary } };
   };
   host.cache = createLoraInfoCache(host);
   return host;
@@ -71,7 +73,7 @@ test("a missing file that appears later is read when the user chooses it again",
   assert.equal((await host.cache.get("later.safetensors")).state, "ok");
 });
 
-test("a file the host refuses (422) says why; choosing it again asks again (it may have been replaced)", async () => {
+test("a file the host cannot read (readable: false) says why; choosing it again asks again (it may have been replaced)", async () => {
   const host = fakeHost({ "sub/bad #1.safetensors": NOT_A_LORA });
   const info = await host.cache.get("sub/bad #1.safetensors");
   assert.equal(info.state, "invalid");

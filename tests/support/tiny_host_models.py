@@ -1,9 +1,16 @@
-"""Configs of tiny real SDXL, SD3, Flux and Wan denoisers (and a Wan VAE), built from the host's own classes by the
-host_unit tests."""
+"""Configs of tiny real SD1.5, SDXL, SD3, Flux and Wan denoisers (and a Wan VAE), built from the host's own classes
+by the host_unit tests."""
 from __future__ import annotations
 
 import torch
 
+# SD1.5's UNet layout (1x1-conv proj_in, cross-attention) at 32 channels, one level.
+TINY_SD15_UNET = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
+                  "model_channels": 32, "num_res_blocks": [1], "channel_mult": [1], "transformer_depth": [1],
+                  "transformer_depth_output": [1, 1], "transformer_depth_middle": 1, "num_heads": 2,
+                  "num_head_channels": -1, "use_spatial_transformer": True, "legacy": False, "context_dim": 32,
+                  "use_linear_in_transformer": False, "adm_in_channels": None, "use_temporal_attention": False,
+                  "use_temporal_resblock": False}
 # SDXL's UNet (comfy.model_detection's SDXL config) with 32/64/128 channels and one transformer per block
 # where SDXL has 2 or 10: same levels, res blocks, linear proj_in/out and label embedding (ADM) as the real one.
 # ADM input = a 32-wide pooled text embedding + the six 256-wide size embeddings the host's encode_adm adds.
