@@ -31,8 +31,9 @@ class Editor:
         page.on("response", editor._on_response)
         page.on("requestfailed", lambda r: editor._record(f"request failed: {r.url}") if PACK_URL in r.url else None)
         page.goto(host.url)
-        page.wait_for_function(f"() => {APP}?.graph && {APP}.extensions?.some(e => e.name === 'loralab.StackLoras')",
-                               timeout=120_000)
+        # (newer frontends define window.comfyAPI later: a predicate that throws ends the wait at once)
+        page.wait_for_function("() => window.comfyAPI?.app?.app?.graph && "
+                               f"{APP}.extensions?.some(e => e.name === 'loralab.StackLoras')", timeout=120_000)
         editor.dismiss_dialogs()
         page.evaluate(f"() => {APP}.graph.clear()")
         return editor
