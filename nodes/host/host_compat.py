@@ -20,11 +20,6 @@ import torch
 TRAINING_FLAGS = ("in_training", "training_fp8_bwd")  # comfy.model_management globals of 0.33's trainer
 
 
-def has_training_flags() -> bool:
-    """Whether the host's model management has 0.33's training flags (False on 0.3.75)."""
-    return all(hasattr(comfy.model_management, name) for name in TRAINING_FLAGS)
-
-
 @contextlib.contextmanager
 def training_mode(enabled: bool = True, fp8_backward: bool = False) -> Iterator[bool]:
     """Tells the host's ops that a training step runs (or, `enabled=False`, that inference runs inside a training
@@ -81,15 +76,13 @@ def checkpoint_state_dict(model, clip=None, vae=None) -> dict[str, torch.Tensor]
       ignore a dtype there, so they are materialised here). `force_patch_weights` is not passed: the dynamic-VRAM
       patcher asserts against it.
     """
+    loading = [model] + ([clip.load_model()] if clip is not None else [])
+    vae_sd = vae.get_sd() if vae is not None else None
     if not hasattr(model, "state_dict_for_saving"):  # 0.3.75
-        loading = [model] + ([clip.load_model()] if clip is not None else [])
         clip_sd = clip.get_sd() if clip is not None else None
-        vae_sd = vae.get_sd() if vae is not None else None
         comfy.model_management.load_models_gpu(loading, force_patch_weights=True)
         return model.model.state_dict_for_saving(clip_sd, vae_sd, None)
-    loading = [model] + ([clip.load_model()] if clip is not None else [])
     clip_sd = clip.state_dict_for_saving() if clip is not None else None
-    vae_sd = vae.get_sd() if vae is not None else None
     comfy.model_management.load_models_gpu(loading)
     sd = model.state_dict_for_saving(clip_sd, vae_sd, None)
     return {key: _materialised(value) for key, value in sd.items()}

@@ -47,7 +47,8 @@ def load_for_training(model, clip=None, offload_fraction: float = 0.0) -> Loaded
     loading it on demand could offload the model being trained). Called again after each sample the host renders
     mid-run, since its sampler loads the model its own way."""
     patchers = [model] + ([clip.patcher] if clip is not None else [])
-    if is_dynamic(model):  # ComfyUI 0.33 on a GPU: its loads ignore budgets and stream each weight as it runs
+    host_streams = is_dynamic(model)
+    if host_streams:  # ComfyUI 0.33 on a GPU: its loads ignore budgets and stream each weight as it runs
         comfy.model_management.load_models_gpu(patchers)
     elif offload_fraction <= 0:
         comfy.model_management.load_models_gpu(patchers, force_full_load=True)
@@ -57,6 +58,6 @@ def load_for_training(model, clip=None, offload_fraction: float = 0.0) -> Loaded
         excess = model.loaded_size() - budget
         if excess > 0:  # (the host may have kept even more off the device for its own margin: that stands)
             model.partially_unload(model.offload_device, excess)
-    loaded = LoadedWeights(model.loaded_size(), model.model_size(), host_streams=is_dynamic(model))
+    loaded = LoadedWeights(model.loaded_size(), model.model_size(), host_streams=host_streams)
     log.info("LoRA Lab: %s", loaded.describe())
     return loaded
