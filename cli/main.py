@@ -137,10 +137,10 @@ def train(host, prompt: dict, args: argparse.Namespace, extra_data: dict, proces
         leave_process_group()
     if processes.is_main:
         (log.info if outcome.exit_code == 0 else log.error)("%s", outcome.message)
-        if args.result is not None:
-            write_result(args.result, outcome)
     elif outcome.exit_code == EXIT_ERROR:  # its own failure; a stop the main process reports for every process
         log.error("%s: %s", processes.label(), outcome.message)
+    if args.result is not None and (processes.is_main or outcome.exit_code == EXIT_ERROR):
+        write_result(processes.result_file(args.result), outcome)
     return outcome.exit_code
 
 

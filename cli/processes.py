@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 
 # Set by the command line to its own process id: Train LoRA joins a process group only in the process that set
 # it (nodes/host/distributed_run.py), so a WORLD_SIZE inherited by an editor (a job scheduler's environment, a
@@ -40,6 +41,17 @@ class Processes:
 
     def label(self) -> str:
         return f"process {self.rank} of {self.world_size}"
+
+    def result_file(self, path: Path) -> Path:
+        """Where this process writes its --result: the main one at `path`; another one, only when it fails on
+        its own, beside it (torchrun then stops the main process, whose outcome reads as a cancel)."""
+        return path if self.is_main else path.with_name(f"{path.stem}.process{self.rank}{path.suffix}")
+
+
+def peer_result_files(path: Path) -> list[Path]:
+    """The other processes' own failures written beside the main process's --result `path`, by rank."""
+    ranks = {p: p.stem.rsplit(".process", 1)[1] for p in path.parent.glob(f"{path.stem}.process*{path.suffix}")}
+    return sorted((p for p, rank in ranks.items() if rank.isdigit()), key=lambda p: int(ranks[p]))
 
 
 def leave_process_group() -> None:

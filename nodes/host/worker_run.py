@@ -24,6 +24,8 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
+from ...cli.processes import peer_result_files
+from ...cli.run import EXIT_ERROR
 from ...trainer.errors import TrainingStopped
 from ...trainer.training.config import Optimisation
 from ...trainer.training.workers import WorkerRequest
@@ -152,6 +154,15 @@ def read_outcome(work: WorkerFiles, exit_code: int) -> dict[str, Any]:
                                                f"{work.log_tail()}", "job": None, "outputs": None}
 
 
+def peer_failure(work: WorkerFiles) -> str | None:
+    """The first error another worker wrote of its own (e.g. it refused to overwrite the LoRA before the main
+    one did): torchrun then stops the main worker, whose own outcome reads as a cancel."""
+    for path in peer_result_files(work.result):
+        peer = json.loads(path.read_text(encoding="utf-8"))
+        return ((peer.get("job") or {}).get("error") or peer["message"]).strip()
+    return None
+
+
 def finish(model, clip, mirror: JobMirror, work: WorkerFiles, exit_code: int, cancelled: bool,
            where: str) -> WorkerRunResult:
     """Ends the local job as the workers' ended; the LoRA applied to MODEL and CLIP, or the workers' error."""
@@ -162,15 +173,17 @@ def finish(model, clip, mirror: JobMirror, work: WorkerFiles, exit_code: int, ca
         mirror.fill_history(outputs.get("loss_history") or [], remote.get("total") or mirror.job.snapshot()["total"])
     if remote:
         mirror.apply(remote, [])
-    state = remote.get("state")
+    main_failed = work.result.exists() and outcome["exit_code"] == EXIT_ERROR  # its own error outranks the others'
+    failure = None if cancelled or outputs or main_failed else peer_failure(work)
+    state, error = ("error", failure) if failure else (remote.get("state"), remote.get("error"))
     if state in ("done", "stopped", "interrupted", "error"):
-        mirror.finish(state, remote.get("error"), remote.get("lora_name"))
+        mirror.finish(state, error, remote.get("lora_name"))
     if cancelled or (outputs is None and state in ("stopped", "interrupted")):
         if state not in ("stopped", "interrupted"):
             mirror.finish("interrupted", outcome["message"], remote.get("lora_name"))
         raise comfy.model_management.InterruptProcessingException()  # the prompt ends as interrupted
     if outputs is None:
-        message = (remote.get("error") or outcome["message"]).strip()
+        message = (error or outcome["message"]).strip()
         mirror.finish("error", message, remote.get("lora_name"))
         raise TrainingStopped(f"{message} (in {where}; their log: {work.log})")
     lora_name = outputs["lora_name"][0]

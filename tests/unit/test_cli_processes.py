@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from cli.host import HostSetupError, _device_environment
-from cli.processes import Processes
+from cli.processes import Processes, peer_result_files
 
 DEVICE_VARIABLES = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ASCEND_RT_VISIBLE_DEVICES")
 
@@ -52,3 +52,13 @@ def test_more_processes_than_visible_gpus_is_refused(environ: pytest.MonkeyPatch
     with pytest.raises(HostSetupError, match=r"process 2 of 3 has LOCAL_RANK=2, but CUDA_VISIBLE_DEVICES=0,1 names "
                                              r"2 GPUs: start at most one process per GPU"):
         _device_environment(host_args(), Processes(2, 2, 3))
+
+
+def test_only_the_main_process_writes_the_result_others_beside_it_and_found_by_rank(tmp_path) -> None:
+    result = tmp_path / "workers-result.json"
+    assert Processes(0, 0, 12).result_file(result) == result
+    peers = [Processes(rank, rank, 12).result_file(result) for rank in (10, 2)]
+    for path in [*peers, tmp_path / "workers-result.processX.json", tmp_path / "other.process1.json"]:
+        path.write_text("{}")
+    assert peer_result_files(result) == [tmp_path / "workers-result.process2.json",
+                                         tmp_path / "workers-result.process10.json"]
