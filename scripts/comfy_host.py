@@ -30,7 +30,6 @@ DEFAULT_COMFY_DIR = Path(os.environ.get("LORALAB_HOST_DIR", REPO / ".host" / "Co
 HOST_ARGS = tuple(shlex.split(os.environ.get("LORALAB_HOST_ARGS", "")))
 TINY_CHECKPOINT_NAME = "loralab-tiny-sd15.safetensors"
 TINY_CHECKPOINT = REPO / ".host" / "cache" / TINY_CHECKPOINT_NAME
-TINY_DIFFUSION_MODEL_NAME = "loralab-tiny-sd15-unet.safetensors"  # its UNet alone (Load Diffusion Model)
 FULL_CHECKPOINT_NAME = "loralab-full-sd15.safetensors"  # random weights, the real SD1.5 UNet (benchmarks only)
 FULL_CHECKPOINT = TINY_CHECKPOINT.with_name(FULL_CHECKPOINT_NAME)
 
@@ -58,10 +57,10 @@ def ensure_tiny_checkpoint(comfy_dir: Path = DEFAULT_COMFY_DIR, path: Path = TIN
     return path
 
 
-def ensure_tiny_diffusion_model(checkpoint: Path = TINY_CHECKPOINT) -> Path:
-    """The tiny checkpoint's UNet alone, as a diffusion-model file (keys without `model.diffusion_model.`),
-    for the host's Load Diffusion Model (UNETLoader); written once beside the checkpoint."""
-    path = checkpoint.with_name(TINY_DIFFUSION_MODEL_NAME)
+def ensure_diffusion_model(checkpoint: Path = TINY_CHECKPOINT) -> Path:
+    """The checkpoint's UNet alone, as a diffusion-model file (keys without `model.diffusion_model.`), for the
+    host's Load Diffusion Model (UNETLoader); written once beside the checkpoint (`<its name>-unet.safetensors`)."""
+    path = checkpoint.with_name(f"{checkpoint.stem}-unet.safetensors")
     if not path.exists():
         from safetensors import safe_open
         from safetensors.torch import save_file
