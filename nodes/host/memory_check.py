@@ -32,10 +32,11 @@ def available_device_bytes(model, limit_gb: float) -> int:
 
 
 def check_memory(model, config: TrainConfig, resolution: int, trainable_params: int,
-                 trained: list[tuple[nn.Module, list[str]]]) -> tuple[TrainConfig, MemoryPlan]:
+                 trained: list[tuple[nn.Module, list[str]]], latent_frames: int = 1) -> tuple[TrainConfig, MemoryPlan]:
     """The config to train with and how it fits (memory_mode auto may have turned gradient checkpointing on, or
     offloaded a share of the weights); refuses a run that will not fit, with the figure and the options that fit.
-    `model` is the graph's MODEL, `trained` each module (the UNet first) with its selected layers.
+    `model` is the graph's MODEL, `trained` each module (the UNet first) with its selected layers,
+    `latent_frames` the latent frames of the dataset's longest item (1 for images).
 
     Offloading frees device memory only where the device is not the CPU memory the weights are streamed from (a
     GPU), or where device_memory_limit_gb sets the device's budget apart from it (how it is exercised without a
@@ -52,7 +53,8 @@ def check_memory(model, config: TrainConfig, resolution: int, trainable_params: 
                                         optimizer=opt.optimizer, rank=config.lora.rank,
                                         parameter_shapes=shapes, optimizer_args=opt.optimizer_kwargs(),
                                         offload_fraction=opt.offload_fraction,
-                                        largest_layer_bytes=largest_layer_bytes(unet))
+                                        largest_layer_bytes=largest_layer_bytes(unet), latent_frames=latent_frames,
+                                        latent_channels=model.model.latent_format.latent_channels)
     available = available_device_bytes(model, opt.device_memory_limit_gb)
     plan = plan_memory(estimate, available, automatic=opt.memory_mode == "auto", can_offload=can_offload)
     if plan is not None:

@@ -238,6 +238,12 @@ def check_dataset_fits(vae, model, items: tuple[DatasetItem, ...]) -> None:
                            f"on the LoRA Dataset node to {lower} or {lower + step}.")
 
 
+def latent_frames(vae, frames: int) -> int:
+    """The latent frames `frames` video frames encode to: Wan's VAE packs each 4 after the first into one."""
+    step = vae.temporal_compression_decode() if frames > 1 else None
+    return 1 + (frames - 1) // step if step else frames
+
+
 def encode_pixels(vae, model, pixels: torch.Tensor) -> torch.Tensor:
     """[B, H, W, 3] in 0..1 -> latents in the model's own latent space (scaled as the UNet expects). A video VAE
     (Wan's) takes the B pixels as the frames of one video: [1, C, latent frames, h, w].

@@ -181,9 +181,11 @@ class TrainingRun:
             self.text_layers = layers["text encoder"]
             self.name_map.update(host_model.clip_kohya_names(model, self.text_layers, TEXT_ENCODER_KEY_PREFIX))
             trainable += adapter_parameter_count(self.text_encoder, self.text_layers, self.config.lora)
+        frames = max(item.frame_count for item in self.spec.items)
         self.config, plan = check_memory(self.host.model, self.config, self.spec.resolution, trainable,
                                          [(self.unet, self.unet_layers)] + ([(self.text_encoder, self.text_layers)]
-                                                                            if self.train_clip else []))
+                                                                            if self.train_clip else []),
+                                         latent_frames=host_model.latent_frames(self.host.vae, frames))
         log.info("LoRA Lab memory: %s", plan.description)
         self.job.set_memory_plan(plan.description)
         TimestepSampling.of(self.config.optimisation).check(self.schedule)  # e.g. sigmoid on an epsilon model

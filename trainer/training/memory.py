@@ -12,8 +12,8 @@ total = weights + LoRA params (fp32) + their grads (fp32) + optimizer state + ac
     Adafactor a factored second moment (a row and a column per matrix, ~4/rank B/param on a LoRA matrix);
     Prodigy four fp32 tensors (16 B/param; less with slice_p); schedule-free AdamW two (8 B/param); SGD with
     momentum one;
-  - activations: batch x latent pixels x ACTIVATION_BYTES_PER_LATENT_PIXEL, scaled by the element size
-    (fp32 doubles it) and by sqrt(model size / SD1.5 UNet size); gradient checkpointing keeps about
+  - activations: batch x latent pixels (x latent frames, for video) x ACTIVATION_BYTES_PER_LATENT_PIXEL, scaled
+    by the element size (fp32 doubles it) and by sqrt(model size / SD1.5 UNet size); gradient checkpointing keeps about
     CHECKPOINTING_FACTOR of them. Calibrated on public reports (SD1.5 at 512 px, batch 1, fp16, no
     checkpointing: ~4 GiB of activations; SDXL at 1024 px with checkpointing: ~10 GiB in all);
   - overhead: OVERHEAD_FRACTION of the rest plus OVERHEAD_FIXED_BYTES (allocator fragmentation,
@@ -110,6 +110,7 @@ class MemoryInputs:
     optimizer_args: tuple[tuple[str, Any], ...] = ()  # the run's optimizer_args, as (key, value) pairs
     offload_fraction: float = 0.0  # share of the weights kept off the device and streamed per layer
     largest_layer_bytes: int = 0  # the largest single layer's weights (the streaming buffer's unit)
+    latent_frames: int = 1  # a video model's latent frames per item (Wan: 1 + (frames - 1) / 4); 1 for images
 
     @property
     def checkpointed(self) -> bool:
@@ -137,7 +138,8 @@ class MemoryEstimate:
 
 def _estimate(inputs: MemoryInputs) -> MemoryEstimate:
     width, height = inputs.resolution
-    latent_pixels = math.ceil(width / inputs.latent_downscale) * math.ceil(height / inputs.latent_downscale)
+    latent_pixels = (math.ceil(width / inputs.latent_downscale) * math.ceil(height / inputs.latent_downscale)
+                     * inputs.latent_frames)  # a video's latent frames are tokens as its pixels are
     element_scale = _ELEMENT_BYTES.get(inputs.mixed_precision, 4) / 2
     # Activations grow with width more than with depth; sqrt(params) stands in for width.
     model_scale = math.sqrt(max(inputs.model_params_bytes, 1) / SD15_UNET_PARAMS_BYTES)
@@ -169,13 +171,14 @@ def estimate_training_memory(model_params_bytes: int, trainable_params: int, bat
                              latent_downscale: int = 8,
                              parameter_shapes: Sequence[tuple[int, ...]] | None = None,
                              optimizer_args: Mapping[str, Any] | None = None, offload_fraction: float = 0.0,
-                             largest_layer_bytes: int = 0) -> MemoryEstimate:
+                             largest_layer_bytes: int = 0, latent_frames: int = 1) -> MemoryEstimate:
     """Estimate the accelerator memory one training step needs (see the module docstring for the formula).
 
     `parameter_shapes`: the trainable tensors' shapes (their element count is trainable_params), for an exact
     optimizer state; without them the parameters count as one flat tensor. `optimizer_args`: the run's
     (Optimisation.optimizer_kwargs()), where they change the state. `offload_fraction`: the share of the weights
-    streamed from CPU memory (0..1); `largest_layer_bytes`: the largest layer's weights, its streaming buffer.
+    streamed from CPU memory (0..1); `largest_layer_bytes`: the largest layer's weights, its streaming buffer;
+    `latent_frames`: a video model's latent frames per item (activations grow with them as with pixels).
     """
     if isinstance(resolution, int):
         resolution = (resolution, resolution)
@@ -184,8 +187,9 @@ def estimate_training_memory(model_params_bytes: int, trainable_params: int, bat
             raise ValueError(f"{name} = {value} is not allowed; expected 0 or more.")
     if not 0.0 <= offload_fraction <= 1.0:
         raise ValueError(f"offload_fraction = {offload_fraction} is not allowed; expected 0 to 1.")
-    if batch_size < 1 or min(resolution) < 1:
-        raise ValueError(f"batch_size = {batch_size}, resolution = {resolution}: expected positive values.")
+    if batch_size < 1 or min(resolution) < 1 or latent_frames < 1:
+        raise ValueError(f"batch_size = {batch_size}, resolution = {resolution}, latent_frames = {latent_frames}: "
+                         "expected positive values.")
     shapes = None if parameter_shapes is None else tuple(tuple(shape) for shape in parameter_shapes)
     if shapes is not None and sum(math.prod(shape) for shape in shapes) != trainable_params:
         raise ValueError(f"parameter_shapes hold {sum(math.prod(shape) for shape in shapes)} elements; expected "
@@ -193,7 +197,7 @@ def estimate_training_memory(model_params_bytes: int, trainable_params: int, bat
     return _estimate(MemoryInputs(model_params_bytes, trainable_params, batch_size, (resolution[0], resolution[1]),
                                   latent_channels, latent_downscale, gradient_checkpointing, mixed_precision,
                                   optimizer, rank, shapes, tuple(sorted((optimizer_args or {}).items())),
-                                  offload_fraction, largest_layer_bytes))
+                                  offload_fraction, largest_layer_bytes, latent_frames))
 
 
 def _gib(n: int) -> str:

@@ -33,6 +33,16 @@ def test_monotonic() -> None:
     assert _total(mixed_precision="bf16") < _total(mixed_precision="no")
 
 
+def test_a_videos_latent_frames_count_as_its_pixels_do() -> None:
+    """Wan at 480 x 832, 81 frames = 21 latent frames: the activations of 21 such images, the weights once."""
+    one, video = (estimate_training_memory(SD15, 3_000_000, 1, (832, 480), latent_channels=16, latent_frames=frames)
+                  for frames in (1, 21))
+    assert video.activation_bytes == pytest.approx(21 * one.activation_bytes, rel=1e-6)
+    assert video.weights_bytes == one.weights_bytes and video.optimizer_bytes == one.optimizer_bytes
+    with pytest.raises(ValueError, match="latent_frames = 0"):
+        estimate_training_memory(SD15, 3_000_000, 1, 512, latent_frames=0)
+
+
 def test_plausible_for_sd15() -> None:
     # SD1.5, 512 px, batch 1, fp16, no checkpointing: public reports put this at roughly 6-8 GiB.
     assert 4 * GIB < _total(batch_size=1) < 10 * GIB
