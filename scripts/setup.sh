@@ -45,11 +45,11 @@ if [ ! -f "$host_dir/main.py" ]; then
   mv "$host_dir.tmp" "$host_dir"
 fi
 
-# The extras of pyproject.toml: test (pytest, playwright, diffusers, ruff), scripts (tqdm for the demo) and
-# optimizers (lion-pytorch, prodigyopt, schedulefree: the tests train with each).
-if ! "$py" -c "import diffusers, pytest, playwright, ruff, tqdm, lion_pytorch, prodigyopt, schedulefree" 2>/dev/null; then
-  echo "[setup] installing the pack, its test dependencies, the scripts' dependencies and the optional optimizers"
-  pip_q -e "$repo[test,scripts,optimizers]"
+# The extras of pyproject.toml: test (pytest, playwright, diffusers, ruff), scripts (tqdm for the demo),
+# optimizers (lion-pytorch, prodigyopt, schedulefree: the tests train with each) and video (PyAV, for video datasets).
+if ! "$py" -c "import diffusers, pytest, playwright, ruff, tqdm, lion_pytorch, prodigyopt, schedulefree, av" 2>/dev/null; then
+  echo "[setup] installing the pack, its test dependencies, the scripts' dependencies, the optional optimizers and PyAV"
+  pip_q -e "$repo[test,scripts,optimizers,video]"
 fi
 
 ln -sfn "$repo" "$host_dir/custom_nodes/$pack_name"
