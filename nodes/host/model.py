@@ -254,6 +254,13 @@ def encode_pixels(vae, model, pixels: torch.Tensor) -> torch.Tensor:
         return model.model.process_latent_in(vae.encode(pixels)).float().cpu().clone()
 
 
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> images [N, H, W, 3] in 0..1, as the host's VAEDecode node gives them (a video model's frames
+    in a row)."""
+    images = vae.decode(latents)
+    return images.reshape(-1, *images.shape[-3:]) if images.ndim == 5 else images
+
+
 def encode_caption(clip, caption: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The cross-attention context [1, tokens, width] and pooled embedding [1, width] (None if the CLIP has
     none) the host's CLIP gives a caption (normal tensors, as above)."""

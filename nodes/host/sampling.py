@@ -10,6 +10,8 @@ from PIL import Image
 
 import nodes as host_nodes  # the host's nodes.py: CLIPTextEncode and EmptyLatentImage as a KSampler graph uses them
 
+from .model import decode_latents
+
 
 @dataclass(frozen=True)
 class SampleSettings:
@@ -25,7 +27,8 @@ class SampleSettings:
 
 
 def render(model, clip, vae, prompt: str, settings: SampleSettings, with_preview: bool = True) -> torch.Tensor:
-    """One image [1, H, W, 3] in 0..1, as CLIPTextEncode -> KSampler -> VAEDecode would make it."""
+    """One image [1, H, W, 3] in 0..1, as CLIPTextEncode -> KSampler -> VAEDecode would make it (a video model
+    samples a one-frame video: its empty latent gets the model's frame axis, as the host's sampler adds it)."""
     positive = host_nodes.CLIPTextEncode().encode(clip, prompt)[0]
     negative = host_nodes.CLIPTextEncode().encode(clip, settings.negative)[0]
     latent = host_nodes.EmptyLatentImage().generate(settings.width, settings.height, 1)[0]
@@ -38,7 +41,7 @@ def render(model, clip, vae, prompt: str, settings: SampleSettings, with_preview
         samples = comfy.sample.sample(model, noise, settings.steps, settings.cfg, settings.sampler_name,
                                       settings.scheduler, positive, negative, latent_image, disable_pbar=True,
                                       seed=settings.seed)
-    return vae.decode(samples)
+    return decode_latents(vae, samples)
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:

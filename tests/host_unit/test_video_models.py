@@ -189,6 +189,9 @@ def test_images_and_videos_encode_to_five_dimensional_latents_through_the_hosts_
     assert shapes == {"clip.mp4": ((16, 3, 8, 8), (16, 3, 8, 8)),  # 9 frames -> 1 + 8 / 4 latent frames
                       "still.png": ((16, 1, 8, 8), (16, 1, 8, 8))}  # an image is a one-frame video
     assert [host.host_model.latent_frames(vae, item.frame_count) for item in spec.items] == [3, 1]  # the estimate's
+    # A training sample is a one-frame video: decoded as the host's VAEDecode gives it, one [1, H, W, 3] image.
+    sample = host.host_model.decode_latents(vae, encoded[1].latent[None])
+    assert sample.shape == (1, 64, 64, 3)
     assert all(torch.isfinite(e.latent).all() and e.latent.std() > 0 for e in encoded)
 
     dataset_error = host.host_model.DatasetError  # the pack's class, as the host-side modules raise it
