@@ -120,7 +120,8 @@ class CaseRunner:
             prompt, node = native_prompt(self.files, self.captions, steps, False, case.checkpoint_name,
                                          seed=self.counter, spec=self.native_spec, unet=case.unet)
         else:
-            prompt, node = ours_prompt(self.folder, self.size, steps, f"mem_{case.precision}_{self.counter}",
+            name = f"mem_{case.precision}_{self.counter}"
+            prompt, node = ours_prompt(self.folder, self.size, steps, name,
                                        "attention_ff", self.optimizer_options["gradient_checkpointing"],
                                        self.option_defaults, case.checkpoint_name, seed=self.counter,
                                        unet=case.unet, optimizer_options=self.optimizer_options)
@@ -129,12 +130,12 @@ class CaseRunner:
             entry = self.host.run(prompt, timeout=3600)
         return {"seconds": exec_seconds(entry), "cpu": cpu_seconds(self.host.process.pid) - cpu0,
                 "peak": rss.peak - rss.before, "kept": rss.after - rss.before, "load": os.getloadavg()[0],
-                "plan": self.memory_plan() if case.trainer != "native" else None}
+                "plan": None if case.trainer == "native" else self.memory_plan(name)}
 
-    def memory_plan(self) -> str:
-        """What the newest job says it chose (memory plan, share of the weights on the device)."""
-        newest = self.host.get_json("/loralab/jobs")[-1]
-        job = self.host.get_json(f"/loralab/jobs/{newest['id']}")
+    def memory_plan(self, name: str) -> str:
+        """What the job `name` says it chose (memory plan, share of the weights on the device)."""
+        summary = next(j for j in self.host.get_json("/loralab/jobs") if j["name"] == name)
+        job = self.host.get_json(f"/loralab/jobs/{summary['id']}")
         on_device = job.get("weights_on_device") or {}
         share = (f"; {on_device['bytes'] / on_device['total_bytes']:.0%} of the weights on the device"
                  if on_device.get("total_bytes") else "")

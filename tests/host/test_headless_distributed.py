@@ -1,6 +1,8 @@
 """`torchrun --nproc_per_node 2 <pack> train workflow.json` on the CPU (gloo): two processes, each with the host
 imported as a library, train like one process with twice the batch, and a killed process ends the job with the
-last whole step saved. No server runs: the workflow's models and dataset live in a base directory of our own."""
+last whole step saved (SIGTERM to torchrun, which cancels every process, is the editor's Cancel of its workers:
+tests/host/test_train_workers.py). No server runs: the workflow's models and dataset live in a base directory of
+our own."""
 from __future__ import annotations
 
 import json
@@ -159,17 +161,6 @@ def test_a_killed_process_ends_the_job_with_the_last_whole_step_saved(base, one_
     assert f"at step {step} of 500" in text or f"after {step} steps" in text, text[-4000:]
     reference = tensors(base / "models" / "loras" / "dp_one.loralab-resume")["history::loss"].tolist()
     assert history[:3] == pytest.approx(reference, rel=1e-5), "the same run as the 1-process one, batch 2"
-
-
-def test_sigterm_to_torchrun_cancels_every_process_keeping_the_last_whole_step(base, tmp_path):
-    """torchrun passes SIGTERM on to every process: each cancels as on Ctrl+C once, they stop at the same step,
-    and the main process saves it (no process is killed for hanging: torchrun's grace period is not used up)."""
-    code, text, step, _ = interrupted_run(base, tmp_path, "dp_term", lambda launcher: launcher.terminate())
-    assert code != 0
-    assert text.count("Cancelling (SIGTERM)") == 1, "the main process says so; the other one is silent"
-    assert f"Training 'dp_term' was cancelled at step {step} of 500; saved dp_term-step{step}.safetensors and " \
-           "its resume state" in text, text[-4000:]
-    assert "SIGKILL" not in text, text[-4000:]
 
 
 def test_sigterm_twice_to_one_process_cancels_once_and_saves(base, tmp_path):

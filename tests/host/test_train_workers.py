@@ -1,7 +1,8 @@
 """Train LoRA Options' `workers` in the editor: the real host queues a graph whose run trains in two torchrun
 worker processes (gloo on the CPU) while the host follows it. The LoRA they write is the one an in-editor run with
 twice the batch writes, the node returns it applied, the host's /loralab/jobs shows the job (2 processes), and the
-host's Cancel ends it with the last whole step saved."""
+host's Cancel (SIGTERM to torchrun, passed on to every worker: how a user's `kill` of a headless torchrun run
+cancels it too) ends it with the last whole step saved."""
 from __future__ import annotations
 
 import numpy as np
@@ -78,6 +79,11 @@ def test_cancel_in_the_host_ends_the_workers_with_the_last_whole_step_saved(host
     with safe_open(str(host.loras_dir / "wk_cancel.loralab-resume"), framework="pt") as f:
         assert int(f.metadata()["loralab.state.step"]) == step
     assert (host.loras_dir / f"wk_cancel-step{step}.safetensors").is_file()
+    # The host's Cancel is SIGTERM to torchrun, which passes it on to every worker: each cancels as on one Ctrl+C
+    # and they stop at the same step (no worker is killed for hanging: torchrun's grace period is not used up).
+    log = next(host.output_dir.glob("loralab/wk_cancel-*/workers.log")).read_text()
+    assert log.count("Cancelling (SIGTERM)") == 1, "the main worker says so; the other one is silent"
+    assert "SIGKILL" not in log, log[-4000:]
 
 
 def test_an_error_in_the_workers_is_the_nodes_error_with_their_message(host, rings):
