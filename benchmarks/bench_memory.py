@@ -1,10 +1,12 @@
 """Benchmark: memory and speed of Train LoRA on fp32 / bf16 / fp8 bases, whole model loaded versus part of it
 offloaded, beside the host's native TrainLoraNode on the same base and settings.
 
-Bases, all the small SD1.5-architecture test model (or `--full-size`: the real SD1.5 UNet, random weights):
-  fp32  the checkpoint's MODEL as the host loads it on the CPU (fp32);
+Bases, all the small SD1.5-architecture test model (or `--full-size`: the real SD1.5 UNet, random weights), its
+UNet, CLIP and VAE each from a file of its own through the host's separate loaders (Load Diffusion Model,
+CLIPLoader, VAELoader: a checkpoint loader would hold a second UNet in memory beside an fp8 one):
+  fp32  Load Diffusion Model's default weight_dtype, as the host loads it on the CPU (fp32);
   bf16  the same, the host started with its own `--bf16-unet` (weights stored in bf16);
-  fp8   the checkpoint's UNet alone through the host's Load Diffusion Model, weight_dtype fp8_e4m3fn.
+  fp8   Load Diffusion Model with weight_dtype fp8_e4m3fn.
 Trainers:
   ours_full           Train LoRA, memory_mode as_set, the whole model on the device, no gradient checkpointing;
   ours_checkpointing  the same with gradient checkpointing (what offloading implies: the cost of offload alone is
@@ -19,6 +21,7 @@ feed-forward layers (targets attention_ff), native every weight, as in bench_tra
 Every case runs in a host of its own, started for it (so no case sees another's models in memory):
   peak RSS        the host process's VmRSS peak over the whole case (loading the base, encoding, training) minus
                   its VmRSS once started and idle: what the run needs in all, base weights included;
+  base weights    the MODEL's diffusion-model weights as stored (ours: the job's weights_on_device total);
   train peak      the VmRSS peak during the timed prompts over the value just before each (base loaded, cached):
                   what training adds on top of the loaded model;
   kept            VmRSS after the last prompt over the value before it (what the run did not give back);
@@ -71,14 +74,14 @@ from benchmarks.measure import (  # noqa: E402
     print_start,
 )
 from scripts.comfy_host import (  # noqa: E402
+    CHECKPOINT_PARTS,
     FULL_CHECKPOINT,
     FULL_CHECKPOINT_NAME,
     TINY_CHECKPOINT,
     TINY_CHECKPOINT_NAME,
     ComfyHost,
     HostError,
-    add_diffusion_model,
-    ensure_diffusion_model,
+    add_checkpoint_part,
     ensure_tiny_checkpoint,
 )
 from scripts.make_demo_dataset import make_demo_dataset  # noqa: E402
@@ -94,7 +97,7 @@ class Case:
     precision: str
     trainer: str
     checkpoint_name: str
-    unet: dict | None  # UNETLoader's inputs for the fp8 base; None: the checkpoint's MODEL
+    loaders: dict  # the inputs of UNETLoader, CLIPLoader and VAELoader
 
 
 class CaseRunner:
@@ -118,37 +121,37 @@ class CaseRunner:
         case = self.case
         if case.trainer == "native":
             prompt, node = native_prompt(self.files, self.captions, steps, False, case.checkpoint_name,
-                                         seed=self.counter, spec=self.native_spec, unet=case.unet)
+                                         seed=self.counter, spec=self.native_spec, loaders=case.loaders)
         else:
             name = f"mem_{case.precision}_{self.counter}"
             prompt, node = ours_prompt(self.folder, self.size, steps, name,
                                        "attention_ff", self.optimizer_options["gradient_checkpointing"],
                                        self.option_defaults, case.checkpoint_name, seed=self.counter,
-                                       unet=case.unet, optimizer_options=self.optimizer_options)
+                                       loaders=case.loaders, optimizer_options=self.optimizer_options)
         cpu0 = cpu_seconds(self.host.process.pid)
         with RssSampler(self.host.process.pid) as rss:
             entry = self.host.run(prompt, timeout=3600)
         return {"seconds": exec_seconds(entry), "cpu": cpu_seconds(self.host.process.pid) - cpu0,
                 "peak": rss.peak - rss.before, "kept": rss.after - rss.before, "load": os.getloadavg()[0],
-                "plan": None if case.trainer == "native" else self.memory_plan(name)}
+                **({} if case.trainer == "native" else self.memory_plan(name))}
 
-    def memory_plan(self, name: str) -> str:
-        """What the job `name` says it chose (memory plan, share of the weights on the device)."""
+    def memory_plan(self, name: str) -> dict:
+        """What the job `name` says it chose (memory plan, share of the weights on the device), and the base's
+        weights as stored."""
         summary = next(j for j in self.host.get_json("/loralab/jobs") if j["name"] == name)
         job = self.host.get_json(f"/loralab/jobs/{summary['id']}")
         on_device = job.get("weights_on_device") or {}
-        share = (f"; {on_device['bytes'] / on_device['total_bytes']:.0%} of the weights on the device"
-                 if on_device.get("total_bytes") else "")
-        return f"{job.get('memory_plan')}{share}"
+        total = on_device.get("total_bytes")
+        share = f"; {on_device['bytes'] / total:.0%} of the weights on the device" if total else ""
+        return {"plan": f"{job.get('memory_plan')}{share}", "weights": total}
 
 
 def measure(case: Case, args: argparse.Namespace, n1: int, n2: int) -> dict:
     """One case in a fresh host: its peaks, kept memory, s/step; or the host's error."""
     with bench_host(f"loralab-bench-memory-{case.precision}-", args.keep, full_size=args.full_size) as host:
         host.extra_args = HOST_FLAGS.get(case.precision, ())
-        if case.unet is not None:
-            add_diffusion_model(host.base_dir, ensure_diffusion_model(FULL_CHECKPOINT if args.full_size
-                                                                      else TINY_CHECKPOINT))
+        for part in CHECKPOINT_PARTS:
+            add_checkpoint_part(host.base_dir, part, FULL_CHECKPOINT if args.full_size else TINY_CHECKPOINT)
         host.start()
         folder = "memory"
         make_demo_dataset(host.input_dir / folder, count=args.images, size=args.size)
@@ -171,9 +174,11 @@ def measure(case: Case, args: argparse.Namespace, n1: int, n2: int) -> dict:
                   "cps": med([(b["cpu"] - a["cpu"]) / (n2 - n1) for a, b in pairs]),
                   "peak": whole.peak - idle, "train_peak": max(r["peak"] for r in every),
                   "kept": max(r["kept"] for r in every), "load": med([r["load"] for r in every]),
-                  "plan": every[-1]["plan"], "version": host_versions(host), "idle": idle}
-        print(f"  {case.precision} {case.trainer}: {result['sps']:.3f} s/step (CPU {result['cps']:.2f}), peak RSS "
-              f"{mib(result['peak'])} over idle {mib(idle)}, train peak {mib(result['train_peak'])}, kept "
+                  "plan": every[-1].get("plan"), "weights": every[-1].get("weights"), "version": host_versions(host),
+                  "idle": idle}
+        weights = f"base weights {mib(result['weights'])}, " if result["weights"] else ""
+        print(f"  {case.precision} {case.trainer}: {result['sps']:.3f} s/step (CPU {result['cps']:.2f}), {weights}"
+              f"peak RSS {mib(result['peak'])} over idle {mib(idle)}, train peak {mib(result['train_peak'])}, kept "
               f"{mib(result['kept'])}, load {result['load']:.2f}; {result['plan'] or 'native'} "
               f"({time.monotonic() - t0:.0f} s)", flush=True)
         return result
@@ -181,13 +186,15 @@ def measure(case: Case, args: argparse.Namespace, n1: int, n2: int) -> dict:
 
 def row(case: Case, r: dict, reference: dict | None, native: dict | None) -> str:
     if "error" in r:
-        return f"| {case.precision} | {case.trainer} | fails: {r['error']} | | | | | |"
+        return f"| {case.precision} | {case.trainer} | fails: {r['error']} | | | | | | |"
     versus_full = (f"{r['sps'] / reference['sps']:.2f}x / {r['peak'] / reference['peak']:.2f}x"
                    if reference and "error" not in reference else "")
     versus_native = (f"{r['sps'] / native['sps']:.2f}x / {r['peak'] / native['peak']:.2f}x"
                      if native and "error" not in native and case.trainer != "native" else "")
+    weights = mib(r["weights"]) if r.get("weights") else "as ours"
     return (f"| {case.precision} | {case.trainer} | {r['sps']:.3f} (CPU {r['cps']:.2f}; load {r['load']:.1f}) | "
-            f"{mib(r['peak'])} | {mib(r['train_peak'])} | {mib(r['kept'])} | {versus_full} | {versus_native} |")
+            f"{weights} | {mib(r['peak'])} | {mib(r['train_peak'])} | {mib(r['kept'])} | {versus_full} | "
+            f"{versus_native} |")
 
 
 def main() -> int:
@@ -216,21 +223,24 @@ def main() -> int:
     os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "131072")
     ensure_tiny_checkpoint(full_size=args.full_size)
     checkpoint_name = FULL_CHECKPOINT_NAME if args.full_size else TINY_CHECKPOINT_NAME
-    unet_name = f"{Path(checkpoint_name).stem}-unet.safetensors"
+    stem = Path(checkpoint_name).stem
     print(f"model {checkpoint_name}; {args.images} images at {args.size} px, batch 1, rank {RANK}, AdamW lr {LR}, "
           f"fp32 compute; timed from {n1} and {n2} steps, {args.repeat} repetitions; {args.threads or 'default'} "
           f"torch threads; each case in its own host (--cpu)")
     results: dict[Case, dict] = {}
     for precision in args.precisions:
-        unet = {"unet_name": unet_name, "weight_dtype": FP8_WEIGHTS} if precision == "fp8" else None
+        loaders = {"UNETLoader": {"unet_name": f"{stem}-unet.safetensors",
+                                  "weight_dtype": FP8_WEIGHTS if precision == "fp8" else "default"},
+                   "CLIPLoader": {"clip_name": f"{stem}-clip.safetensors", "type": "stable_diffusion"},
+                   "VAELoader": {"vae_name": f"{stem}-vae.safetensors"}}
         for trainer in args.trainers:
-            case = Case(precision, trainer, checkpoint_name, unet)
+            case = Case(precision, trainer, checkpoint_name, loaders)
             results[case] = measure(case, args, n1, n2)
     version = next(iter(results.values()))["version"]
     print(f"\nhost: {version}\n")
-    print("| base | trainer | s/step | peak RSS over idle | train peak over loaded | kept after | s/step / peak vs "
-          "ours_full | s/step / peak vs native |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| base | trainer | s/step | base weights | peak RSS over idle | train peak over loaded | kept after | "
+          "s/step / peak vs ours_full | s/step / peak vs native |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for case, r in results.items():
         reference = next((v for c, v in results.items() if c.precision == case.precision
                           and c.trainer == "ours_full"), None)

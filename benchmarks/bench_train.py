@@ -79,26 +79,29 @@ OURS_OPTIONS = {"dropout": 0.0, "schedule": "constant", "warmup_steps": 0, "grad
                 "weight_decay": 0.01, "mixed_precision": "no", "checkpoint_every": 0, "resume": False}
 
 
-def model_output(g: Graph, ckpt: str, unet: dict | None) -> list:
-    """The MODEL both trainers train: the checkpoint's, or (`unet`: UNETLoader's inputs, e.g. an fp8
-    weight_dtype) the host's Load Diffusion Model's."""
-    return out(ckpt, 0) if unet is None else out(g.add("UNETLoader", **unet))
+def base_outputs(g: Graph, checkpoint_name: str, loaders: dict | None) -> tuple[list, list, list]:
+    """MODEL, CLIP and VAE: the checkpoint's, or (`loaders`: the inputs of UNETLoader, CLIPLoader and VAELoader by
+    class, e.g. an fp8 weight_dtype) each from its own file through the host's separate loaders."""
+    if loaders is None:
+        ckpt = checkpoint(g, checkpoint_name)
+        return out(ckpt, 0), out(ckpt, 1), out(ckpt, 2)
+    return tuple(out(g.add(loader, **loaders[loader])) for loader in ("UNETLoader", "CLIPLoader", "VAELoader"))
 
 
 def ours_prompt(folder: str, size: int, steps: int, name: str, targets: str, checkpointing: bool,
-                option_defaults: dict, checkpoint_name: str, seed: int, unet: dict | None = None,
+                option_defaults: dict, checkpoint_name: str, seed: int, loaders: dict | None = None,
                 optimizer_options: dict | None = None) -> tuple[dict, str]:
     """`optimizer_options`: every input of an Optimizer Options node (memory_mode, offload_fraction...), chained
     between Train LoRA Options and Train LoRA, so that its values win."""
     g = Graph()
-    ckpt = checkpoint(g, checkpoint_name)
+    model, clip, vae = base_outputs(g, checkpoint_name, loaders)
     data = g.add("LoraLabDataset", folder=folder, trigger_word="", resolution=size, flip=False,
                  validation_share=0.0, seed=0)
     opts = g.add("LoraLabTrainOptions", **{**option_defaults, **OURS_OPTIONS, "targets": targets,
                                            "gradient_checkpointing": checkpointing})
     if optimizer_options is not None:
         opts = g.add("LoraLabOptimizerOptions", options=out(opts), **optimizer_options)
-    train = g.add("LoraLabTrainLora", model=model_output(g, ckpt, unet), clip=out(ckpt, 1), vae=out(ckpt, 2),
+    train = g.add("LoraLabTrainLora", model=model, clip=clip, vae=vae,
                   dataset=out(data),
                   name=name, steps=steps, learning_rate=LR, rank=RANK, alpha=float(RANK), batch_size=1, seed=seed,
                   options=out(opts))
@@ -111,22 +114,22 @@ NATIVE_NEWER_INPUTS = {"quantized_backward": False, "checkpoint_depth": 1, "offl
 
 
 def native_prompt(files: list[str], captions: list[str], steps: int, checkpointing: bool, checkpoint_name: str,
-                  seed: int, spec: dict, unet: dict | None = None) -> tuple[dict, str]:
+                  seed: int, spec: dict, loaders: dict | None = None) -> tuple[dict, str]:
     """`spec`: the host's /object_info entry of TrainLoraNode (its inputs and outputs differ by version)."""
     g = Graph()
-    ckpt = checkpoint(g, checkpoint_name)
+    model, clip, vae = base_outputs(g, checkpoint_name, loaders)
     images = [g.add("LoadImage", image=f) for f in files]
     batch = images[0]
     for image in images[1:]:
         batch = g.add("ImageBatch", image1=out(batch), image2=out(image))
-    encoded = g.add("VAEEncode", pixels=out(batch), vae=out(ckpt, 2))
+    encoded = g.add("VAEEncode", pixels=out(batch), vae=vae)
     # A list of 1-image latents: 0.3.75's TrainLoraNode fails on a single LATENT input ('multi_res' unset).
     latents = g.add("RebatchLatents", latents=out(encoded), batch_size=1)
-    conds = [g.add("CLIPTextEncode", text=c, clip=out(ckpt, 1)) for c in captions]
+    conds = [g.add("CLIPTextEncode", text=c, clip=clip) for c in captions]
     positive = conds[0]
     for cond in conds[1:]:
         positive = g.add("ConditioningCombine", conditioning_1=out(positive), conditioning_2=out(cond))
-    train = g.add("TrainLoraNode", model=model_output(g, ckpt, unet), latents=out(latents), positive=out(positive),
+    train = g.add("TrainLoraNode", model=model, latents=out(latents), positive=out(positive),
                   batch_size=1, grad_accumulation_steps=1, steps=steps, learning_rate=LR, rank=RANK, optimizer="AdamW",
                   loss_function="MSE", seed=seed, training_dtype="fp32", lora_dtype="fp32", algorithm="LoRA",
                   gradient_checkpointing=checkpointing, existing_lora="[None]",

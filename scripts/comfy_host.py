@@ -57,26 +57,34 @@ def ensure_tiny_checkpoint(comfy_dir: Path = DEFAULT_COMFY_DIR, path: Path = TIN
     return path
 
 
-def ensure_diffusion_model(checkpoint: Path = TINY_CHECKPOINT) -> Path:
-    """The checkpoint's UNet alone, as a diffusion-model file (keys without `model.diffusion_model.`), for the
-    host's Load Diffusion Model (UNETLoader); written once beside the checkpoint (`<its name>-unet.safetensors`)."""
-    path = checkpoint.with_name(f"{checkpoint.stem}-unet.safetensors")
+# A checkpoint's parts as the host's separate loaders take them: the checkpoint's key prefix, the file's own key
+# prefix, the models folder. UNETLoader (Load Diffusion Model), CLIPLoader (type stable_diffusion), VAELoader.
+CHECKPOINT_PARTS = {"unet": ("model.diffusion_model.", "", "diffusion_models"),
+                    "clip": ("cond_stage_model.transformer.", "text_model.", "text_encoders"),
+                    "vae": ("first_stage_model.", "", "vae")}
+
+
+def ensure_checkpoint_part(part: str, checkpoint: Path = TINY_CHECKPOINT) -> Path:
+    """One part of the checkpoint (CHECKPOINT_PARTS) as a file of its own, keyed as the host's loader of that part
+    reads it; written once beside the checkpoint (`<its name>-<part>.safetensors`)."""
+    old_prefix, new_prefix, _ = CHECKPOINT_PARTS[part]
+    path = checkpoint.with_name(f"{checkpoint.stem}-{part}.safetensors")
     if not path.exists():
         from safetensors import safe_open
         from safetensors.torch import save_file
 
-        prefix = "model.diffusion_model."
         with safe_open(str(checkpoint), framework="pt") as f:
-            unet = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+            tensors = {new_prefix + k[len(old_prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(old_prefix)}
         tmp = path.with_suffix(".partial")
-        save_file(unet, str(tmp))
+        save_file(tensors, str(tmp))
         tmp.replace(path)
     return path
 
 
-def add_diffusion_model(base: Path, model: Path) -> str:
-    """Links a diffusion-model file into the base directory's models/diffusion_models; its name for UNETLoader."""
-    folder = base / "models" / "diffusion_models"
+def add_checkpoint_part(base: Path, part: str, checkpoint: Path = TINY_CHECKPOINT) -> str:
+    """The checkpoint's `part` linked into the base directory's models folder for it; its name for the loader."""
+    model = ensure_checkpoint_part(part, checkpoint)
+    folder = base / "models" / CHECKPOINT_PARTS[part][2]
     folder.mkdir(parents=True, exist_ok=True)
     link = folder / model.name
     if not link.exists():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 import comfy.model_management
+import torch
 from torch import nn
 
 from ...trainer.errors import TrainingStopped
@@ -22,6 +23,14 @@ def largest_layer_bytes(module: nn.Module) -> int:
     """The largest weights of one layer: what the host's partial loading streams at a time."""
     return max((sum(p.numel() * p.element_size() for p in m.parameters(recurse=False)) for m in module.modules()),
                default=0)
+
+
+def cast_weights_bytes(model, unet: nn.Module) -> int:
+    """The diffusion model's weights that its layers cast to the host's compute dtype as they run (stored in fp8,
+    or in bf16 where the host computes in fp32), at that dtype; 0 where the host computes in the stored dtype."""
+    compute = host_model.compute_dtype(model)
+    size = torch.empty((), dtype=compute).element_size()
+    return sum(p.numel() * size for p in unet.parameters() if p.dtype != compute)
 
 
 def available_device_bytes(model, limit_gb: float) -> int:
@@ -54,7 +63,8 @@ def check_memory(model, config: TrainConfig, resolution: int, trainable_params: 
                                         parameter_shapes=shapes, optimizer_args=opt.optimizer_kwargs(),
                                         offload_fraction=opt.offload_fraction,
                                         largest_layer_bytes=largest_layer_bytes(unet), latent_frames=latent_frames,
-                                        latent_channels=model.model.latent_format.latent_channels)
+                                        latent_channels=model.model.latent_format.latent_channels,
+                                        cast_weights_bytes=cast_weights_bytes(model, unet))
     available = available_device_bytes(model, opt.device_memory_limit_gb)
     plan = plan_memory(estimate, available, automatic=opt.memory_mode == "auto", can_offload=can_offload)
     if plan is not None:

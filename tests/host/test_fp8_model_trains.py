@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scripts.comfy_host import add_diffusion_model, ensure_diffusion_model
+from scripts.comfy_host import add_checkpoint_part
 from scripts.graphs import Graph, checkpoint, out, render, saved_images
 from scripts.training_graphs import train_graph
 from trainer.safetensors_io import read_safetensors
@@ -18,7 +18,7 @@ STEPS = 10
 
 
 def _fp8_unet(host, g: Graph) -> str:
-    name = add_diffusion_model(host.base_dir, ensure_diffusion_model())
+    name = add_checkpoint_part(host.base_dir, "unet")
     return g.add("UNETLoader", unet_name=name, weight_dtype="fp8_e4m3fn")
 
 

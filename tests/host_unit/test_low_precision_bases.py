@@ -138,6 +138,39 @@ def test_denoiser_computes_in_the_hosts_compute_dtype(host: SimpleNamespace, fp3
     assert torch.allclose(prediction, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_without_checkpointing_autograd_keeps_the_cast_weights_the_memory_estimate_counts(
+        host: SimpleNamespace, fp32_weights) -> None:
+    """The host's layers cast each fp8 weight to fp32 (the CPU's compute dtype) as they run, and autograd keeps
+    the casts for the input gradients: a step holds the model at fp32 beside its fp8 weights, which the estimate
+    counts (cast_weights_bytes) unless gradient checkpointing recomputes them block by block."""
+    patcher = _patcher(host, _build(host, torch.float8_e4m3fn, fp32_weights))
+    unet = host.host_model.diffusion_module(patcher)
+    memory_check = import_pack_module("nodes.host.memory_check")
+    counted = memory_check.cast_weights_bytes(patcher, unet)
+    assert counted == 4 * sum(p.numel() for p in unet.parameters() if p.dtype == torch.float8_e4m3fn) > 0
+    full = _patcher(host, _build(host, torch.float32, fp32_weights))
+    assert memory_check.cast_weights_bytes(full, host.host_model.diffusion_module(full)) == 0
+    stored_shapes = {tuple(p.shape) for p in unet.parameters() if p.dtype == torch.float8_e4m3fn}
+    kept: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.dtype == torch.float32 and not tensor.requires_grad and tuple(tensor.shape) in stored_shapes:
+            kept[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.inference_mode(False):
+        release_inference_tensors(unet)
+        adapters = LoraAdapterSet(rank=4, alpha=4.0, init_seed=2)
+        adapters.attach(unet, select_targets(unet, TARGETS))
+        x_t, timesteps, context, target = _fixed_batch()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = (host.host_model.denoiser_for(patcher)(x_t, timesteps, context) - target).pow(2).mean()
+        loss.backward()
+        adapters.detach()
+    # Every layer after the first LoRA keeps its cast (those before it need no input gradient).
+    assert 0.5 * counted < sum(kept.values()) <= counted, (sum(kept.values()), counted)
+
+
 @pytest.mark.parametrize("stored", STORED_DTYPES, ids=str)
 def test_lora_trains_in_fp32_and_the_stored_weights_stay_as_they_are(host: SimpleNamespace, fp32_weights,
                                                                       stored) -> None:

@@ -14,7 +14,10 @@ total = weights + LoRA params (fp32) + their grads (fp32) + optimizer state + ac
     momentum one;
   - activations: batch x latent pixels (x latent frames, for video) x ACTIVATION_BYTES_PER_LATENT_PIXEL, scaled
     by the element size (fp32 doubles it) and by sqrt(model size / SD1.5 UNet size); gradient checkpointing keeps about
-    CHECKPOINTING_FACTOR of them. Calibrated on public reports (SD1.5 at 512 px, batch 1, fp16, no
+    CHECKPOINTING_FACTOR of them. Weights stored below the compute precision (fp8, or bf16 computed in fp32) are
+    cast by the host's layers as they run, and autograd keeps each cast for backward: without gradient
+    checkpointing a step holds the whole model at the compute precision (cast_weights_bytes) on top; with it,
+    only the block being recomputed. Calibrated on public reports (SD1.5 at 512 px, batch 1, fp16, no
     checkpointing: ~4 GiB of activations; SDXL at 1024 px with checkpointing: ~10 GiB in all);
   - overhead: OVERHEAD_FRACTION of the rest plus OVERHEAD_FIXED_BYTES (allocator fragmentation,
     cuDNN/cuBLAS workspaces). Assumes memory-efficient attention (PyTorch SDPA), linear in tokens.
@@ -111,6 +114,7 @@ class MemoryInputs:
     offload_fraction: float = 0.0  # share of the weights kept off the device and streamed per layer
     largest_layer_bytes: int = 0  # the largest single layer's weights (the streaming buffer's unit)
     latent_frames: int = 1  # a video model's latent frames per item (Wan: 1 + (frames - 1) / 4); 1 for images
+    cast_weights_bytes: int = 0  # the weights the host's layers cast to the compute dtype, at that dtype
 
     @property
     def checkpointed(self) -> bool:
@@ -146,6 +150,8 @@ def _estimate(inputs: MemoryInputs) -> MemoryEstimate:
     activations = inputs.batch_size * latent_pixels * ACTIVATION_BYTES_PER_LATENT_PIXEL * element_scale * model_scale
     if inputs.checkpointed:
         activations *= CHECKPOINTING_FACTOR
+    else:  # each layer's cast weight, saved for the gradient of its input
+        activations += inputs.cast_weights_bytes
     # The latents themselves (input, noise, target, prediction), fp32.
     activations += 4 * inputs.batch_size * latent_pixels * inputs.latent_channels * 4
     lora = 4 * inputs.trainable_params
@@ -171,18 +177,21 @@ def estimate_training_memory(model_params_bytes: int, trainable_params: int, bat
                              latent_downscale: int = 8,
                              parameter_shapes: Sequence[tuple[int, ...]] | None = None,
                              optimizer_args: Mapping[str, Any] | None = None, offload_fraction: float = 0.0,
-                             largest_layer_bytes: int = 0, latent_frames: int = 1) -> MemoryEstimate:
+                             largest_layer_bytes: int = 0, latent_frames: int = 1,
+                             cast_weights_bytes: int = 0) -> MemoryEstimate:
     """Estimate the accelerator memory one training step needs (see the module docstring for the formula).
 
     `parameter_shapes`: the trainable tensors' shapes (their element count is trainable_params), for an exact
     optimizer state; without them the parameters count as one flat tensor. `optimizer_args`: the run's
     (Optimisation.optimizer_kwargs()), where they change the state. `offload_fraction`: the share of the weights
     streamed from CPU memory (0..1); `largest_layer_bytes`: the largest layer's weights, its streaming buffer;
-    `latent_frames`: a video model's latent frames per item (activations grow with them as with pixels).
+    `latent_frames`: a video model's latent frames per item (activations grow with them as with pixels);
+    `cast_weights_bytes`: the weights stored below the compute precision, at the compute precision.
     """
     if isinstance(resolution, int):
         resolution = (resolution, resolution)
-    for name, value in (("model_params_bytes", model_params_bytes), ("trainable_params", trainable_params)):
+    for name, value in (("model_params_bytes", model_params_bytes), ("trainable_params", trainable_params),
+                        ("cast_weights_bytes", cast_weights_bytes)):
         if value < 0:
             raise ValueError(f"{name} = {value} is not allowed; expected 0 or more.")
     if not 0.0 <= offload_fraction <= 1.0:
@@ -197,7 +206,7 @@ def estimate_training_memory(model_params_bytes: int, trainable_params: int, bat
     return _estimate(MemoryInputs(model_params_bytes, trainable_params, batch_size, (resolution[0], resolution[1]),
                                   latent_channels, latent_downscale, gradient_checkpointing, mixed_precision,
                                   optimizer, rank, shapes, tuple(sorted((optimizer_args or {}).items())),
-                                  offload_fraction, largest_layer_bytes, latent_frames))
+                                  offload_fraction, largest_layer_bytes, latent_frames, cast_weights_bytes))
 
 
 def _gib(n: int) -> str:

@@ -120,6 +120,25 @@ def test_memory_plan_keeps_what_fits_and_auto_turns_on_checkpointing_only_when_t
     assert already is not None and already.gradient_checkpointing and "(as set)" in already.description
 
 
+def test_an_fp8_base_holds_its_weights_cast_to_the_compute_dtype_unless_checkpointed() -> None:
+    """Flux-sized fp8 weights (12 GB) computed in bf16: without checkpointing a step keeps every layer's bf16 cast
+    for backward (24 GB more); auto turns checkpointing on where only that makes the run fit."""
+    fp8, casts = 12 * 10**9, 24 * 10**9
+
+    def estimate(checkpointing: bool, cast: int = casts):
+        return estimate_training_memory(fp8, 10_000_000, 1, 1024, mixed_precision="bf16", cast_weights_bytes=cast,
+                                        gradient_checkpointing=checkpointing)
+
+    assert estimate(False).activation_bytes == estimate(False, cast=0).activation_bytes + casts
+    assert estimate(True).activation_bytes == estimate(True, cast=0).activation_bytes
+    budget = estimate(True).total_bytes + GIB  # a 48 GiB card, say: fits with checkpointing only
+    assert estimate(False).total_bytes > budget
+    chosen = plan_memory(estimate(False), budget, automatic=True)
+    assert chosen is not None and chosen.gradient_checkpointing
+    with pytest.raises(ValueError, match="cast_weights_bytes = -1"):
+        estimate(False, cast=-1)
+
+
 def test_offloading_weights_counts_only_the_share_on_the_device_plus_its_streaming_buffer() -> None:
     layer = 50_000_000
     full = estimate_training_memory(SD15, 3_000_000, 1, 512, gradient_checkpointing=True)
