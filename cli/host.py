@@ -50,6 +50,16 @@ def find_comfy_dir(given: str | None, pack_dir: Path) -> Path:
                          "--comfy /path/to/ComfyUI (or set COMFYUI_DIR)")
 
 
+def _node_replace_manager() -> object | None:
+    """ComfyUI 0.33's registry that its nodes (comfy_extras/nodes_replacements.py) add their replacements to at
+    start; ComfyUI 0.3.75 has none."""
+    try:
+        from app.node_replace_manager import NodeReplaceManager
+    except ImportError:
+        return None
+    return NodeReplaceManager()
+
+
 class HeadlessServer:
     """What the host's executor and the packs use of `server.PromptServer.instance`, without a server.
 
@@ -67,6 +77,7 @@ class HeadlessServer:
         self.sockets_metadata: dict = {}
         self.listener: Listener | None = None
         self.loop = None
+        self.node_replace_manager = _node_replace_manager()
 
     def send_sync(self, event: str, data: Any, sid: str | None = None) -> None:
         if self.listener is not None:
@@ -95,6 +106,15 @@ class Host:
     @property
     def display_names(self) -> dict[str, str]:
         return dict(self.nodes.NODE_DISPLAY_NAME_MAPPINGS)
+
+    def console_log_level(self) -> str:
+        """The console's level from the host's --verbose: its level name (ComfyUI 0.3.75), or ComfyUI 0.33's list of
+        (level, log file) outputs, of which the console ones (no file) decide, as its main.py reads them."""
+        verbose = self.args.verbose
+        if isinstance(verbose, str):
+            return verbose
+        import comfy.cli_args
+        return comfy.cli_args.get_console_log_level(verbose)
 
 
 def start_host(comfy_dir: Path, host_argv: list[str], pack_dir: Path, processes: Processes | None = None) -> Host:

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger().setLevel(logging.ERROR)
         comfy_dir = find_comfy_dir(args.comfy, PACK_DIR)
         host = start_host(comfy_dir, host_argv, PACK_DIR, processes)
-        logging.getLogger().setLevel(host.args.verbose if processes.is_main else logging.ERROR)
+        logging.getLogger().setLevel(host.console_log_level() if processes.is_main else logging.ERROR)
         ui = is_ui_format(workflow)
         prompt = ui_to_api(workflow, host.input_types, host.display_names) if ui else workflow
         for assignment in args.set:

@@ -112,7 +112,7 @@ def execute(host: Host, prompt: dict, node_id: str, extra_data: dict, bar: Train
     """Runs the Train LoRA node (and the nodes it needs) through the host's executor."""
     execution = host.execution
     executor = execution.PromptExecutor(host.server, cache_type=execution.CacheType.CLASSIC,
-                                        cache_args={"lru": 0, "ram": 0})
+                                        cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})  # 0.33 reads the last
     with cancel_on_signals(host):
         executor.execute(prompt, uuid.uuid4().hex, extra_data, [node_id])
     bar.close()
