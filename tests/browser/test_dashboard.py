@@ -186,7 +186,7 @@ def test_dashboard_follows_a_run_and_stops_it(editor, host, artifacts):
     # After a reload the editor restores the workflow; the dashboard finds the job again by its name
     # and draws its whole loss history from the route.
     editor.page.reload()
-    editor.page.wait_for_function(f"() => {APP}?.graph "
+    editor.page.wait_for_function(f"() => window.comfyAPI?.app?.app?.graph "  # newer frontends define comfyAPI later
                                   f"&& {APP}.extensions?.some(e => e.name === 'loralab.TrainDashboard')",
                                   timeout=120_000)
     editor.dismiss_dialogs()
