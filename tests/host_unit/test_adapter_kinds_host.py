@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from scripts.host_import import import_comfy, import_pack_module
-from tests.support.tiny_host_models import SDXL_UNET
+from tests.support.tiny_host_models import SDXL_UNET, skip_without_scaled_fp8_layers
 from trainer.lora.file import parse_lora
 from trainer.training.export import export_lora
 from trainer.training.layer_selection import select_targets
@@ -104,6 +104,7 @@ def test_the_hosts_loader_reproduces_the_trained_weight_of_every_layer(host: Sim
 def test_dora_on_the_hosts_scaled_fp8_layers_reads_the_weight_they_compute_with(host: SimpleNamespace) -> None:
     """`comfy.ops.scaled_fp8_ops`: an fp8 weight times `scale_weight`. DoRA's magnitude and W' use that weight
     (host_model.layer_weight, the reader Train LoRA passes), not the stored fp8 values: W' = W at step 0."""
+    skip_without_scaled_fp8_layers(host.comfy)
     generator = torch.Generator().manual_seed(4)
     true_weight = torch.randn(6, 8, generator=generator)
     layer = host.comfy.ops.scaled_fp8_ops().Linear(8, 6, bias=False, dtype=torch.float8_e4m3fn)

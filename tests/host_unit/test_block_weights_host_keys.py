@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scripts.host_import import import_comfy
-from tests.support.tiny_host_models import FLUX_DIT, SD3_MMDIT, SDXL_UNET
+from tests.support.tiny_host_models import FLUX_DIT, SD3_MMDIT, SDXL_UNET, host_model_config
 from trainer.lora.block_weights import LAYOUTS, block_of
 
 CPU = torch.device("cpu")
@@ -34,7 +34,7 @@ def key_maps() -> dict[str, dict]:
     comfy = import_comfy()
     maps = {}
     for family, (config_class, unet_config) in MODELS.items():
-        model = getattr(comfy.supported_models, config_class)(unet_config).get_model({})
+        model = host_model_config(comfy, config_class, unet_config).get_model({})
         maps[family] = comfy.lora.model_lora_keys_unet(model, {})
     return maps
 

@@ -25,11 +25,13 @@ import pytest
 import torch
 
 from scripts.host_import import import_comfy, import_pack_module
-from tests.support.tiny_host_models import FLUX_DIT, SD3_MMDIT, SDXL_UNET
+from tests.support.tiny_host_models import FLUX_DIT, SD3_MMDIT, SDXL_UNET, host_model_config
 from trainer.training.export import export_lora
 from trainer.training.inplace_guard import normalisation_inputs_copied
 from trainer.training.layer_selection import select_targets
 from trainer.training.trainable_lora import LoraAdapterSet
+
+pytestmark = pytest.mark.usefixtures("host_training_mode")  # as Train LoRA trains
 
 CPU = torch.device("cpu")
 TEXT_ENCODER_KEY_PREFIX = "text_encoder:"  # as nodes/host/training_run.py keys CLIP layers in the shared adapter set
@@ -82,7 +84,7 @@ def host() -> SimpleNamespace:
 
 def _unet_patcher(host: SimpleNamespace, family: str):
     config_class, unet_config, _, _ = FAMILIES[family]
-    model_config = getattr(host.comfy.supported_models, config_class)(unet_config)
+    model_config = host_model_config(host.comfy, config_class, unet_config)
     model = model_config.get_model({})
     return host.comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
 

@@ -21,6 +21,7 @@ the LoRA cannot train through is refused before anything is attached.
 """
 from __future__ import annotations
 
+import json
 import logging
 from types import SimpleNamespace
 
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from scripts.host_import import import_comfy, import_pack_module
-from tests.support.tiny_host_models import TINY_SD15_UNET
+from tests.support.tiny_host_models import TINY_SD15_UNET, skip_without_scaled_fp8_layers
 from trainer.errors import LoraTargetError
 from trainer.training.export import export_lora
 from trainer.training.layer_selection import select_targets
@@ -67,8 +68,14 @@ def _build(host: SimpleNamespace, stored: torch.dtype, weights: dict[str, torch.
     loaded inside inference mode (so every weight is an inference tensor, as in a running host)."""
     config = host.comfy.supported_models.SD15(dict(TINY_SD15_UNET))
     config.scaled_fp8 = scaled_fp8  # what model_detection reads from a scaled-fp8 file's `scaled_fp8` key
-    if layer_quant_config is not None:
+    if layer_quant_config is not None and hasattr(config, "quant_config"):  # ComfyUI 0.33: per-layer entries
+        config.quant_config = {"mixed_ops": True}                           # in the weights, as its files hold
+        weights = {**weights, **{f"{name}.comfy_quant": torch.tensor(list(json.dumps(conf).encode()),
+                                                                     dtype=torch.uint8)
+                                 for name, conf in layer_quant_config.items()}}
+    elif layer_quant_config is not None:
         config.layer_quant_config = layer_quant_config
+    if layer_quant_config is not None:
         manual_cast = host.comfy.model_management.unet_manual_cast(None, CPU, config.supported_inference_dtypes)
     else:
         manual_cast = host.comfy.model_management.unet_manual_cast(stored, CPU, config.supported_inference_dtypes)
@@ -247,6 +254,7 @@ def test_the_hosts_mixed_precision_quantized_linears_train_through_their_cast_pa
 def test_a_scaled_fp8_checkpoint_trains_through_the_hosts_scaled_layers(host: SimpleNamespace,
                                                                        fp32_weights) -> None:
     """`comfy.ops.scaled_fp8_ops`: fp8 Linear weights with a per-layer `scale_weight` the host applies."""
+    skip_without_scaled_fp8_layers(host.comfy)
     linears = _linear_names(_build(host, torch.float32, {}))
     weights, dequantised = dict(fp32_weights), dict(fp32_weights)
     for name in linears:

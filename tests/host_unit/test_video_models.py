@@ -30,6 +30,8 @@ from trainer.training.layer_selection import select_layers, select_targets
 from trainer.training.loop import train
 from trainer.training.trainable_lora import LoraAdapterSet
 
+pytestmark = pytest.mark.usefixtures("host_training_mode")  # as Train LoRA trains
+
 CPU = torch.device("cpu")
 FAMILIES = {"WAN21_T2V": WAN21_DIT, "WAN22_T2V": WAN22_DIT}
 # Per Wan block: self- and cross-attention q, k, v, o and the two ffn layers.

@@ -2,6 +2,10 @@
 by the host_unit tests."""
 from __future__ import annotations
 
+import dataclasses
+import importlib
+
+import pytest
 import torch
 
 # SD1.5's UNet layout (1x1-conv proj_in, cross-attention) at 32 channels, one level.
@@ -45,3 +49,22 @@ WAN22_DIT = {**WAN21_DIT, "in_dim": 48, "out_dim": 48}
 # the real one has 96: 0.9 M parameters, 8x spatial and 4x temporal compression as the real one.
 WAN21_VAE = {"dim": 8, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
              "temperal_downsample": [False, True, True], "dropout": 0.0}
+
+
+def host_model_config(comfy, config_class: str, unet_config: dict):
+    """The host's `comfy.supported_models.<config_class>` for one of these configs, with the keys a newer host's model
+    class requires filled in as its model detection fills them for such a checkpoint (ComfyUI 0.33's Flux takes
+    `txt_ids_dims`, [] for Flux-dev; 0.3.75's refuses the key)."""
+    config = dict(unet_config)
+    if config.get("image_model") == "flux":
+        params = importlib.import_module("comfy.ldm.flux.model").FluxParams
+        if "txt_ids_dims" in {field.name for field in dataclasses.fields(params)}:
+            config.setdefault("txt_ids_dims", [])
+    return getattr(comfy.supported_models, config_class)(config)
+
+
+def skip_without_scaled_fp8_layers(comfy) -> None:
+    """ComfyUI 0.3.75 builds scaled-fp8 checkpoints with `comfy.ops.scaled_fp8_ops`; 0.33 has no such layer type (it
+    converts those files into its mixed-precision layers at load, which the quantized-Linear tests train)."""
+    if not hasattr(comfy.ops, "scaled_fp8_ops"):
+        pytest.skip("this host has no scaled-fp8 layer type: it loads such files as mixed-precision layers")
