@@ -91,6 +91,20 @@ class Editor:
             return JSON.parse(text);
         }""")
 
+    def show_node(self, node_id) -> None:
+        """Zooms to 100% on the node, as a user does to work in it: newer frontends (1.49 on ComfyUI 0.33) fit a
+        loaded workflow into the view, and below about 60% the editor draws nodes without their DOM widgets."""
+        self.js("app.canvas.ds.scale = 1; app.canvas.centerOnNode(app.graph.getNodeById(arg)); "
+                "app.canvas.setDirty(true, true);", node_id)
+        self.page.wait_for_timeout(300)  # the next draw places the widgets
+
+    @staticmethod
+    def saved_node(workflow: dict, node_id) -> dict:
+        """The node `node_id` in a saved workflow, found by its id as text: newer frontends (1.49 on ComfyUI 0.33,
+        1.58) hand the live node's id as a string and save it as a number."""
+        [node] = [n for n in workflow["nodes"] if str(n["id"]) == str(node_id)]
+        return node
+
     def load_workflow_text(self, text: str) -> None:
         self.page.evaluate("async (text) => { await window.comfyAPI.app.app.loadGraphData(JSON.parse(text)); }", text)
 

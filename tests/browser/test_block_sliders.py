@@ -60,7 +60,7 @@ def test_a_block_slider_writes_the_text_and_survives_save_and_reload(block_lora,
 
     # Saved as the block_weights text, in its own place among the widget values; the sliders are not saved.
     workflow = editor.save_and_reload()
-    [saved] = [n for n in workflow["nodes"] if n["id"] == node]
+    saved = editor.saved_node(workflow, node)
     assert saved["widgets_values"] == [BLOCKS, 1, 1, "M00=0.5"]
     assert editor.widget_value(node, "block_weights") == "M00=0.5"
     open_sliders(editor, node)  # a new node instance, its sliders set from the reloaded text by the host

@@ -141,7 +141,7 @@ def test_load_lora_shows_the_chosen_files_metadata(watched, artifacts):
     assert widgets == ["lora_name", "strength_model", "strength_clip", "block_weights", "loralab_lora_info",
                        "loralab_block_sliders", "loralab_trigger_words"]
     workflow = editor.save_and_reload()
-    [saved] = [n for n in workflow["nodes"] if n["id"] == node]
+    saved = editor.saved_node(workflow, node)
     assert saved["widgets_values"] == [KOHYA, 1, 1, ""]  # block_weights empty: every block at 1
     expect(load_lora_info(editor, node)).to_have_text(KOHYA_LINE, timeout=10_000)
     assert_no_pack_errors(editor)

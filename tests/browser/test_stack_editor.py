@@ -70,7 +70,7 @@ def test_saved_workflow_reloads_with_rows_intact(editor, artifacts):
     saved_text = editor.widget_value(node, "loras")
 
     workflow = editor.save_and_reload()
-    [saved] = [n for n in workflow["nodes"] if str(n["id"]) == str(node)]  # (1.58: the live id is a string)
+    saved = editor.saved_node(workflow, node)
     assert saved["widgets_values"] == [saved_text], "only the rows text is saved, not the table"
 
     editor.stack(node).wait_for()

@@ -125,10 +125,16 @@ def use_tiny_training(editor: Editor, dataset: str, name: str, steps: int) -> No
 
 
 def wait_for_shown_image(editor: Editor, node_type: str) -> None:
-    """The editor got the `executed` event and draws the node's output image, as the user sees it."""
+    """The editor got the `executed` event and shows the node's output image, as the user sees it: loaded into the
+    node's canvas images (frontend 1.28), or (1.49 and newer) as a loaded page image of the node's output file."""
     editor.page.wait_for_function(
-        f"(t) => {APP}.graph._nodes.filter(n => n.type === t).every(n => n.imgs?.length > 0 && n.imgs[0].complete)",
-        arg=node_type, timeout=30_000)
+        f"""(t) => {APP}.graph._nodes.filter(n => n.type === t).every(n => {{
+            if (n.imgs?.length > 0) return n.imgs[0].complete;
+            const files = ({APP}.nodeOutputs?.[n.id]?.images ?? [])
+                .map(i => `filename=${{encodeURIComponent(i.filename)}}`);
+            const shown = [...document.querySelectorAll("img")].filter(i => i.complete && i.naturalWidth > 0);
+            return files.length > 0 && files.every(f => shown.some(i => i.src.includes(f)));
+        }})""", arg=node_type, timeout=30_000)
 
 
 def job_named(host, name: str) -> dict:
@@ -196,6 +202,7 @@ def test_stack_loras_txt2img_from_template(editor, host, artifacts):
     [stack] = node_ids(editor, "LoraLabStackLoras")
     assert editor.rows(stack).count() == 2
     # The shipped names are placeholders: pick installed LoRAs in the table, as a user would.
+    editor.show_node(stack)
     editor.row(stack, 0).get_by_test_id("loralab-stack-lora").select_option(A)
     editor.row(stack, 1).get_by_test_id("loralab-stack-lora").select_option(B)
     assert [r["lora"] for r in json.loads(editor.widget_value(stack, "loras"))] == [A, B]
