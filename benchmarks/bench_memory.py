@@ -72,6 +72,7 @@ from benchmarks.measure import (  # noqa: E402
     node_defaults,
     print_end,
     print_start,
+    rss_follows_live_memory,
 )
 from scripts.comfy_host import (  # noqa: E402
     CHECKPOINT_PARTS,
@@ -219,8 +220,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the host on `timeout`/kill too
     started = print_start()
     limit_host_threads(args.threads)
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
-    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "131072")
+    rss_follows_live_memory()
     ensure_tiny_checkpoint(full_size=args.full_size)
     checkpoint_name = FULL_CHECKPOINT_NAME if args.full_size else TINY_CHECKPOINT_NAME
     stem = Path(checkpoint_name).stem

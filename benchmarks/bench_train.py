@@ -67,6 +67,7 @@ from benchmarks.measure import (  # noqa: E402
     node_defaults,
     print_end,
     print_start,
+    rss_follows_live_memory,
 )
 from scripts.comfy_host import FULL_CHECKPOINT_NAME, TINY_CHECKPOINT_NAME, ComfyHost, HostError  # noqa: E402
 from scripts.graphs import Graph, checkpoint, out  # noqa: E402
@@ -257,10 +258,7 @@ def main() -> int:
     started = print_start()
     limit_host_threads(args.threads)
     if not args.no_malloc_tuning:
-        # Large blocks straight from mmap and back on free, so the host's RSS follows its live memory
-        # instead of keeping the high-water mark of an earlier prompt (same for both trainers).
-        os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
-        os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "131072")
+        rss_follows_live_memory()  # the same for both trainers
     checkpoint_name = FULL_CHECKPOINT_NAME if args.full_size else TINY_CHECKPOINT_NAME
     with bench_host("loralab-bench-train-", args.keep, full_size=args.full_size) as host:
         host.start()

@@ -85,6 +85,14 @@ def limit_host_threads(threads: int) -> None:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
 
 
+def rss_follows_live_memory() -> None:
+    """Hosts started after this take large blocks straight from mmap and give freed memory back to the OS
+    (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_, inherited), so their RSS follows their live memory instead of
+    keeping an earlier prompt's high-water mark."""
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "131072")
+
+
 def host_versions(host: ComfyHost) -> str:
     """'ComfyUI x, python y, torch z' as the running host reports them."""
     system = host.get_json("/system_stats").get("system", {})
