@@ -185,13 +185,21 @@ def measure(case: Case, args: argparse.Namespace, n1: int, n2: int) -> dict:
         return result
 
 
+def measured(r: dict | None) -> bool:
+    """A case with figures to compare: it ran, and its step time rose above the noise of the per-prompt work."""
+    return r is not None and "error" not in r and r["sps"] > 0
+
+
 def row(case: Case, r: dict, reference: dict | None, native: dict | None) -> str:
     if "error" in r:
         return f"| {case.precision} | {case.trainer} | fails: {r['error']} | | | | | | |"
+    if not measured(r):
+        return (f"| {case.precision} | {case.trainer} | below the noise of the per-prompt work: raise --steps N2 | "
+                f"| {mib(r['peak'])} | {mib(r['train_peak'])} | {mib(r['kept'])} | | |")
     versus_full = (f"{r['sps'] / reference['sps']:.2f}x / {r['peak'] / reference['peak']:.2f}x"
-                   if reference and "error" not in reference else "")
+                   if measured(reference) else "")
     versus_native = (f"{r['sps'] / native['sps']:.2f}x / {r['peak'] / native['peak']:.2f}x"
-                     if native and "error" not in native and case.trainer != "native" else "")
+                     if measured(native) and case.trainer != "native" else "")
     weights = mib(r["weights"]) if r.get("weights") else "as ours"
     return (f"| {case.precision} | {case.trainer} | {r['sps']:.3f} (CPU {r['cps']:.2f}; load {r['load']:.1f}) | "
             f"{weights} | {mib(r['peak'])} | {mib(r['train_peak'])} | {mib(r['kept'])} | {versus_full} | "
