@@ -102,10 +102,8 @@ def ours_prompt(folder: str, size: int, steps: int, name: str, targets: str, che
                                            "gradient_checkpointing": checkpointing})
     if optimizer_options is not None:
         opts = g.add("LoraLabOptimizerOptions", options=out(opts), **optimizer_options)
-    train = g.add("LoraLabTrainLora", model=model, clip=clip, vae=vae,
-                  dataset=out(data),
-                  name=name, steps=steps, learning_rate=LR, rank=RANK, alpha=float(RANK), batch_size=1, seed=seed,
-                  options=out(opts))
+    train = g.add("LoraLabTrainLora", model=model, clip=clip, vae=vae, dataset=out(data), name=name, steps=steps,
+                  learning_rate=LR, rank=RANK, alpha=float(RANK), batch_size=1, seed=seed, options=out(opts))
     return g.nodes, train
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 
 import comfy.model_management
-import torch
 from torch import nn
 
 from ...trainer.errors import TrainingStopped
@@ -29,8 +28,7 @@ def cast_weights_bytes(model, unet: nn.Module) -> int:
     """The diffusion model's weights that its layers cast to the host's compute dtype as they run (stored in fp8,
     or in bf16 where the host computes in fp32), at that dtype; 0 where the host computes in the stored dtype."""
     compute = host_model.compute_dtype(model)
-    size = torch.empty((), dtype=compute).element_size()
-    return sum(p.numel() * size for p in unet.parameters() if p.dtype != compute)
+    return sum(p.numel() * compute.itemsize for p in unet.parameters() if p.dtype != compute)
 
 
 def available_device_bytes(model, limit_gb: float) -> int:

@@ -157,10 +157,11 @@ def read_outcome(work: WorkerFiles, exit_code: int) -> dict[str, Any]:
 def peer_failure(work: WorkerFiles) -> str | None:
     """The first error another worker wrote of its own (e.g. it refused to overwrite the LoRA before the main
     one did): torchrun then stops the main worker, whose own outcome reads as a cancel."""
-    for path in peer_result_files(work.result):
-        peer = json.loads(path.read_text(encoding="utf-8"))
-        return ((peer.get("job") or {}).get("error") or peer["message"]).strip()
-    return None
+    peers = peer_result_files(work.result)
+    if not peers:
+        return None
+    peer = json.loads(peers[0].read_text(encoding="utf-8"))
+    return ((peer.get("job") or {}).get("error") or peer["message"]).strip()
 
 
 def finish(model, clip, mirror: JobMirror, work: WorkerFiles, exit_code: int, cancelled: bool,

@@ -68,14 +68,14 @@ def _build(host: SimpleNamespace, stored: torch.dtype, weights: dict[str, torch.
     loaded inside inference mode (so every weight is an inference tensor, as in a running host)."""
     config = host.comfy.supported_models.SD15(dict(TINY_SD15_UNET))
     config.scaled_fp8 = scaled_fp8  # what model_detection reads from a scaled-fp8 file's `scaled_fp8` key
-    if layer_quant_config is not None and hasattr(config, "quant_config"):  # ComfyUI 0.33: per-layer entries
-        config.quant_config = {"mixed_ops": True}                           # in the weights, as its files hold
-        weights = {**weights, **{f"{name}.comfy_quant": torch.tensor(list(json.dumps(conf).encode()),
-                                                                     dtype=torch.uint8)
-                                 for name, conf in layer_quant_config.items()}}
-    elif layer_quant_config is not None:
-        config.layer_quant_config = layer_quant_config
     if layer_quant_config is not None:
+        if hasattr(config, "quant_config"):  # ComfyUI 0.33: per-layer entries in the weights, as its files hold
+            config.quant_config = {"mixed_ops": True}
+            weights = {**weights, **{f"{name}.comfy_quant": torch.tensor(list(json.dumps(conf).encode()),
+                                                                         dtype=torch.uint8)
+                                     for name, conf in layer_quant_config.items()}}
+        else:
+            config.layer_quant_config = layer_quant_config
         manual_cast = host.comfy.model_management.unet_manual_cast(None, CPU, config.supported_inference_dtypes)
     else:
         manual_cast = host.comfy.model_management.unet_manual_cast(stored, CPU, config.supported_inference_dtypes)
